@@ -1,0 +1,2 @@
+//! Placeholder; replaced by the workloads crate.
+#![cfg_attr(not(feature = "std"), no_std)]

@@ -1,0 +1,2 @@
+//! tern migration core.
+#![forbid(unsafe_code)]
