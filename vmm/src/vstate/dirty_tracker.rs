@@ -1,0 +1,118 @@
+//! Collecting the pages KVM saw the guest write, in whichever mode the VM
+//! uses: per-vCPU dirty rings (pages attributed to the vCPU that wrote them)
+//! or per-slot bitmaps with manual protection (re-armed in bounded chunks).
+//! Harvested pages go into the migration's `DirtySet`.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+
+use kvm_ioctls::{VcpuFd, VmFd};
+use migration::dirty::DirtySet;
+
+use super::dirty_log::{self, DirtyLogError, DirtyRing};
+use super::memory::MemSlot;
+use super::vcpu::VcpuControl;
+use super::vm::DirtyTracking;
+
+/// The VM's dirty tracking state, shared by vCPU threads (dirty-ring-full
+/// exits) and the migration thread.
+pub struct DirtyTracker {
+    tracking: DirtyTracking,
+    slots: Vec<MemSlot>,
+    rings: Vec<Mutex<Option<DirtyRing>>>,
+    sink: RwLock<Option<Arc<DirtySet>>>,
+}
+
+impl DirtyTracker {
+    /// A tracker for `vcpus` vCPUs over `slots`.
+    pub fn new(tracking: DirtyTracking, slots: Vec<MemSlot>, vcpus: usize) -> Self {
+        DirtyTracker {
+            tracking,
+            slots,
+            rings: (0..vcpus).map(|_| Mutex::new(None)).collect(),
+            sink: RwLock::new(None),
+        }
+    }
+
+    /// The tracking mode.
+    pub fn tracking(&self) -> DirtyTracking {
+        self.tracking
+    }
+
+    /// The memory slots.
+    pub fn slots(&self) -> &[MemSlot] {
+        &self.slots
+    }
+
+    /// Maps vCPU `id`'s dirty ring (ring mode only; a no-op otherwise).
+    pub fn attach_vcpu(&self, id: usize, fd: &VcpuFd, ring_bytes: Option<u32>) -> Result<(), DirtyLogError> {
+        if let (Some(bytes), Some(slot)) = (ring_bytes, self.rings.get(id)) {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(DirtyRing::map(fd, bytes)?);
+        }
+        Ok(())
+    }
+
+    /// Where harvested pages go from now on (`None`: they are dropped).
+    pub fn set_sink(&self, sink: Option<Arc<DirtySet>>) {
+        *self.sink.write().unwrap_or_else(|e| e.into_inner()) = sink;
+    }
+
+    fn with_sink<R>(&self, f: impl FnOnce(Option<&DirtySet>) -> R) -> R {
+        let guard = self.sink.read().unwrap_or_else(|e| e.into_inner());
+        f(guard.as_deref())
+    }
+
+    /// Harvests vCPU `id`'s ring into the sink, counting the pages on
+    /// `control`. Returns the number of entries harvested. The caller resets
+    /// the rings afterwards (`reset_rings`).
+    pub fn harvest_vcpu(&self, id: usize, control: &VcpuControl) -> u32 {
+        let Some(ring) = self.rings.get(id) else {
+            return 0;
+        };
+        let mut ring = ring.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(ring) = ring.as_mut() else {
+            return 0;
+        };
+        let n = self.with_sink(|sink| {
+            ring.harvest(|slot, offset| {
+                if let Some(sink) = sink {
+                    sink.mark(slot as usize, offset);
+                }
+            })
+        });
+        control
+            .counters
+            .dirty_ring_pages
+            .fetch_add(u64::from(n), Ordering::Relaxed);
+        n
+    }
+
+    /// Lets KVM reuse harvested ring entries (re-protecting their pages).
+    pub fn reset_rings(&self, vm: &VmFd) -> Result<u32, DirtyLogError> {
+        dirty_log::reset_dirty_rings(vm)
+    }
+
+    /// Bitmap mode: reads every slot's KVM bitmap (which manual protection
+    /// leaves set until `clear_pages`) into the sink. Returns pages newly added.
+    pub fn fetch_bitmaps(&self, vm: &VmFd) -> Result<u64, kvm_ioctls::Error> {
+        let mut added = 0;
+        for s in &self.slots {
+            let bitmap = vm.get_dirty_log(s.slot, s.size as usize)?;
+            added += self.with_sink(|sink| sink.map_or(0, |sink| sink.mark_bitmap(s.slot as usize, &bitmap)));
+        }
+        Ok(added)
+    }
+
+    /// Bitmap mode: re-arms tracking of the pages in `bits` (bit i = page
+    /// `first_page + i`, `first_page` a multiple of 64) of `slot`.
+    pub fn clear_pages(&self, vm: &VmFd, slot: u32, first_page: u64, bits: &mut [u64]) -> Result<(), DirtyLogError> {
+        let Some(s) = self.slots.get(slot as usize) else {
+            return Ok(());
+        };
+        let pages = (bits.len() as u64 * 64).min(s.pages().saturating_sub(first_page));
+        if pages == 0 {
+            return Ok(());
+        }
+        dirty_log::clear(vm, slot, first_page, bits, pages as u32)
+    }
+}

@@ -1,0 +1,8 @@
+//! KVM state: the host, the VM, guest memory, vCPUs and dirty tracking.
+
+pub mod dirty_log;
+pub mod dirty_tracker;
+pub mod kvm;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
