@@ -2,3 +2,7 @@
 #![forbid(unsafe_code)]
 pub mod dirty;
 pub mod uri;
+pub mod protocol;
+pub mod receiver;
+pub mod sender;
+pub mod transport;

@@ -1,0 +1,228 @@
+//! Framing: every message is `kind: u16, flags: u16, len: u32`, then `len`
+//! payload bytes, then a CRC-32 of header and payload. A reader rejects an
+//! unknown kind, an oversized length or a bad checksum before acting on
+//! anything in the frame, and says at which stream offset.
+
+use std::io::{self, Read, Write};
+
+use super::ProtocolError;
+
+/// Header bytes before the payload.
+pub const HEADER_LEN: usize = 8;
+/// Largest payload a frame may carry (a page run of 256 pages plus its header fits).
+pub const MAX_PAYLOAD: u32 = 4 << 20;
+
+/// One decoded frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Message kind.
+    pub kind: u16,
+    /// Payload.
+    pub payload: Vec<u8>,
+}
+
+/// Writes frames, counting bytes.
+pub struct FrameWriter<W: Write> {
+    inner: W,
+    written: u64,
+}
+
+impl<W: Write> FrameWriter<W> {
+    /// Wraps a stream.
+    pub fn new(inner: W) -> Self {
+        FrameWriter { inner, written: 0 }
+    }
+
+    /// Bytes written so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.written
+    }
+
+    /// Writes one frame whose payload is the concatenation of `parts`.
+    pub fn write_frame(&mut self, kind: u16, parts: &[&[u8]]) -> io::Result<()> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len > MAX_PAYLOAD as usize {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "frame payload too large"));
+        }
+        let mut header = [0u8; HEADER_LEN];
+        header[0..2].copy_from_slice(&kind.to_le_bytes());
+        header[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&header);
+        self.inner.write_all(&header)?;
+        for p in parts {
+            crc.update(p);
+            self.inner.write_all(p)?;
+        }
+        self.inner.write_all(&crc.finalize().to_le_bytes())?;
+        self.written += (HEADER_LEN + len + 4) as u64;
+        Ok(())
+    }
+
+    /// Flushes buffered bytes.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+
+    /// The underlying stream.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+}
+
+/// Reads frames, tracking the stream offset for error messages.
+pub struct FrameReader<R: Read> {
+    inner: R,
+    offset: u64,
+    valid_kinds: fn(u16) -> bool,
+}
+
+impl<R: Read> FrameReader<R> {
+    /// Wraps a stream; `valid_kinds` says which kinds this side accepts.
+    pub fn new(inner: R, valid_kinds: fn(u16) -> bool) -> Self {
+        FrameReader {
+            inner,
+            offset: 0,
+            valid_kinds,
+        }
+    }
+
+    /// Bytes consumed so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    fn fill(&mut self, buf: &mut [u8], what: &'static str, at_start: bool) -> Result<(), ProtocolError> {
+        let mut got = 0;
+        while got < buf.len() {
+            match self.inner.read(&mut buf[got..]) {
+                Ok(0) if at_start && got == 0 => return Err(ProtocolError::PeerClosed),
+                Ok(0) => {
+                    return Err(ProtocolError::Truncated {
+                        offset: self.offset + got as u64,
+                        what,
+                    })
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ProtocolError::Io(e)),
+            }
+        }
+        self.offset += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Reads the next frame, reusing `payload`'s allocation.
+    pub fn read_frame_into(&mut self, payload: &mut Vec<u8>) -> Result<u16, ProtocolError> {
+        let start = self.offset;
+        let mut header = [0u8; HEADER_LEN];
+        self.fill(&mut header, "frame header", true)?;
+        let kind = u16::from_le_bytes([header[0], header[1]]);
+        let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if !(self.valid_kinds)(kind) {
+            return Err(ProtocolError::Corrupt {
+                offset: start,
+                what: format!("unknown message kind {kind}"),
+            });
+        }
+        if header[2] != 0 || header[3] != 0 {
+            return Err(ProtocolError::Corrupt {
+                offset: start,
+                what: "nonzero reserved header bits".into(),
+            });
+        }
+        if len > MAX_PAYLOAD {
+            return Err(ProtocolError::Corrupt {
+                offset: start,
+                what: format!("frame length {len} exceeds {MAX_PAYLOAD}"),
+            });
+        }
+        payload.clear();
+        payload.resize(len as usize, 0);
+        self.fill(payload, "frame payload", false)?;
+        let mut crc_bytes = [0u8; 4];
+        self.fill(&mut crc_bytes, "frame checksum", false)?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&header);
+        crc.update(payload);
+        if crc.finalize() != u32::from_le_bytes(crc_bytes) {
+            return Err(ProtocolError::Corrupt {
+                offset: start,
+                what: format!("checksum mismatch in a kind-{kind} frame of {len} bytes"),
+            });
+        }
+        Ok(kind)
+    }
+
+    /// Reads the next frame.
+    pub fn read_frame(&mut self) -> Result<Frame, ProtocolError> {
+        let mut payload = Vec::new();
+        let kind = self.read_frame_into(&mut payload)?;
+        Ok(Frame { kind, payload })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any(_: u16) -> bool {
+        true
+    }
+
+    fn one_frame() -> Vec<u8> {
+        let mut w = FrameWriter::new(Vec::new());
+        w.write_frame(7, &[b"hello ", b"world"]).unwrap();
+        w.get_mut().clone()
+    }
+
+    #[test]
+    fn roundtrip() {
+        let bytes = one_frame();
+        let mut r = FrameReader::new(&bytes[..], any);
+        let f = r.read_frame().unwrap();
+        assert_eq!(f, Frame { kind: 7, payload: b"hello world".to_vec() });
+        assert!(matches!(r.read_frame(), Err(ProtocolError::PeerClosed)));
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_caught() {
+        let bytes = one_frame();
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut b = bytes.clone();
+                b[i] ^= 1 << bit;
+                let r = FrameReader::new(&b[..], any).read_frame();
+                assert!(r.is_err(), "flip of bit {bit} in byte {i} went unnoticed");
+            }
+        }
+    }
+
+    #[test]
+    fn truncation_names_the_offset() {
+        let bytes = one_frame();
+        for cut in 1..bytes.len() {
+            match FrameReader::new(&bytes[..cut], any).read_frame() {
+                Err(ProtocolError::Truncated { offset, .. }) => assert!(offset <= cut as u64),
+                other => panic!("cut at {cut}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn huge_length_is_rejected_before_allocating() {
+        let mut h = vec![1u8, 0, 0, 0];
+        h.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            FrameReader::new(&h[..], any).read_frame(),
+            Err(ProtocolError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_kinds_are_rejected() {
+        let bytes = one_frame();
+        let r = FrameReader::new(&bytes[..], |k| k == 1).read_frame();
+        assert!(matches!(r, Err(ProtocolError::Corrupt { offset: 0, .. })));
+    }
+}

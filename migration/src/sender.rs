@@ -1,0 +1,219 @@
+//! The source side of a migration session: the handshake, page runs (zero
+//! pages become markers), round ends, guest state and the two-phase end
+//! (Complete → Ready, Commit → Resumed). Messages from the destination are
+//! read on their own thread, so an error it reports mid-stream is seen at the
+//! next round end instead of after the whole memory was sent.
+
+use std::io::BufWriter;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
+use std::time::Duration;
+
+use crate::protocol::frame::{FrameReader, FrameWriter};
+use crate::protocol::messages::{
+    decode_dest, encode_abandon, encode_hello_with_version, encode_round_end, encode_run_header,
+    kind, DestMessage, Hello, MAX_RUN_PAGES, PAGE_SIZE, PROTOCOL_VERSION,
+};
+use crate::protocol::ProtocolError;
+use crate::transport::Stream;
+
+/// Why the source side of a session failed. In every case the source keeps
+/// (or resumes) its guest.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The destination refused the handshake.
+    #[error("the destination refused: {0}")]
+    Refused(String),
+    /// The destination reported a failure.
+    #[error("the destination failed: {0}")]
+    DestinationFailed(String),
+    /// The destination went away.
+    #[error("the destination closed the connection")]
+    PeerGone,
+    /// No answer in time.
+    #[error("no answer from the destination within {0:?} while waiting for {1}")]
+    Timeout(Duration, &'static str),
+    /// Writing or reading the stream failed.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// The destination said something out of turn.
+    #[error("unexpected answer from the destination: {0:?}")]
+    Unexpected(DestMessage),
+}
+
+impl From<std::io::Error> for SendError {
+    fn from(e: std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => SendError::PeerGone,
+            _ => SendError::Protocol(ProtocolError::Io(e)),
+        }
+    }
+}
+
+/// Counts for one page run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunCounts {
+    /// Pages sent with data.
+    pub data: u32,
+    /// Pages sent as zero markers.
+    pub zero: u32,
+}
+
+/// An open session to a destination.
+pub struct SourceSession {
+    stream: Stream,
+    out: FrameWriter<BufWriter<Stream>>,
+    inbox: Receiver<Result<DestMessage, ProtocolError>>,
+    header: Vec<u8>,
+    zero_map: Vec<u8>,
+}
+
+fn page_is_zero(page: &[u8]) -> bool {
+    // OR 64-byte blocks together (the compiler vectorises the fold) and stop
+    // at the first non-zero block: most data pages are rejected in the first one.
+    let mut blocks = page.chunks_exact(64);
+    blocks.all(|b| b.iter().fold(0u8, |acc, &x| acc | x) == 0) && blocks.remainder().iter().all(|&x| x == 0)
+}
+
+impl SourceSession {
+    /// Sends the handshake and waits for the destination's answer.
+    pub fn start(stream: Stream, hello: &Hello, timeout: Duration) -> Result<Self, SendError> {
+        Self::start_with_version(stream, hello, timeout, PROTOCOL_VERSION)
+    }
+
+    /// As `start`, claiming protocol `version` (for tests of version handling).
+    pub fn start_with_version(stream: Stream, hello: &Hello, timeout: Duration, version: u32) -> Result<Self, SendError> {
+        let input = stream.try_clone()?;
+        let output = stream.try_clone()?;
+        let (tx, inbox) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("tern-mig-rx".into())
+            .spawn(move || {
+                let mut r = FrameReader::new(input, kind::from_destination);
+                loop {
+                    let msg = r.read_frame().and_then(|f| decode_dest(f.kind, &f.payload));
+                    let stop = msg.is_err();
+                    if tx.send(msg).is_err() || stop {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| SendError::Protocol(ProtocolError::Io(e)))?;
+        let mut s = SourceSession {
+            stream,
+            out: FrameWriter::new(BufWriter::with_capacity(1 << 20, output)),
+            inbox,
+            header: Vec::with_capacity(64),
+            zero_map: Vec::with_capacity(MAX_RUN_PAGES as usize / 8),
+        };
+        s.out
+            .write_frame(kind::HELLO, &[&encode_hello_with_version(hello, version)])?;
+        s.out.flush()?;
+        match s.wait(timeout, "the handshake answer")? {
+            DestMessage::Accept { .. } => Ok(s),
+            DestMessage::Refuse(reason) => Err(SendError::Refused(reason)),
+            other => Err(SendError::Unexpected(other)),
+        }
+    }
+
+    /// Bytes written to the stream so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.out.bytes_written()
+    }
+
+    fn wait(&mut self, timeout: Duration, what: &'static str) -> Result<DestMessage, SendError> {
+        match self.inbox.recv_timeout(timeout) {
+            Ok(Ok(DestMessage::Error(m))) => Err(SendError::DestinationFailed(m)),
+            Ok(Ok(m)) => Ok(m),
+            Ok(Err(ProtocolError::PeerClosed)) | Err(RecvTimeoutError::Disconnected) => Err(SendError::PeerGone),
+            Ok(Err(e)) => Err(e.into()),
+            Err(RecvTimeoutError::Timeout) => Err(SendError::Timeout(timeout, what)),
+        }
+    }
+
+    /// Fails if the destination has reported anything (it only speaks
+    /// unprompted to report an error).
+    pub fn check_destination(&mut self) -> Result<(), SendError> {
+        match self.inbox.try_recv() {
+            Err(TryRecvError::Empty) => Ok(()),
+            Ok(Ok(DestMessage::Error(m))) => Err(SendError::DestinationFailed(m)),
+            Ok(Ok(m)) => Err(SendError::Unexpected(m)),
+            Ok(Err(ProtocolError::PeerClosed)) | Err(TryRecvError::Disconnected) => Err(SendError::PeerGone),
+            Ok(Err(e)) => Err(e.into()),
+        }
+    }
+
+    /// Sends `pages` (a whole number of pages, at most `MAX_RUN_PAGES`)
+    /// starting at page `first_page` of `region`; zero pages go as markers.
+    pub fn send_run(&mut self, region: u32, first_page: u64, pages: &[u8]) -> Result<RunCounts, SendError> {
+        let count = (pages.len() / PAGE_SIZE) as u32;
+        debug_assert!(pages.len() % PAGE_SIZE == 0 && count > 0 && count <= MAX_RUN_PAGES);
+        self.zero_map.clear();
+        self.zero_map.resize(count.div_ceil(8) as usize, 0);
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(count as usize + 1);
+        let mut counts = RunCounts::default();
+        for (i, page) in pages.chunks_exact(PAGE_SIZE).enumerate() {
+            if page_is_zero(page) {
+                self.zero_map[i / 8] |= 1 << (i % 8);
+                counts.zero += 1;
+            } else {
+                counts.data += 1;
+            }
+        }
+        encode_run_header(region, first_page, count, &self.zero_map, &mut self.header);
+        parts.push(&self.header);
+        for (i, page) in pages.chunks_exact(PAGE_SIZE).enumerate() {
+            if self.zero_map[i / 8] & (1 << (i % 8)) == 0 {
+                parts.push(page);
+            }
+        }
+        self.out.write_frame(kind::PAGES, &parts)?;
+        Ok(counts)
+    }
+
+    /// Ends round `round`: flushes, and fails if the destination reported an error.
+    pub fn end_round(&mut self, round: u32) -> Result<(), SendError> {
+        self.out.write_frame(kind::ROUND_END, &[&encode_round_end(round)])?;
+        self.out.flush()?;
+        self.check_destination()
+    }
+
+    /// Sends the guest state blob.
+    pub fn send_state(&mut self, state: &[u8]) -> Result<(), SendError> {
+        self.out.write_frame(kind::STATE, &[state])?;
+        Ok(())
+    }
+
+    /// Says everything was sent and waits until the destination has restored it.
+    pub fn complete(&mut self, timeout: Duration) -> Result<(), SendError> {
+        self.out.write_frame(kind::COMPLETE, &[])?;
+        self.out.flush()?;
+        match self.wait(timeout, "Ready")? {
+            DestMessage::Ready => Ok(()),
+            other => Err(SendError::Unexpected(other)),
+        }
+    }
+
+    /// Tells the destination to run the guest and waits until it says it does.
+    pub fn commit(&mut self, timeout: Duration) -> Result<(), SendError> {
+        self.out.write_frame(kind::COMMIT, &[])?;
+        self.out.flush()?;
+        match self.wait(timeout, "Resumed")? {
+            DestMessage::Resumed => Ok(()),
+            other => Err(SendError::Unexpected(other)),
+        }
+    }
+
+    /// Tells the destination to discard everything (best effort).
+    pub fn abandon(&mut self, reason: &str) {
+        let _ = self.out.write_frame(kind::ABANDON, &[&encode_abandon(reason)]);
+        let _ = self.out.flush();
+    }
+}
+
+impl Drop for SourceSession {
+    fn drop(&mut self) {
+        // Closes the socket for every clone, so the reader thread ends and the
+        // destination sees the stream end.
+        self.stream.shutdown();
+    }
+}
