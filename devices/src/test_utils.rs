@@ -10,7 +10,7 @@ use virtio_bindings::virtio_mmio::*;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
-use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::mock::{AvailRing, DescriptorTable, UsedRing};
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -47,10 +47,16 @@ pub fn clear_dirty(mem: &GuestMemoryMmap) {
     }
 }
 
-/// The driver's side of one split queue.
+/// The driver's side of one split queue, built from virtio-queue's mock pieces.
+///
+/// (The mock's own `MockSplitQueue::create` places the used ring over the end of the available
+/// ring for queues bigger than a few entries, so the layout is computed here.)
 pub struct GuestQueue<'a> {
     mem: &'a GuestMemoryMmap,
-    mock: MockSplitQueue<'a, GuestMemoryMmap>,
+    desc: DescriptorTable<'a, GuestMemoryMmap>,
+    avail: AvailRing<'a, GuestMemoryMmap>,
+    used: UsedRing<'a, GuestMemoryMmap>,
+    addrs: (u64, u64, u64),
     size: u16,
     free: Vec<u16>,
     chains: HashMap<u16, Vec<u16>>,
@@ -61,9 +67,15 @@ pub struct GuestQueue<'a> {
 impl<'a> GuestQueue<'a> {
     /// A queue of `size` entries laid out from `base`.
     pub fn new(mem: &'a GuestMemoryMmap, base: u64, size: u16) -> Self {
+        let n = u64::from(size);
+        let avail = base + 16 * n;
+        let used = (avail + 6 + 2 * n + 3) & !3;
         GuestQueue {
             mem,
-            mock: MockSplitQueue::create(mem, GuestAddress(base), size),
+            desc: DescriptorTable::new(mem, GuestAddress(base), size),
+            avail: AvailRing::new(mem, GuestAddress(avail), size),
+            used: UsedRing::new(mem, GuestAddress(used), size),
+            addrs: (base, avail, used),
             size,
             free: (0..size).rev().collect(),
             chains: HashMap::new(),
@@ -74,11 +86,7 @@ impl<'a> GuestQueue<'a> {
 
     /// Descriptor table, available and used ring addresses.
     pub fn addrs(&self) -> (u64, u64, u64) {
-        (
-            self.mock.desc_table_addr().0,
-            self.mock.avail_addr().0,
-            self.mock.used_addr().0,
-        )
+        self.addrs
     }
 
     /// The queue size.
@@ -104,8 +112,7 @@ impl<'a> GuestQueue<'a> {
             } else {
                 0
             };
-            self.mock
-                .desc_table()
+            self.desc
                 .store(idx, desc(addr, len, flags, next))
                 .unwrap();
         }
@@ -120,7 +127,7 @@ impl<'a> GuestQueue<'a> {
     pub fn add_raw(&mut self, head: u16, descs: &[(u16, RawDescriptor)]) {
         let mut idxs = Vec::new();
         for &(i, d) in descs {
-            self.mock.desc_table().store(i, d).unwrap();
+            self.desc.store(i, d).unwrap();
             if let Some(p) = self.free.iter().position(|&f| f == i) {
                 self.free.remove(p);
                 idxs.push(i);
@@ -133,30 +140,30 @@ impl<'a> GuestQueue<'a> {
     /// Puts `head` in the available ring.
     pub fn publish(&mut self, head: u16) {
         let slot = usize::from(self.avail_idx % self.size);
-        self.mock.avail().ring().ref_at(slot).unwrap().store(head);
+        self.avail.ring().ref_at(slot).unwrap().store(head);
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mock.avail().idx().store(self.avail_idx);
+        self.avail.idx().store(self.avail_idx);
     }
 
     /// Sets the available ring's idx directly (for malformed-ring tests).
     pub fn set_avail_idx(&mut self, idx: u16) {
         self.avail_idx = idx;
-        self.mock.avail().idx().store(idx);
+        self.avail.idx().store(idx);
     }
 
     /// With EVENT_IDX: ask for an interrupt after used entry `idx`.
     pub fn set_used_event(&self, idx: u16) {
-        let at = self.mock.avail_addr().0 + 4 + 2 * u64::from(self.size);
+        let at = self.addrs.1 + 4 + 2 * u64::from(self.size);
         self.mem.write_obj(idx, GuestAddress(at)).unwrap();
     }
 
     /// The next used element, if the device produced one; frees its descriptors.
     pub fn next_used(&mut self) -> Option<(u16, u32)> {
-        if self.mock.used().idx().load() == self.used_idx {
+        if self.used.idx().load() == self.used_idx {
             return None;
         }
         let slot = usize::from(self.used_idx % self.size);
-        let elem = self.mock.used().ring().ref_at(slot).unwrap().load();
+        let elem = self.used.ring().ref_at(slot).unwrap().load();
         self.used_idx = self.used_idx.wrapping_add(1);
         let head = elem.id() as u16;
         if let Some(idxs) = self.chains.remove(&head) {
@@ -167,7 +174,7 @@ impl<'a> GuestQueue<'a> {
 
     /// The device's `avail_event` (EVENT_IDX).
     pub fn avail_event(&self) -> u16 {
-        let at = self.mock.used_addr().0 + 4 + 8 * u64::from(self.size);
+        let at = self.addrs.2 + 4 + 8 * u64::from(self.size);
         self.mem.read_obj(GuestAddress(at)).unwrap()
     }
 }
@@ -251,5 +258,32 @@ where
     /// Dispatches whatever is ready now, without waiting.
     pub fn poll(&mut self) {
         while self.em.run_with_timeout(0).unwrap() > 0 {}
+    }
+}
+
+/// A scratch file removed on drop.
+pub struct TempFile {
+    /// Its path.
+    pub path: std::path::PathBuf,
+}
+
+impl TempFile {
+    /// A new file holding `contents`.
+    pub fn with_contents(contents: &[u8]) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "tern-devices-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::write(&path, contents).unwrap();
+        TempFile { path }
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }

@@ -1,0 +1,426 @@
+//! The block device driven through its transport and a real event loop.
+
+use std::sync::MutexGuard;
+
+use virtio_bindings::virtio_blk::*;
+use virtio_bindings::virtio_config::VIRTIO_CONFIG_S_NEEDS_RESET;
+use virtio_bindings::virtio_mmio::VIRTIO_MMIO_STATUS;
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddress};
+
+use super::*;
+use crate::quiesce::{Quiesce, QuiesceStatus};
+use crate::state::Persist;
+use crate::test_utils::*;
+use crate::virtio::mmio::{MmioTransportArgs, MmioTransportState};
+use crate::virtio::{MmioTransport, VirtioDevice, COMMON_FEATURES};
+use crate::GuestMemoryMmap;
+
+const SECTORS: u64 = 64;
+const FEATURES: u64 = COMMON_FEATURES | (1 << VIRTIO_BLK_F_SEG_MAX) | (1 << VIRTIO_BLK_F_FLUSH);
+
+fn pattern(offset: u64) -> u8 {
+    (offset * 7 / 3) as u8
+}
+
+fn image() -> TempFile {
+    let data: Vec<u8> = (0..SECTORS * 512).map(pattern).collect();
+    TempFile::with_contents(&data)
+}
+
+fn config(path: &std::path::Path, readonly: bool) -> BlockConfig {
+    BlockConfig {
+        id: "disk0".into(),
+        path: path.to_path_buf(),
+        readonly,
+    }
+}
+
+/// Request slot `k`: header, status byte and a 64 KiB data buffer of its own.
+fn hdr_addr(k: u64) -> u64 {
+    0x20_0000 + k * 0x1000
+}
+fn status_addr(k: u64) -> u64 {
+    hdr_addr(k) + 0x100
+}
+fn data_addr(k: u64) -> u64 {
+    0x100_0000 + k * 0x10000
+}
+
+fn write_header(mem: &GuestMemoryMmap, k: u64, kind: u32, sector: u64) {
+    let mut h = [0u8; 16];
+    h[..4].copy_from_slice(&kind.to_le_bytes());
+    h[8..].copy_from_slice(&sector.to_le_bytes());
+    mem.write_slice(&h, GuestAddress(hdr_addr(k))).unwrap();
+    mem.write_obj(0xffu8, GuestAddress(status_addr(k))).unwrap();
+}
+
+/// Queues request `k` of `kind` on `sector` with `len` data bytes.
+fn queue_request(mem: &GuestMemoryMmap, q: &mut GuestQueue, k: u64, kind: u32, sector: u64, len: u32) -> u16 {
+    write_header(mem, k, kind, sector);
+    let data_writable = kind != VIRTIO_BLK_T_OUT;
+    let mut bufs = vec![(hdr_addr(k), 16, false)];
+    if len > 0 {
+        bufs.push((data_addr(k), len, data_writable));
+    }
+    bufs.push((status_addr(k), 1, true));
+    q.add(&bufs)
+}
+
+fn status(mem: &GuestMemoryMmap, k: u64) -> u8 {
+    mem.read_obj(GuestAddress(status_addr(k))).unwrap()
+}
+
+struct Setup {
+    _img: TempFile,
+    h: Harness<Block>,
+}
+
+impl Setup {
+    fn new(mem: &GuestMemoryMmap, q: &GuestQueue, readonly: bool) -> Self {
+        let img = image();
+        let block = Block::with_workers(config(&img.path, readonly), 2).unwrap();
+        let t = MmioTransport::new(block, mem.clone()).unwrap();
+        let h = Harness::new(t);
+        let mut features = FEATURES;
+        if readonly {
+            features |= 1 << VIRTIO_BLK_F_RO;
+        }
+        bring_up(&mut h.t.lock().unwrap(), &[q], features);
+        assert!(h.t.lock().unwrap().is_activated());
+        Setup { _img: img, h }
+    }
+
+    fn t(&self) -> MutexGuard<'_, MmioTransport<Block>> {
+        self.h.t.lock().unwrap()
+    }
+
+    fn kick(&self) {
+        self.t().queue_evts()[0].write(1).unwrap();
+    }
+
+    /// Runs the loop until `n` used entries arrived; returns them.
+    fn wait_used(&mut self, q: &mut GuestQueue, n: usize) -> Vec<(u16, u32)> {
+        let mut got = Vec::new();
+        self.h.run_until(|_| {
+            while let Some(u) = q.next_used() {
+                got.push(u);
+            }
+            got.len() >= n
+        });
+        got
+    }
+}
+
+#[test]
+fn read_write_flush_and_get_id() {
+    let mem = guest_memory();
+    let mut q = GuestQueue::new(&mem, 0x10000, 16);
+    let mut s = Setup::new(&mem, &q, false);
+
+    // Read sectors 2..4 into guest memory: the bitmap records the pages as dirty.
+    clear_dirty(&mem);
+    let head = queue_request(&mem, &mut q, 0, VIRTIO_BLK_T_IN, 2, 1024);
+    s.kick();
+    assert_eq!(s.wait_used(&mut q, 1), vec![(head, 1025)]);
+    assert_eq!(status(&mem, 0), VIRTIO_BLK_S_OK as u8);
+    let mut buf = vec![0u8; 1024];
+    mem.read_slice(&mut buf, GuestAddress(data_addr(0))).unwrap();
+    assert!(buf.iter().enumerate().all(|(i, &b)| b == pattern(1024 + i as u64)));
+    assert!(is_dirty(&mem, data_addr(0), 1024), "block read not in the dirty bitmap");
+
+    // Write sector 5, flush, read it back through the device.
+    mem.write_slice(&[0xab; 512], GuestAddress(data_addr(1))).unwrap();
+    queue_request(&mem, &mut q, 1, VIRTIO_BLK_T_OUT, 5, 512);
+    queue_request(&mem, &mut q, 2, VIRTIO_BLK_T_FLUSH, 0, 0);
+    s.kick();
+    let used = s.wait_used(&mut q, 2);
+    assert!(used.iter().all(|&(_, len)| len == 1));
+    assert_eq!((status(&mem, 1), status(&mem, 2)), (0, 0));
+    let on_disk = std::fs::read(&s._img.path).unwrap();
+    assert_eq!(&on_disk[5 * 512..6 * 512], &[0xab; 512][..]);
+    queue_request(&mem, &mut q, 3, VIRTIO_BLK_T_IN, 5, 512);
+    s.kick();
+    s.wait_used(&mut q, 1);
+    let mut back = [0u8; 512];
+    mem.read_slice(&mut back, GuestAddress(data_addr(3))).unwrap();
+    assert_eq!(back, [0xab; 512]);
+
+    queue_request(&mem, &mut q, 4, VIRTIO_BLK_T_GET_ID, 0, 20);
+    s.kick();
+    assert_eq!(s.wait_used(&mut q, 1)[0].1, 21);
+    let mut id = [0u8; 20];
+    mem.read_slice(&mut id, GuestAddress(data_addr(4))).unwrap();
+    assert_eq!(&id[..6], b"disk0\0");
+
+    // Config space: capacity and seg_max.
+    let mut cap = [0u8; 8];
+    crate::bus::BusDevice::read(&mut *s.t(), 0x100, &mut cap);
+    assert_eq!(u64::from_le_bytes(cap), SECTORS);
+}
+
+#[test]
+fn readonly_disk_refuses_writes() {
+    let mem = guest_memory();
+    let mut q = GuestQueue::new(&mem, 0x10000, 16);
+    let mut s = Setup::new(&mem, &q, true);
+    assert_ne!(s.t().device().avail_features() & (1 << VIRTIO_BLK_F_RO), 0);
+    mem.write_slice(&[0xcd; 512], GuestAddress(data_addr(0))).unwrap();
+    queue_request(&mem, &mut q, 0, VIRTIO_BLK_T_OUT, 0, 512);
+    queue_request(&mem, &mut q, 1, VIRTIO_BLK_T_IN, 0, 512);
+    s.kick();
+    s.wait_used(&mut q, 2);
+    assert_eq!(status(&mem, 0), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(status(&mem, 1), VIRTIO_BLK_S_OK as u8);
+    assert_eq!(std::fs::read(&s._img.path).unwrap()[0], pattern(0));
+}
+
+#[test]
+fn malformed_chains_never_stop_the_device() {
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    const N: u16 = VRING_DESC_F_NEXT as u16;
+    const W: u16 = VRING_DESC_F_WRITE as u16;
+    let mem = guest_memory();
+    let mut q = GuestQueue::new(&mem, 0x10000, 16);
+    let mut s = Setup::new(&mem, &q, false);
+    write_header(&mem, 0, VIRTIO_BLK_T_IN, 0);
+    let h = hdr_addr(0);
+    let st = status_addr(0);
+    let cases: Vec<(&str, Vec<(u16, _)>)> = vec![
+        ("loop", vec![(10, desc(h, 16, N, 11)), (11, desc(st, 1, W | N, 10))]),
+        ("next out of range", vec![(10, desc(h, 16, N, 99))]),
+        ("outside memory", vec![(10, desc(h, 16, N, 11)), (11, desc(1 << 40, 512, W, 0))]),
+        ("no status byte", vec![(10, desc(h, 16, 0, 0))]),
+        ("zero-length status", vec![(10, desc(h, 16, N, 11)), (11, desc(st, 0, W, 0))]),
+        ("readable status", vec![(10, desc(h, 16, N, 11)), (11, desc(st, 1, 0, 0))]),
+    ];
+    for (name, descs) in cases {
+        q.add_raw(10, &descs);
+        s.kick();
+        assert_eq!(s.wait_used(&mut q, 1), vec![(10, 0)], "{name}");
+    }
+    // Wrong directions and bad types get an error status.
+    queue_request(&mem, &mut q, 1, 0x55, 0, 0);
+    write_header(&mem, 2, VIRTIO_BLK_T_IN, 0);
+    q.add(&[(hdr_addr(2), 16, false), (data_addr(2), 512, false), (status_addr(2), 1, true)]);
+    write_header(&mem, 3, VIRTIO_BLK_T_IN, SECTORS);
+    q.add(&[(hdr_addr(3), 16, false), (data_addr(3), 512, true), (status_addr(3), 1, true)]);
+    s.kick();
+    s.wait_used(&mut q, 3);
+    assert_eq!(status(&mem, 1), VIRTIO_BLK_S_UNSUPP as u8);
+    assert_eq!(status(&mem, 2), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(status(&mem, 3), VIRTIO_BLK_S_IOERR as u8);
+
+    // A head beyond the queue size, and an avail index far ahead of the device: the device
+    // neither panics nor wedges on them.
+    q.publish(200);
+    s.kick();
+    s.h.poll();
+    let idx = s.t().device().queues()[0].next_avail();
+    q.set_avail_idx(idx.wrapping_add(100));
+    s.kick();
+    s.h.poll();
+    q.set_avail_idx(idx);
+    // The device still serves good requests.
+    queue_request(&mem, &mut q, 4, VIRTIO_BLK_T_IN, 1, 512);
+    s.kick();
+    let used = s.wait_used(&mut q, 1);
+    assert_eq!(used[0].1, 513, "{used:?} status {}", status(&mem, 4));
+    assert_eq!(status(&mem, 4), 0);
+    assert_eq!(s.t().status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+}
+
+#[test]
+fn quiesce_reports_held_requests_and_resume_serves_the_backlog() {
+    let mem = guest_memory();
+    let mut q = GuestQueue::new(&mem, 0x10000, 16);
+    let mut s = Setup::new(&mem, &q, false);
+    let fault = s.t().device().fault_handle();
+    fault.hold();
+    for k in 0..3 {
+        queue_request(&mem, &mut q, k, VIRTIO_BLK_T_IN, k, 512);
+    }
+    s.kick();
+    s.h.run_until(|h| h.t.lock().unwrap().device().in_flight() == 3);
+    assert_eq!(s.t().try_quiesce(), QuiesceStatus::Busy { in_flight: 3 });
+
+    // The guest keeps queuing; nothing new is taken while quiescing.
+    for k in 3..5 {
+        queue_request(&mem, &mut q, k, VIRTIO_BLK_T_IN, k, 512);
+    }
+    s.kick();
+    s.h.poll();
+    assert_eq!(s.t().device().in_flight(), 3);
+    assert_eq!(s.t().try_quiesce(), QuiesceStatus::Busy { in_flight: 3 });
+
+    fault.release();
+    let mut used = s.wait_used(&mut q, 3);
+    assert_eq!(s.t().try_quiesce(), QuiesceStatus::Quiesced);
+    assert_eq!(s.t().device().queues()[0].next_avail(), 3);
+    assert!(q.next_used().is_none());
+
+    s.t().resume_io();
+    used.extend(s.wait_used(&mut q, 2));
+    assert_eq!(used.len(), 5);
+    for k in 0..5 {
+        assert_eq!(status(&mem, k), 0, "request {k}");
+        let mut b = [0u8; 1];
+        mem.read_slice(&mut b, GuestAddress(data_addr(k))).unwrap();
+        assert_eq!(b[0], pattern(k * 512));
+    }
+}
+
+#[test]
+fn queue_depth_limit_bounds_what_is_in_flight() {
+    let mem = guest_memory();
+    let mut q = GuestQueue::new(&mem, 0x10000, 16);
+    let mut s = Setup::new(&mem, &q, false);
+    let fault = s.t().device().fault_handle();
+    s.t().set_queue_depth_limit(Some(0)); // clamped to 1
+    fault.hold();
+    for k in 0..4 {
+        queue_request(&mem, &mut q, k, VIRTIO_BLK_T_IN, k, 512);
+    }
+    s.kick();
+    s.h.run_until(|h| h.t.lock().unwrap().device().in_flight() == 1);
+    s.h.poll();
+    assert_eq!(s.t().device().in_flight(), 1);
+    assert_eq!(s.t().device().queues()[0].next_avail(), 1);
+    fault.release();
+    s.wait_used(&mut q, 4);
+    s.t().set_queue_depth_limit(None);
+    assert!((0..4).all(|k| status(&mem, k) == 0));
+}
+
+#[test]
+fn latency_fault_still_completes() {
+    let mem = guest_memory();
+    let mut q = GuestQueue::new(&mem, 0x10000, 16);
+    let mut s = Setup::new(&mem, &q, false);
+    let fault = s.t().device().fault_handle();
+    fault.set_latency(std::time::Duration::from_millis(20));
+    assert_eq!(fault.get().latency.as_millis(), 20);
+    queue_request(&mem, &mut q, 0, VIRTIO_BLK_T_IN, 0, 512);
+    s.kick();
+    s.wait_used(&mut q, 1);
+    assert_eq!(status(&mem, 0), 0);
+}
+
+#[test]
+fn reset_with_requests_in_flight_leaves_the_queue_alone() {
+    let mem = guest_memory();
+    let mut q = GuestQueue::new(&mem, 0x10000, 16);
+    let mut s = Setup::new(&mem, &q, false);
+    let fault = s.t().device().fault_handle();
+    fault.hold();
+    queue_request(&mem, &mut q, 0, VIRTIO_BLK_T_IN, 0, 512);
+    s.kick();
+    s.h.run_until(|h| h.t.lock().unwrap().device().in_flight() == 1);
+    write_reg(&mut *s.t(), VIRTIO_MMIO_STATUS, 0);
+    assert_eq!(s.t().try_quiesce(), QuiesceStatus::Busy { in_flight: 1 });
+    fault.release();
+    s.h.run_until(|h| h.t.lock().unwrap().device().in_flight() == 0);
+    assert!(q.next_used().is_none());
+    assert_eq!(status(&mem, 0), 0xff);
+}
+
+fn save_restore(s: &Setup, mem: &GuestMemoryMmap, path: &std::path::Path) -> MmioTransport<Block> {
+    let state = s.t().save();
+    let json = serde_json::to_vec(&state).unwrap();
+    let state: MmioTransportState<BlockState> = serde_json::from_slice(&json).unwrap();
+    let args = MmioTransportArgs {
+        mem: mem.clone(),
+        device: BlockArgs {
+            config: config(path, false),
+            workers: 1,
+        },
+    };
+    let restored = MmioTransport::<Block>::restore(args, &state).unwrap();
+    assert_eq!(restored.save(), state);
+    restored
+}
+
+#[test]
+fn restore_resubmits_in_flight_requests_and_keeps_working() {
+    let mem = guest_memory();
+    let mut q = GuestQueue::new(&mem, 0x10000, 16);
+    let mut s = Setup::new(&mem, &q, false);
+    let fault = s.t().device().fault_handle();
+    fault.hold();
+    for k in 0..2 {
+        queue_request(&mem, &mut q, k, VIRTIO_BLK_T_IN, k + 10, 512);
+    }
+    s.kick();
+    s.h.run_until(|h| h.t.lock().unwrap().device().in_flight() == 2);
+    let saved = s.t().save();
+    assert_eq!(saved.device.in_flight.len(), 2);
+
+    // The destination: same image, same queues, same guest memory.
+    let restored = save_restore(&s, &mem, &s._img.path);
+    let Setup { _img: _keep_image, h } = s;
+    drop(h);
+    let mut d = Harness::new(restored);
+    let mut got = Vec::new();
+    d.run_until(|_| {
+        while let Some(u) = q.next_used() {
+            got.push(u);
+        }
+        got.len() == 2
+    });
+    for k in 0..2 {
+        assert_eq!(status(&mem, k), 0);
+        let mut b = [0u8; 1];
+        mem.read_slice(&mut b, GuestAddress(data_addr(k))).unwrap();
+        assert_eq!(b[0], pattern((k + 10) * 512));
+    }
+    // New requests on the same queue are served.
+    queue_request(&mem, &mut q, 2, VIRTIO_BLK_T_IN, 3, 512);
+    d.t.lock().unwrap().queue_evts()[0].write(1).unwrap();
+    d.run_until(|_| q.next_used().is_some());
+    assert_eq!(status(&mem, 2), 0);
+}
+
+#[test]
+fn restore_rejects_mismatched_or_invalid_states() {
+    let img = image();
+    let block = Block::with_workers(config(&img.path, false), 1).unwrap();
+    let good = block.save();
+    let args = |readonly| BlockArgs {
+        config: config(&img.path, readonly),
+        workers: 1,
+    };
+    assert!(Block::restore(args(false), &good).is_ok());
+    assert!(matches!(
+        Block::restore(args(true), &good),
+        Err(BlockError::Mismatch(_))
+    ));
+    let bad = BlockState {
+        capacity_sectors: 1,
+        ..good.clone()
+    };
+    assert!(matches!(
+        Block::restore(args(false), &bad),
+        Err(BlockError::Mismatch(_))
+    ));
+    let bad = BlockState {
+        in_flight: vec![300],
+        ..good.clone()
+    };
+    assert!(matches!(
+        Block::restore(args(false), &bad),
+        Err(BlockError::InFlight(_))
+    ));
+    let bad = BlockState {
+        in_flight: vec![0; 257],
+        ..good.clone()
+    };
+    assert!(matches!(
+        Block::restore(args(false), &bad),
+        Err(BlockError::InFlight(_))
+    ));
+    let args = BlockArgs {
+        config: config(&img.path, false),
+        workers: 0,
+    };
+    assert!(matches!(Block::restore(args, &good), Err(BlockError::NoWorkers)));
+}
