@@ -6,3 +6,5 @@ pub mod protocol;
 pub mod receiver;
 pub mod sender;
 pub mod transport;
+pub mod controller;
+pub mod throttle;

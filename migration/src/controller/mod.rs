@@ -1,0 +1,502 @@
+//! The convergence controller: observations in, decisions out.
+//!
+//! Pure and deterministic: no clock (time arrives in [`RoundObservation`]), no I/O, no
+//! randomness, no hash-ordered state. The same observations always give the same decisions,
+//! which is what lets [`crate::sim`] and [`crate::predict`] drive the very code the VMM runs.
+//!
+//! Per observation the controller
+//! 1. updates its estimates ([`estimate`]): transfer rate, each dirtier's unthrottled rate and
+//!    how its rate scales with CPU share;
+//! 2. switches over when the expected downtime is within the aim ([`Policy`]), unless devices
+//!    are still busy;
+//! 3. stops (abort or force, per [`OnNoConverge`]) on `timeout`, `max_iterations`, or when a
+//!    completed round proves the set cannot shrink even at `max_throttle` ([`verdict`]);
+//! 4. otherwise allocates per-vCPU throttles by water-filling ([`allocate`]) towards a dirty
+//!    rate of `(1 − margin)` of the transfer rate, tightened after every stuck round, and
+//!    signals `Quiesce` when the switchover looks about two rounds away.
+//!
+//! A vCPU whose rate did not fall when it was throttled ("burst") is throttled to the maximum
+//! for one probe round after a stuck round; the probe measures the rate at maximum throttle, so
+//! the verdict after it is exact. Bulk pass, throttled round, probe round: a workload that no
+//! throttle can tame is recognised at the end of round 2, the third round.
+
+mod allocate;
+mod config;
+mod decision;
+mod estimate;
+mod observation;
+mod policy;
+mod verdict;
+
+use std::time::Duration;
+
+pub use allocate::{greedy, uniform, water_fill, Allocation, DirtierCurve, MIN_USEFUL_THROTTLE};
+pub use config::{
+    ConfigError, ControllerConfig, OnNoConverge, ParseOnNoConvergeError, DEFAULT_AGGRESSION, DEFAULT_AVERAGING_ALPHA,
+    DEFAULT_MAX_DOWNTIME, DEFAULT_MAX_THROTTLE, DEFAULT_STATE_TRANSFER_ALLOWANCE, MAX_VCPUS,
+};
+pub use decision::{Action, Bytes, Decision, Estimates, Rate, Scaling, StopReason, VcpuEstimate};
+pub use estimate::{Iir, INELASTIC_BELOW};
+pub use observation::{DeviceStatus, RoundObservation, DEFAULT_PAGE_SIZE};
+pub use policy::{Policy, NO_CONVERGENCE_SHRINK};
+
+use estimate::{DirtierModel, RateSample, RoundAccumulator};
+use observation::Clean;
+use verdict::{cannot_shrink, floor_lower_bound, probe_candidates, Progress, RoundProgress};
+
+use crate::throttle::secs_to_duration;
+
+/// A dirtier counts as "at maximum throttle" within this much CPU share of it.
+const AT_MAX_SLACK: f64 = 0.005;
+
+/// The convergence controller for one migration.
+#[derive(Clone, Debug)]
+pub struct Controller {
+    config: ControllerConfig,
+    policy: Policy,
+    transfer: Iir,
+    dirty: Iir,
+    vcpus: Vec<DirtierModel>,
+    unattributed: DirtierModel,
+    aggregate: DirtierModel,
+    round: RoundAccumulator,
+    progress: Progress,
+    attributed: bool,
+    /// Remaining bytes at the end of the previous round: the current round's pending set.
+    round_start_bytes: Option<f64>,
+    /// Per vCPU: throttled to the maximum this round to measure it.
+    probing: Vec<bool>,
+    /// Per vCPU: already probed once.
+    probed: Vec<bool>,
+    probing_aggregate: bool,
+    probed_aggregate: bool,
+    commanded: Vec<f64>,
+    /// The last completed round did not shrink the set enough: the model is not to be trusted
+    /// for predicting the switchover.
+    last_round_stuck: bool,
+    terminal: Option<Decision>,
+}
+
+/// The throttle plan for the time until the next observation.
+struct Plan {
+    throttles: Vec<f64>,
+    planned_bytes_per_sec: Option<f64>,
+    target_bytes_per_sec: Option<f64>,
+}
+
+impl Controller {
+    /// A controller for one migration; fails on an invalid config.
+    pub fn new(config: ControllerConfig) -> Result<Controller, ConfigError> {
+        config.validate()?;
+        let alpha = config.averaging_alpha;
+        let n = config.vcpus;
+        Ok(Controller {
+            policy: Policy::for_aggression(config.aggression),
+            transfer: Iir::new(alpha),
+            dirty: Iir::new(alpha),
+            vcpus: vec![DirtierModel::new(alpha); n],
+            unattributed: DirtierModel::unthrottleable(alpha),
+            aggregate: DirtierModel::new(alpha),
+            round: RoundAccumulator::default(),
+            progress: Progress::default(),
+            attributed: false,
+            round_start_bytes: None,
+            probing: vec![false; n],
+            probed: vec![false; n],
+            probing_aggregate: false,
+            probed_aggregate: false,
+            commanded: vec![0.0; n],
+            last_round_stuck: false,
+            terminal: None,
+            config,
+        })
+    }
+
+    /// The (validated) configuration.
+    pub fn config(&self) -> &ControllerConfig {
+        &self.config
+    }
+
+    /// The aggression-derived constants in use.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The decision to apply before the first observation: no throttle, continue.
+    pub fn initial_decision(&self) -> Decision {
+        Decision::initial(self.config.vcpus)
+    }
+
+    /// Takes one observation and decides. After a terminal action (switchover, abort, force)
+    /// every later call returns that same decision.
+    pub fn observe(&mut self, obs: &RoundObservation) -> Decision {
+        if let Some(done) = &self.terminal {
+            return done.clone();
+        }
+        let o = obs.clean(self.config.vcpus, &self.commanded);
+        if o.send_secs > 0.0 && o.send_secs.is_finite() {
+            self.transfer.update(o.bytes_sent / o.send_secs);
+        }
+        if o.interval_secs > 0.0 && o.interval_secs.is_finite() {
+            self.dirty.update(o.dirtied_bytes / o.interval_secs);
+        }
+        self.attributed = o.vcpu_dirtied_bytes.is_some();
+        self.round.add(&o);
+        let link = self.transfer_rate();
+        let min_share = 1.0 - self.config.max_throttle;
+
+        let mut progress = None;
+        let mut floor = None;
+        if o.end_of_round {
+            floor = self.commit_round(min_share);
+            progress = self.progress.record(o.remaining_bytes, &self.policy);
+            self.last_round_stuck = progress.is_some_and(|p| p.stuck);
+            self.round_start_bytes = Some(o.remaining_bytes);
+        } else if o.round > 0 {
+            self.observe_partial(link);
+        }
+
+        let expected = self.expected_downtime(o.remaining_bytes, link);
+        let stalled = progress.is_some_and(|p| p.stuck) || o.devices == Some(DeviceStatus::Quiesced);
+        let nominal_aim = self.config.max_downtime.mul_f64(self.policy.switchover_fraction);
+        let aim = if stalled { self.config.max_downtime } else { nominal_aim };
+
+        // 1. Switchover, unless devices are still busy.
+        let mut devices_busy = None;
+        if let Some(downtime) = expected.filter(|d| *d <= aim) {
+            match o.devices {
+                Some(DeviceStatus::Running) => devices_busy = Some(0),
+                Some(DeviceStatus::Quiescing { in_flight }) => devices_busy = Some(in_flight),
+                _ => {
+                    let reason = format!(
+                        "expected downtime {} within {} ({}): switchover",
+                        ms(downtime),
+                        ms(aim),
+                        if stalled { "max_downtime, progress stalled" } else { "aim while progressing" }
+                    );
+                    return self.finish(Action::Switchover { expected_downtime: downtime }, &o, expected, link, reason);
+                }
+            }
+        }
+
+        // 2. Limits.
+        if let Some(timeout) = self.config.timeout {
+            if o.elapsed >= timeout {
+                return self.stop(StopReason::Timeout { elapsed: o.elapsed }, &o, expected, link);
+            }
+        }
+        if o.end_of_round {
+            if let Some(max) = self.config.max_iterations {
+                let rounds = o.round.saturating_add(1);
+                if rounds >= max && devices_busy.is_none() {
+                    return self.stop(StopReason::MaxIterations { rounds }, &o, expected, link);
+                }
+            }
+        }
+
+        // 3. Convergence verdict (whole rounds only).
+        if let (Some(floor), Some(link)) = (floor, link) {
+            if devices_busy.is_none() && link > 0.0 {
+                let proven = cannot_shrink(floor, link);
+                let stuck_at_max = progress.is_some_and(|p| p.shrink < NO_CONVERGENCE_SHRINK) && self.all_at_max(min_share);
+                if proven || stuck_at_max {
+                    let reason = StopReason::NoConvergence { floor_bytes_per_sec: floor, transfer_bytes_per_sec: link };
+                    return self.stop(reason, &o, expected, Some(link));
+                }
+            }
+        }
+        if o.end_of_round {
+            self.arm_probe(progress, min_share, link);
+        }
+
+        // 4. Throttle plan.
+        let bulk = o.round == 0 && !o.end_of_round;
+        let plan = match link {
+            Some(link) if !bulk && link > 0.0 => self.plan(link),
+            _ => Plan {
+                throttles: vec![0.0; self.config.vcpus],
+                planned_bytes_per_sec: None,
+                target_bytes_per_sec: None,
+            },
+        };
+        let soon = self.switchover_soon(o.remaining_bytes, plan.planned_bytes_per_sec, link, nominal_aim);
+        let action = if devices_busy.is_some() || soon { Action::Quiesce } else { Action::Continue };
+        let reason = self.explain(&o, &plan, expected, aim, bulk, devices_busy, soon);
+        let estimates = self.estimates(&o, expected, link, &plan, reason);
+        self.commanded.clone_from(&plan.throttles);
+        Decision { throttle_fractions: plan.throttles, action, estimates }
+    }
+
+    /// Transfer rate: the average, capped by `max_bandwidth`, which also stands in before any
+    /// measurement.
+    fn transfer_rate(&self) -> Option<f64> {
+        let cap = self.config.max_bandwidth_bytes_per_sec.map(|b| b as f64);
+        match (self.transfer.value(), cap) {
+            (Some(m), Some(c)) => Some(m.min(c)),
+            (Some(m), None) => Some(m),
+            (None, c) => c,
+        }
+    }
+
+    fn expected_downtime(&self, remaining_bytes: f64, link: Option<f64>) -> Option<Duration> {
+        let allowance = self.config.state_transfer_allowance;
+        if remaining_bytes <= 0.0 {
+            return Some(allowance);
+        }
+        let link = link.filter(|l| *l > 0.0)?;
+        Some(secs_to_duration(remaining_bytes / link).saturating_add(allowance))
+    }
+
+    /// Commits the round's samples to the models; returns the lower bound on the dirty rate at
+    /// maximum throttle.
+    fn commit_round(&mut self, min_share: f64) -> Option<f64> {
+        let samples = self.round.finish()?;
+        // The probe (if any) covered the round that just ended.
+        for (probing, probed) in self.probing.iter_mut().zip(self.probed.iter_mut()) {
+            if *probing {
+                *probed = true;
+                *probing = false;
+            }
+        }
+        if self.probing_aggregate {
+            self.probed_aggregate = true;
+            self.probing_aggregate = false;
+        }
+        self.aggregate.commit_round(samples.total);
+        match &samples.vcpus {
+            Some(per_vcpu) => {
+                for (model, s) in self.vcpus.iter_mut().zip(per_vcpu) {
+                    model.commit_round(*s);
+                }
+                self.unattributed
+                    .commit_round(RateSample { share: 1.0, bytes_per_sec: samples.unattributed_bytes_per_sec });
+                Some(floor_lower_bound(per_vcpu, samples.unattributed_bytes_per_sec, min_share))
+            }
+            None => Some(floor_lower_bound(&[samples.total], 0.0, min_share)),
+        }
+    }
+
+    /// Folds the round in progress into provisional estimates, weighted by how far into the
+    /// round's expected duration we are.
+    fn observe_partial(&mut self, link: Option<f64>) {
+        let Some(samples) = self.round.samples() else { return };
+        let expected_secs = match (self.round_start_bytes, link) {
+            (Some(bytes), Some(link)) if link > 0.0 => bytes / link,
+            _ => 0.0,
+        };
+        let weight = if expected_secs > 0.0 { (samples.secs / expected_secs).min(1.0) } else { 1.0 };
+        self.aggregate.observe_partial(samples.total, weight);
+        if let Some(per_vcpu) = &samples.vcpus {
+            for (model, s) in self.vcpus.iter_mut().zip(per_vcpu) {
+                model.observe_partial(*s, weight);
+            }
+            self.unattributed
+                .observe_partial(RateSample { share: 1.0, bytes_per_sec: samples.unattributed_bytes_per_sec }, weight);
+        }
+    }
+
+    /// Whether every dirtier that dirties ran at maximum throttle in the last round.
+    fn all_at_max(&self, min_share: f64) -> bool {
+        let at_max = |m: &DirtierModel| m.last().is_none_or(|s| s.bytes_per_sec <= 0.0 || s.share <= min_share + AT_MAX_SLACK);
+        if self.attributed {
+            self.vcpus.iter().all(at_max)
+        } else {
+            at_max(&self.aggregate)
+        }
+    }
+
+    /// After a stuck round, schedules a probe round at maximum throttle for dirtiers measured as
+    /// inelastic and not probed yet.
+    fn arm_probe(&mut self, progress: Option<RoundProgress>, min_share: f64, link: Option<f64>) {
+        if !progress.is_some_and(|p| p.stuck) {
+            return;
+        }
+        let link = link.unwrap_or(0.0);
+        if self.attributed {
+            for i in probe_candidates(&self.vcpus, min_share, link) {
+                if let (Some(probing), Some(false)) = (self.probing.get_mut(i), self.probed.get(i)) {
+                    *probing = true;
+                }
+            }
+        } else if !self.probed_aggregate
+            && !probe_candidates(std::slice::from_ref(&self.aggregate), min_share, link).is_empty()
+        {
+            self.probing_aggregate = true;
+        }
+    }
+
+    fn plan(&self, link: f64) -> Plan {
+        let max = self.config.max_throttle;
+        let target = self.policy.target_dirty_rate(link, self.progress.stuck_rounds());
+        if self.attributed {
+            let fixed = self.unattributed.unthrottled().unwrap_or(0.0);
+            let curves: Vec<DirtierCurve> = self.vcpus.iter().map(DirtierModel::curve).collect();
+            let mut throttles = water_fill(&curves, (target - fixed).max(0.0), max).throttle_fractions;
+            for (p, probing) in throttles.iter_mut().zip(&self.probing) {
+                if *probing {
+                    *p = max;
+                }
+            }
+            let planned = fixed + curves.iter().zip(&throttles).map(|(c, p)| c.rate_at(1.0 - p)).sum::<f64>();
+            Plan { throttles, planned_bytes_per_sec: Some(planned), target_bytes_per_sec: Some(target) }
+        } else {
+            let curve = self.aggregate.curve();
+            let p = if self.probing_aggregate {
+                max
+            } else {
+                water_fill(std::slice::from_ref(&curve), target, max).throttle_fractions.first().copied().unwrap_or(0.0)
+            };
+            Plan {
+                throttles: vec![p; self.config.vcpus],
+                planned_bytes_per_sec: Some(curve.rate_at(1.0 - p)),
+                target_bytes_per_sec: Some(target),
+            }
+        }
+    }
+
+    /// Whether, at the planned dirty rate, one of the next two rounds should end within `aim`.
+    fn switchover_soon(&self, remaining_bytes: f64, planned: Option<f64>, link: Option<f64>, aim: Duration) -> bool {
+        let (Some(planned), Some(link)) = (planned, link) else { return false };
+        if self.last_round_stuck {
+            return false;
+        }
+        if link <= 0.0 || planned >= link {
+            return false;
+        }
+        let mut set = remaining_bytes;
+        for _ in 0..2 {
+            set = planned * (set / link);
+            if self.expected_downtime(set, Some(link)).is_some_and(|d| d <= aim) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn stop(&mut self, reason: StopReason, o: &Clean, expected: Option<Duration>, link: Option<f64>) -> Decision {
+        let text = match self.config.on_no_converge {
+            OnNoConverge::Abort => format!("{reason}; aborting, guest stays on the source"),
+            OnNoConverge::Force => format!(
+                "{reason}; forcing stop-and-copy, expected downtime {}",
+                expected.map_or("unknown".to_string(), ms)
+            ),
+        };
+        let action = match self.config.on_no_converge {
+            OnNoConverge::Abort => Action::Abort { reason },
+            OnNoConverge::Force => Action::Force { reason, expected_downtime: expected },
+        };
+        self.finish(action, o, expected, link, text)
+    }
+
+    fn finish(&mut self, action: Action, o: &Clean, expected: Option<Duration>, link: Option<f64>, reason: String) -> Decision {
+        let plan = Plan { throttles: vec![0.0; self.config.vcpus], planned_bytes_per_sec: None, target_bytes_per_sec: None };
+        let estimates = self.estimates(o, expected, link, &plan, reason);
+        let decision = Decision { throttle_fractions: plan.throttles, action, estimates };
+        self.commanded = vec![0.0; self.config.vcpus];
+        self.terminal = Some(decision.clone());
+        decision
+    }
+
+    fn estimates(&self, o: &Clean, expected: Option<Duration>, link: Option<f64>, plan: &Plan, reason: String) -> Estimates {
+        let vcpus = self
+            .vcpus
+            .iter()
+            .zip(&o.vcpu_shares)
+            .map(|(m, &share)| {
+                if !self.attributed {
+                    return VcpuEstimate {
+                        dirty_bytes_per_sec: None,
+                        unthrottled_dirty_bytes_per_sec: None,
+                        cpu_elasticity: None,
+                        scaling: Scaling::Unknown,
+                    };
+                }
+                let scaling = if !m.fitted() {
+                    Scaling::Unknown
+                } else if m.inelastic() {
+                    Scaling::Inelastic
+                } else {
+                    Scaling::Proportional
+                };
+                VcpuEstimate {
+                    dirty_bytes_per_sec: m.unthrottled().map(|_| m.curve().rate_at(share)),
+                    unthrottled_dirty_bytes_per_sec: m.unthrottled(),
+                    cpu_elasticity: Some(m.elasticity()),
+                    scaling,
+                }
+            })
+            .collect();
+        Estimates {
+            transfer_bytes_per_sec: link,
+            dirty_bytes_per_sec: self.dirty.value(),
+            planned_dirty_bytes_per_sec: plan.planned_bytes_per_sec,
+            target_dirty_bytes_per_sec: plan.target_bytes_per_sec,
+            unattributed_dirty_bytes_per_sec: if self.attributed { self.unattributed.unthrottled() } else { None },
+            vcpus,
+            remaining_bytes: o.remaining_bytes.min(u64::MAX as f64) as u64,
+            expected_downtime: expected,
+            escalations: self.progress.stuck_rounds(),
+            probing: self.probing.iter().any(|p| *p) || self.probing_aggregate,
+            reason,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn explain(
+        &self,
+        o: &Clean,
+        plan: &Plan,
+        expected: Option<Duration>,
+        aim: Duration,
+        bulk: bool,
+        devices_busy: Option<u32>,
+        soon: bool,
+    ) -> String {
+        let dirty = self.dirty.value().map_or("?".to_string(), |d| Rate(d).to_string());
+        let link = self.transfer_rate().map_or("?".to_string(), |l| Rate(l).to_string());
+        let downtime = expected.map_or("unknown".to_string(), ms);
+        let mut text = if bulk {
+            format!("round 0 (bulk pass): no throttle; dirty {dirty}, link {link}")
+        } else {
+            let throttled = plan.throttles.iter().filter(|p| **p > 0.0).count();
+            let max = plan.throttles.iter().copied().fold(0.0, f64::max);
+            let target = plan.target_bytes_per_sec.map_or("?".to_string(), |t| Rate(t).to_string());
+            if throttled == 0 {
+                format!("round {}: dirty {dirty} within target {target} (link {link}); no throttle", o.round)
+            } else {
+                format!(
+                    "round {}: dirty {dirty} vs target {target} (link {link}); throttling {throttled} of {} vCPUs, max {:.0} %",
+                    o.round,
+                    plan.throttles.len(),
+                    max * 100.0
+                )
+            }
+        };
+        let escalations = self.progress.stuck_rounds();
+        if escalations > 0 {
+            text.push_str(&format!("; escalated {escalations}×"));
+        }
+        if self.probing.iter().any(|p| *p) || self.probing_aggregate {
+            text.push_str("; probing burst vCPUs at max throttle");
+        }
+        text.push_str(&format!("; expected downtime {downtime} (aim {})", ms(aim)));
+        if let Some(in_flight) = devices_busy {
+            text.push_str(&format!("; switchover due but devices busy ({in_flight} in flight): quiesce"));
+        } else if soon {
+            text.push_str("; switchover within ~2 rounds: quiesce devices");
+        }
+        text
+    }
+}
+
+fn ms(d: Duration) -> String {
+    let v = d.as_secs_f64() * 1000.0;
+    if v >= 10_000.0 {
+        format!("{:.1} s", v / 1000.0)
+    } else {
+        format!("{v:.0} ms")
+    }
+}
+
+#[cfg(test)]
+mod tests;
