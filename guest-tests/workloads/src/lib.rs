@@ -1,2 +1,41 @@
-//! Placeholder; replaced by the workloads crate.
-#![cfg_attr(not(feature = "std"), no_std)]
+//! tern's guest workloads, written once as `no_std` logic (no allocation)
+//! and used by the ring-3 test guest, the Linux workload program and, with
+//! the `std` feature, the host-side runner that reads the events back.
+//!
+//! - [`event`]: the `tern-guest: {json}` event lines (writer, and reader
+//!   with `std`); [`command`]: the commands the host sends back.
+//! - [`params`]: `tern.*` kernel command line parameters.
+//! - [`page`], [`memory`], [`verify`]: the self-checking page format, the
+//!   working set and its generation table, the verifier.
+//! - [`dirtier`], [`pacer`]: the memory dirtier and its rate control.
+//! - [`meter`], [`clock`]: the stall meter and clock continuity.
+//! - [`run`], [`coord`], [`platform`]: the loop every CPU runs and how CPUs
+//!   cooperate, over a [`platform::Platform`].
+//! - [`bootdata`]: parsers for what a VMM hands the test guest (PVH start
+//!   info, memory map, MP table) and its memory plan.
+//!
+//! The `std` feature (on by default; the test guest turns it off) adds the
+//! event reader and the JSON parser it uses.
+#![cfg_attr(not(any(feature = "std", test)), no_std)]
+
+mod names;
+
+pub mod bootdata;
+pub mod clock;
+pub mod command;
+pub mod coord;
+pub mod dirtier;
+pub mod event;
+pub mod json;
+#[cfg(feature = "std")]
+pub mod json_read;
+pub mod line;
+pub mod memory;
+pub mod meter;
+pub mod pacer;
+pub mod page;
+pub mod params;
+pub mod platform;
+pub mod rng;
+pub mod run;
+pub mod verify;

@@ -1,0 +1,21 @@
+//! What a workload needs from where it runs: the ring-3 test guest (TSC,
+//! kvmclock, 16550 through service calls) or a Linux process (TSC,
+//! CLOCK_MONOTONIC, stdout/stdin).
+
+pub trait Platform: Sync {
+    /// The cycle counter all loop timing uses (the TSC).
+    fn tsc(&self) -> u64;
+    /// Its frequency.
+    fn tsc_hz(&self) -> u64;
+    /// TSC value when the guest (or program) started.
+    fn boot_tsc(&self) -> u64;
+    /// The second clock for continuity checks, read on `cpu`, in ns.
+    fn clock_ns(&self, cpu: usize) -> Option<u64>;
+    /// Writes one whole line (ending in `\n`) without interleaving with the
+    /// other CPUs' lines.
+    fn write_line(&self, line: &str);
+    /// Copies input bytes that are already waiting into `buf`; never blocks.
+    fn read_input(&self, buf: &mut [u8]) -> usize;
+    /// Resets the VM (or ends the program).
+    fn reboot(&self) -> !;
+}
