@@ -8,3 +8,4 @@ pub mod sender;
 pub mod transport;
 pub mod controller;
 pub mod throttle;
+pub mod sim;

@@ -56,7 +56,10 @@ pub struct DutyCycle {
 
 impl DutyCycle {
     /// No throttle: run a whole default period, never sleep.
-    pub const UNTHROTTLED: DutyCycle = DutyCycle { run: DEFAULT_PERIOD, sleep: Duration::ZERO };
+    pub const UNTHROTTLED: DutyCycle = DutyCycle {
+        run: DEFAULT_PERIOD,
+        sleep: Duration::ZERO,
+    };
 
     /// The duty cycle for throttle `fraction` (clamped by [`clamp_fraction`]) and a nominal
     /// `period`. A period shorter than [`MIN_RUN_SLICE`] is raised to it. When `(1 − p)·period`
@@ -66,7 +69,10 @@ impl DutyCycle {
         let p = clamp_fraction(fraction);
         let period = period.max(MIN_RUN_SLICE);
         if p == 0.0 {
-            return DutyCycle { run: period, sleep: Duration::ZERO };
+            return DutyCycle {
+                run: period,
+                sleep: Duration::ZERO,
+            };
         }
         let share = 1.0 - p;
         let mut run = secs_to_duration(period.as_secs_f64() * share);
@@ -75,7 +81,10 @@ impl DutyCycle {
             run = MIN_RUN_SLICE;
             period = secs_to_duration(MIN_RUN_SLICE.as_secs_f64() / share);
         }
-        DutyCycle { run, sleep: period.saturating_sub(run) }
+        DutyCycle {
+            run,
+            sleep: period.saturating_sub(run),
+        }
     }
 
     /// The duty cycle for `fraction` with [`DEFAULT_PERIOD`].
@@ -185,8 +194,14 @@ mod tests {
 
     #[test]
     fn fraction_is_clamped_and_nan_is_unthrottled() {
-        assert_eq!(DutyCycle::new(1.0, DEFAULT_PERIOD), DutyCycle::new(MAX_FRACTION, DEFAULT_PERIOD));
-        assert_eq!(DutyCycle::new(7.0, DEFAULT_PERIOD), DutyCycle::new(MAX_FRACTION, DEFAULT_PERIOD));
+        assert_eq!(
+            DutyCycle::new(1.0, DEFAULT_PERIOD),
+            DutyCycle::new(MAX_FRACTION, DEFAULT_PERIOD)
+        );
+        assert_eq!(
+            DutyCycle::new(7.0, DEFAULT_PERIOD),
+            DutyCycle::new(MAX_FRACTION, DEFAULT_PERIOD)
+        );
         assert!(DutyCycle::new(f64::NAN, DEFAULT_PERIOD).is_unthrottled());
         assert!(DutyCycle::new(-0.5, DEFAULT_PERIOD).is_unthrottled());
         assert!(DutyCycle::new(f64::INFINITY, DEFAULT_PERIOD).sleep() > Duration::ZERO);

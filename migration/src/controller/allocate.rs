@@ -46,7 +46,11 @@ impl DirtierCurve {
 
     /// Rate at CPU share `share` (clamped to 0..=1).
     pub fn rate_at(&self, share: f64) -> f64 {
-        let share = if share.is_nan() { 1.0 } else { share.clamp(0.0, 1.0) };
+        let share = if share.is_nan() {
+            1.0
+        } else {
+            share.clamp(0.0, 1.0)
+        };
         let beta = self.beta();
         if beta == 0.0 {
             return self.u();
@@ -117,17 +121,29 @@ fn finish(curves: &[DirtierCurve], shares: Vec<f64>, target: f64) -> Allocation 
             }
         })
         .collect();
-    Allocation { throttle_fractions, planned_bytes_per_sec: planned, meets_target: planned <= target * (1.0 + 1e-9) }
+    Allocation {
+        throttle_fractions,
+        planned_bytes_per_sec: planned,
+        meets_target: planned <= target * (1.0 + 1e-9),
+    }
 }
 
 /// Water-filling: cap every dirtier at a common rate level, the highest level whose capped
 /// rates sum to at most `target_bytes_per_sec`; no throttle above `max_throttle`.
-pub fn water_fill(curves: &[DirtierCurve], target_bytes_per_sec: f64, max_throttle: f64) -> Allocation {
+pub fn water_fill(
+    curves: &[DirtierCurve],
+    target_bytes_per_sec: f64,
+    max_throttle: f64,
+) -> Allocation {
     let target = clean_target(target_bytes_per_sec);
     let min_share = 1.0 - clean_max_throttle(max_throttle);
     let floors: Vec<f64> = curves.iter().map(|c| c.rate_at(min_share)).collect();
     let capped = |level: f64| -> f64 {
-        curves.iter().zip(&floors).map(|(c, &f)| level.clamp(f, c.rate_at(1.0).max(f))).sum::<f64>()
+        curves
+            .iter()
+            .zip(&floors)
+            .map(|(c, &f)| level.clamp(f, c.rate_at(1.0).max(f)))
+            .sum::<f64>()
     };
     let top = curves.iter().map(|c| c.rate_at(1.0)).fold(0.0, f64::max);
     let level = if capped(top) <= target {
@@ -145,7 +161,10 @@ pub fn water_fill(curves: &[DirtierCurve], target_bytes_per_sec: f64, max_thrott
         }
         lo
     };
-    let shares = curves.iter().map(|c| c.share_for(level, min_share)).collect();
+    let shares = curves
+        .iter()
+        .map(|c| c.share_for(level, min_share))
+        .collect();
     finish(curves, shares, target)
 }
 
@@ -158,8 +177,13 @@ pub fn greedy(curves: &[DirtierCurve], target_bytes_per_sec: f64, max_throttle: 
     let mut shares = vec![1.0; curves.len()];
     let mut order: Vec<usize> = (0..curves.len()).collect();
     // Rate removed per CPU share lost when going from share 1 to min_share.
-    let gain = |c: &DirtierCurve| (c.rate_at(1.0) - c.rate_at(min_share)) / (1.0 - min_share).max(1e-9);
-    order.sort_by(|&a, &b| gain(&curves[b]).total_cmp(&gain(&curves[a])).then(a.cmp(&b)));
+    let gain =
+        |c: &DirtierCurve| (c.rate_at(1.0) - c.rate_at(min_share)) / (1.0 - min_share).max(1e-9);
+    order.sort_by(|&a, &b| {
+        gain(&curves[b])
+            .total_cmp(&gain(&curves[a]))
+            .then(a.cmp(&b))
+    });
     let mut total: f64 = curves.iter().map(|c| c.rate_at(1.0)).sum();
     for i in order {
         if total <= target {
@@ -176,7 +200,11 @@ pub fn greedy(curves: &[DirtierCurve], target_bytes_per_sec: f64, max_throttle: 
 }
 
 /// Uniform: one throttle fraction for every dirtier, the least that meets the target.
-pub fn uniform(curves: &[DirtierCurve], target_bytes_per_sec: f64, max_throttle: f64) -> Allocation {
+pub fn uniform(
+    curves: &[DirtierCurve],
+    target_bytes_per_sec: f64,
+    max_throttle: f64,
+) -> Allocation {
     let target = clean_target(target_bytes_per_sec);
     let min_share = 1.0 - clean_max_throttle(max_throttle);
     let total = |s: f64| curves.iter().map(|c| c.rate_at(s)).sum::<f64>();
@@ -204,7 +232,10 @@ mod tests {
     use super::*;
 
     fn lin(u: f64) -> DirtierCurve {
-        DirtierCurve { unthrottled_bytes_per_sec: u, elasticity: 1.0 }
+        DirtierCurve {
+            unthrottled_bytes_per_sec: u,
+            elasticity: 1.0,
+        }
     }
 
     #[test]
@@ -246,7 +277,11 @@ mod tests {
     #[test]
     fn max_throttle_bounds_every_allocation() {
         let curves = [lin(1000.0), lin(10.0)];
-        for a in [water_fill(&curves, 1.0, 0.5), greedy(&curves, 1.0, 0.5), uniform(&curves, 1.0, 0.5)] {
+        for a in [
+            water_fill(&curves, 1.0, 0.5),
+            greedy(&curves, 1.0, 0.5),
+            uniform(&curves, 1.0, 0.5),
+        ] {
             assert!(a.max_throttle() <= 0.5, "{a:?}");
             assert!(!a.meets_target);
         }
@@ -256,7 +291,10 @@ mod tests {
 
     #[test]
     fn inelastic_dirtier_is_not_throttled_for_nothing() {
-        let burst = DirtierCurve { unthrottled_bytes_per_sec: 10.0, elasticity: 0.0 };
+        let burst = DirtierCurve {
+            unthrottled_bytes_per_sec: 10.0,
+            elasticity: 0.0,
+        };
         let a = water_fill(&[burst, lin(10.0)], 12.0, 0.99);
         assert_eq!(a.throttle_fractions[0], 0.0);
         assert!((a.throttle_fractions[1] - 0.8).abs() < 1e-9);
@@ -265,8 +303,14 @@ mod tests {
     #[test]
     fn garbage_in_is_harmless() {
         let curves = [
-            DirtierCurve { unthrottled_bytes_per_sec: f64::NAN, elasticity: f64::NAN },
-            DirtierCurve { unthrottled_bytes_per_sec: f64::INFINITY, elasticity: -3.0 },
+            DirtierCurve {
+                unthrottled_bytes_per_sec: f64::NAN,
+                elasticity: f64::NAN,
+            },
+            DirtierCurve {
+                unthrottled_bytes_per_sec: f64::INFINITY,
+                elasticity: -3.0,
+            },
             lin(-5.0),
         ];
         for a in [
@@ -275,7 +319,12 @@ mod tests {
             uniform(&curves, f64::INFINITY, 0.5),
             water_fill(&[], 1.0, 0.99),
         ] {
-            assert!(a.throttle_fractions.iter().all(|p| (0.0..=0.99).contains(p)), "{a:?}");
+            assert!(
+                a.throttle_fractions
+                    .iter()
+                    .all(|p| (0.0..=0.99).contains(p)),
+                "{a:?}"
+            );
             assert!(a.planned_bytes_per_sec.is_finite());
         }
     }

@@ -111,7 +111,10 @@ impl Default for ControllerConfig {
 impl ControllerConfig {
     /// The defaults for a guest with `vcpus` vCPUs.
     pub fn new(vcpus: usize) -> Self {
-        ControllerConfig { vcpus, ..ControllerConfig::default() }
+        ControllerConfig {
+            vcpus,
+            ..ControllerConfig::default()
+        }
     }
 
     /// Checks every field; the controller is built only from a valid config.
@@ -210,22 +213,79 @@ mod tests {
     fn every_bad_field_is_named() {
         let ok = ControllerConfig::new(2);
         let cases: Vec<(ControllerConfig, ConfigError)> = vec![
-            (ControllerConfig { vcpus: 0, ..ok.clone() }, ConfigError::NoVcpus),
-            (ControllerConfig { vcpus: MAX_VCPUS + 1, ..ok.clone() }, ConfigError::TooManyVcpus(MAX_VCPUS + 1)),
-            (ControllerConfig { max_downtime: Duration::ZERO, ..ok.clone() }, ConfigError::ZeroMaxDowntime),
             (
-                ControllerConfig { state_transfer_allowance: Duration::from_millis(300), ..ok.clone() },
+                ControllerConfig {
+                    vcpus: 0,
+                    ..ok.clone()
+                },
+                ConfigError::NoVcpus,
+            ),
+            (
+                ControllerConfig {
+                    vcpus: MAX_VCPUS + 1,
+                    ..ok.clone()
+                },
+                ConfigError::TooManyVcpus(MAX_VCPUS + 1),
+            ),
+            (
+                ControllerConfig {
+                    max_downtime: Duration::ZERO,
+                    ..ok.clone()
+                },
+                ConfigError::ZeroMaxDowntime,
+            ),
+            (
+                ControllerConfig {
+                    state_transfer_allowance: Duration::from_millis(300),
+                    ..ok.clone()
+                },
                 ConfigError::AllowanceNotBelowDowntime {
                     allowance: Duration::from_millis(300),
                     max_downtime: Duration::from_millis(300),
                 },
             ),
-            (ControllerConfig { max_bandwidth_bytes_per_sec: Some(0), ..ok.clone() }, ConfigError::ZeroBandwidth),
-            (ControllerConfig { timeout: Some(Duration::ZERO), ..ok.clone() }, ConfigError::ZeroTimeout),
-            (ControllerConfig { max_iterations: Some(0), ..ok.clone() }, ConfigError::ZeroIterations),
-            (ControllerConfig { aggression: 1.5, ..ok.clone() }, ConfigError::Aggression(1.5)),
-            (ControllerConfig { max_throttle: 1.0, ..ok.clone() }, ConfigError::MaxThrottle(1.0)),
-            (ControllerConfig { averaging_alpha: 1.0, ..ok.clone() }, ConfigError::Alpha(1.0)),
+            (
+                ControllerConfig {
+                    max_bandwidth_bytes_per_sec: Some(0),
+                    ..ok.clone()
+                },
+                ConfigError::ZeroBandwidth,
+            ),
+            (
+                ControllerConfig {
+                    timeout: Some(Duration::ZERO),
+                    ..ok.clone()
+                },
+                ConfigError::ZeroTimeout,
+            ),
+            (
+                ControllerConfig {
+                    max_iterations: Some(0),
+                    ..ok.clone()
+                },
+                ConfigError::ZeroIterations,
+            ),
+            (
+                ControllerConfig {
+                    aggression: 1.5,
+                    ..ok.clone()
+                },
+                ConfigError::Aggression(1.5),
+            ),
+            (
+                ControllerConfig {
+                    max_throttle: 1.0,
+                    ..ok.clone()
+                },
+                ConfigError::MaxThrottle(1.0),
+            ),
+            (
+                ControllerConfig {
+                    averaging_alpha: 1.0,
+                    ..ok.clone()
+                },
+                ConfigError::Alpha(1.0),
+            ),
         ];
         for (config, expected) in cases {
             assert_eq!(config.validate(), Err(expected));
@@ -234,11 +294,20 @@ mod tests {
 
     #[test]
     fn nan_is_rejected() {
-        let c = ControllerConfig { aggression: f64::NAN, ..ControllerConfig::new(1) };
+        let c = ControllerConfig {
+            aggression: f64::NAN,
+            ..ControllerConfig::new(1)
+        };
         assert!(matches!(c.validate(), Err(ConfigError::Aggression(_))));
-        let c = ControllerConfig { max_throttle: f64::NAN, ..ControllerConfig::new(1) };
+        let c = ControllerConfig {
+            max_throttle: f64::NAN,
+            ..ControllerConfig::new(1)
+        };
         assert!(matches!(c.validate(), Err(ConfigError::MaxThrottle(_))));
-        let c = ControllerConfig { averaging_alpha: f64::NAN, ..ControllerConfig::new(1) };
+        let c = ControllerConfig {
+            averaging_alpha: f64::NAN,
+            ..ControllerConfig::new(1)
+        };
         assert!(matches!(c.validate(), Err(ConfigError::Alpha(_))));
     }
 

@@ -10,7 +10,7 @@ use serde::{Serialize, Serializer};
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum StopReason {
-    /// Even at `max_throttle` the guest dirties memory at ≥ 90 % of the transfer rate, so the
+    /// Even at `max_throttle` the guest dirties memory at ≥ 97 % of the transfer rate, so the
     /// remaining set cannot shrink to what `max_downtime` allows.
     NoConvergence {
         /// Lower bound on the dirty rate at maximum throttle, bytes per second.
@@ -81,7 +81,10 @@ pub enum Action {
 impl Action {
     /// Whether the migration's live phase is over (switchover, abort or force).
     pub fn is_terminal(&self) -> bool {
-        matches!(self, Action::Switchover { .. } | Action::Abort { .. } | Action::Force { .. })
+        matches!(
+            self,
+            Action::Switchover { .. } | Action::Abort { .. } | Action::Force { .. }
+        )
     }
 }
 
@@ -157,7 +160,10 @@ impl Decision {
         Decision {
             throttle_fractions: vec![0.0; vcpus],
             action: Action::Continue,
-            estimates: Estimates { reason: "bulk pass: no throttle".to_string(), ..Estimates::default() },
+            estimates: Estimates {
+                reason: "bulk pass: no throttle".to_string(),
+                ..Estimates::default()
+            },
         }
     }
 }
@@ -193,9 +199,7 @@ impl fmt::Display for Bytes {
         } else {
             (b, "B")
         };
-        if unit == "B" {
-            write!(f, "{v:.0} {unit}")
-        } else if v.abs() >= 100.0 {
+        if unit == "B" || v.abs() >= 100.0 {
             write!(f, "{v:.0} {unit}")
         } else {
             write!(f, "{v:.2} {unit}")
@@ -230,7 +234,9 @@ mod tests {
     fn decisions_serialize_with_milliseconds() {
         let d = Decision {
             action: Action::Force {
-                reason: StopReason::Timeout { elapsed: Duration::from_secs(2) },
+                reason: StopReason::Timeout {
+                    elapsed: Duration::from_secs(2),
+                },
                 expected_downtime: Some(Duration::from_millis(1500)),
             },
             ..Decision::initial(2)

@@ -18,6 +18,13 @@ pub const INELASTIC_BELOW: f64 = 0.5;
 /// Two CPU shares must differ by at least this factor before an elasticity is fitted from them:
 /// closer shares make the fit mostly noise.
 const MIN_SHARE_RATIO: f64 = 1.25;
+/// Two samples must cover intervals within this factor of each other: the distinct pages a
+/// workload dirties saturate with time (its working set), so the rate over a long interval is
+/// lower than over a short one at the same CPU share; comparing them would read that as
+/// "throttling does not help".
+const MAX_INTERVAL_RATIO: f64 = 2.0;
+/// How many earlier round samples are kept to find one to fit against.
+const HISTORY: usize = 4;
 /// A refit that moves the elasticity by more than this restarts the unthrottled average, so
 /// samples inferred under the old elasticity do not linger.
 const REFIT_RESET: f64 = 0.2;
@@ -34,7 +41,11 @@ pub struct Iir {
 impl Iir {
     /// An empty average with weight `alpha` of the old value (clamped to `0.0..=0.999`; NaN → 0.5).
     pub fn new(alpha: f64) -> Self {
-        let alpha = if alpha.is_nan() { 0.5 } else { alpha.clamp(0.0, 0.999) };
+        let alpha = if alpha.is_nan() {
+            0.5
+        } else {
+            alpha.clamp(0.0, 0.999)
+        };
         Iir { alpha, value: None }
     }
 
@@ -49,7 +60,11 @@ impl Iir {
     /// What the average would be if `sample` counted with `weight` (0..=1) of a full sample,
     /// without changing it. Used for a round still in progress.
     pub fn peek(&self, sample: f64, weight: f64) -> f64 {
-        let weight = if weight.is_nan() { 0.0 } else { weight.clamp(0.0, 1.0) };
+        let weight = if weight.is_nan() {
+            0.0
+        } else {
+            weight.clamp(0.0, 1.0)
+        };
         match self.value {
             None => sample,
             Some(old) => {
@@ -79,6 +94,8 @@ pub(crate) struct RateSample {
     pub share: f64,
     /// Dirty-set growth over the sample, bytes per second.
     pub bytes_per_sec: f64,
+    /// Length of the sample, seconds.
+    pub secs: f64,
 }
 
 /// One dirtier's model.
@@ -90,7 +107,8 @@ pub(crate) struct DirtierModel {
     /// Elasticity is not fitted but fixed (writes no throttle can slow).
     fixed: bool,
     last: Option<RateSample>,
-    anchor: Option<RateSample>,
+    /// Earlier completed rounds, newest first.
+    history: Vec<RateSample>,
     provisional: Option<f64>,
 }
 
@@ -103,40 +121,42 @@ impl DirtierModel {
             fitted: false,
             fixed: false,
             last: None,
-            anchor: None,
+            history: Vec::new(),
             provisional: None,
         }
     }
 
     /// A dirtier no vCPU throttle slows (elasticity fixed at 0).
     pub fn unthrottleable(alpha: f64) -> Self {
-        DirtierModel { elasticity: 0.0, fixed: true, ..DirtierModel::new(alpha) }
+        DirtierModel {
+            elasticity: 0.0,
+            fixed: true,
+            ..DirtierModel::new(alpha)
+        }
     }
 
-    /// Commits the sample of a completed round: refits the elasticity when the share moved
-    /// enough since an earlier round, then updates the unthrottled average.
+    /// Commits the sample of a completed round: refits the elasticity against the newest
+    /// earlier round at a clearly different CPU share and a comparable length, then updates the
+    /// unthrottled average.
     pub fn commit_round(&mut self, s: RateSample) {
         let share = s.share.max(MIN_SHARE);
-        if let Some(last) = self.last {
-            if ratio(share, last.share.max(MIN_SHARE)) >= MIN_SHARE_RATIO {
-                self.anchor = Some(last);
-            }
-        }
+        let anchor = self.history.iter().copied().find(|a| {
+            ratio(share, a.share.max(MIN_SHARE)) >= MIN_SHARE_RATIO
+                && a.secs > 0.0
+                && s.secs > 0.0
+                && ratio(s.secs, a.secs) <= MAX_INTERVAL_RATIO
+        });
         let mut restart = false;
-        if !self.fixed {
-            if let Some(anchor) = self.anchor {
+        if let (false, Some(anchor)) = (self.fixed, anchor) {
+            if s.bytes_per_sec > 0.0 && anchor.bytes_per_sec > 0.0 {
                 let anchor_share = anchor.share.max(MIN_SHARE);
-                if ratio(share, anchor_share) >= MIN_SHARE_RATIO
-                    && s.bytes_per_sec > 0.0
-                    && anchor.bytes_per_sec > 0.0
-                {
-                    let beta = ((s.bytes_per_sec / anchor.bytes_per_sec).ln() / (share / anchor_share).ln())
-                        .clamp(0.0, 1.0);
-                    if beta.is_finite() {
-                        restart = !self.fitted || (beta - self.elasticity).abs() > REFIT_RESET;
-                        self.elasticity = beta;
-                        self.fitted = true;
-                    }
+                let beta = ((s.bytes_per_sec / anchor.bytes_per_sec).ln()
+                    / (share / anchor_share).ln())
+                .clamp(0.0, 1.0);
+                if beta.is_finite() {
+                    restart = !self.fitted || (beta - self.elasticity).abs() > REFIT_RESET;
+                    self.elasticity = beta;
+                    self.fitted = true;
                 }
             }
         }
@@ -146,6 +166,8 @@ impl DirtierModel {
         } else {
             self.unthrottled.update(sample);
         }
+        self.history.insert(0, s);
+        self.history.truncate(HISTORY);
         self.last = Some(s);
         self.provisional = None;
     }
@@ -239,7 +261,11 @@ impl RoundAccumulator {
                 ..RoundAccumulator::default()
             };
         }
-        let dt = if c.interval_secs.is_finite() { c.interval_secs.max(0.0) } else { 0.0 };
+        let dt = if c.interval_secs.is_finite() {
+            c.interval_secs.max(0.0)
+        } else {
+            0.0
+        };
         self.secs += dt;
         self.total_bytes += c.dirtied_bytes;
         self.unattributed_bytes += c.unattributed_bytes;
@@ -261,18 +287,34 @@ impl RoundAccumulator {
         if self.secs <= 0.0 {
             return None;
         }
-        let shares: Vec<f64> = self.vcpu_share_secs.iter().map(|s| (s / self.secs).clamp(0.0, 1.0)).collect();
-        let mean_share = if shares.is_empty() { 1.0 } else { shares.iter().sum::<f64>() / shares.len() as f64 };
+        let shares: Vec<f64> = self
+            .vcpu_share_secs
+            .iter()
+            .map(|s| (s / self.secs).clamp(0.0, 1.0))
+            .collect();
+        let mean_share = if shares.is_empty() {
+            1.0
+        } else {
+            shares.iter().sum::<f64>() / shares.len() as f64
+        };
         let vcpus = self.attributed.then(|| {
             shares
                 .iter()
                 .zip(&self.vcpu_bytes)
-                .map(|(&share, &b)| RateSample { share, bytes_per_sec: b / self.secs })
+                .map(|(&share, &b)| RateSample {
+                    share,
+                    bytes_per_sec: b / self.secs,
+                    secs: self.secs,
+                })
                 .collect()
         });
         Some(RoundSamples {
             secs: self.secs,
-            total: RateSample { share: mean_share, bytes_per_sec: self.total_bytes / self.secs },
+            total: RateSample {
+                share: mean_share,
+                bytes_per_sec: self.total_bytes / self.secs,
+                secs: self.secs,
+            },
             vcpus,
             unattributed_bytes_per_sec: self.unattributed_bytes / self.secs,
         })
@@ -311,8 +353,16 @@ mod tests {
     #[test]
     fn proportional_workload_keeps_elasticity_one() {
         let mut m = DirtierModel::new(0.5);
-        m.commit_round(RateSample { share: 1.0, bytes_per_sec: 1000.0 });
-        m.commit_round(RateSample { share: 0.5, bytes_per_sec: 500.0 });
+        m.commit_round(RateSample {
+            share: 1.0,
+            bytes_per_sec: 1000.0,
+            secs: 1.0,
+        });
+        m.commit_round(RateSample {
+            share: 0.5,
+            bytes_per_sec: 500.0,
+            secs: 1.0,
+        });
         assert!((m.elasticity() - 1.0).abs() < 1e-9);
         assert!(!m.inelastic());
         assert!((m.unthrottled().unwrap() - 1000.0).abs() < 1e-6);
@@ -321,9 +371,17 @@ mod tests {
     #[test]
     fn burst_workload_is_recognised_after_two_shares() {
         let mut m = DirtierModel::new(0.5);
-        m.commit_round(RateSample { share: 1.0, bytes_per_sec: 1000.0 });
+        m.commit_round(RateSample {
+            share: 1.0,
+            bytes_per_sec: 1000.0,
+            secs: 1.0,
+        });
         assert!(!m.inelastic());
-        m.commit_round(RateSample { share: 0.4, bytes_per_sec: 1000.0 });
+        m.commit_round(RateSample {
+            share: 0.4,
+            bytes_per_sec: 1000.0,
+            secs: 1.0,
+        });
         assert!(m.inelastic());
         assert_eq!(m.elasticity(), 0.0);
         // The unthrottled estimate restarted from the new fit: 1000 at any share.
@@ -333,15 +391,53 @@ mod tests {
     #[test]
     fn close_shares_do_not_fit() {
         let mut m = DirtierModel::new(0.5);
-        m.commit_round(RateSample { share: 1.0, bytes_per_sec: 1000.0 });
-        m.commit_round(RateSample { share: 0.9, bytes_per_sec: 1000.0 });
+        m.commit_round(RateSample {
+            share: 1.0,
+            bytes_per_sec: 1000.0,
+            secs: 1.0,
+        });
+        m.commit_round(RateSample {
+            share: 0.9,
+            bytes_per_sec: 1000.0,
+            secs: 1.0,
+        });
         assert!(!m.fitted());
+    }
+
+    #[test]
+    fn rounds_of_very_different_length_do_not_fit() {
+        // A long bulk pass saturates the working set: its rate is low because of its length,
+        // not because of the throttle.
+        let mut m = DirtierModel::new(0.5);
+        m.commit_round(RateSample {
+            share: 1.0,
+            bytes_per_sec: 100.0,
+            secs: 100.0,
+        });
+        m.commit_round(RateSample {
+            share: 0.5,
+            bytes_per_sec: 1000.0,
+            secs: 5.0,
+        });
+        assert!(!m.fitted());
+        // A later round of comparable length fits against the newest matching one.
+        m.commit_round(RateSample {
+            share: 0.25,
+            bytes_per_sec: 500.0,
+            secs: 4.0,
+        });
+        assert!(m.fitted());
+        assert!((m.elasticity() - 1.0).abs() < 1e-9);
     }
 
     #[test]
     fn unthrottleable_is_inelastic_from_the_start() {
         let mut m = DirtierModel::unthrottleable(0.5);
-        m.commit_round(RateSample { share: 0.1, bytes_per_sec: 50.0 });
+        m.commit_round(RateSample {
+            share: 0.1,
+            bytes_per_sec: 50.0,
+            secs: 1.0,
+        });
         assert!(m.inelastic());
         assert_eq!(m.unthrottled(), Some(50.0));
     }
@@ -349,17 +445,36 @@ mod tests {
     #[test]
     fn partial_round_is_weighted() {
         let mut m = DirtierModel::new(0.0);
-        m.commit_round(RateSample { share: 1.0, bytes_per_sec: 100.0 });
-        m.observe_partial(RateSample { share: 1.0, bytes_per_sec: 300.0 }, 0.5);
+        m.commit_round(RateSample {
+            share: 1.0,
+            bytes_per_sec: 100.0,
+            secs: 1.0,
+        });
+        m.observe_partial(
+            RateSample {
+                share: 1.0,
+                bytes_per_sec: 300.0,
+                secs: 1.0,
+            },
+            0.5,
+        );
         assert_eq!(m.unthrottled(), Some(200.0));
-        m.commit_round(RateSample { share: 1.0, bytes_per_sec: 300.0 });
+        m.commit_round(RateSample {
+            share: 1.0,
+            bytes_per_sec: 300.0,
+            secs: 1.0,
+        });
         assert_eq!(m.unthrottled(), Some(300.0));
     }
 
     #[test]
     fn paused_share_does_not_divide_by_zero() {
         let mut m = DirtierModel::new(0.5);
-        m.commit_round(RateSample { share: 0.0, bytes_per_sec: 10.0 });
+        m.commit_round(RateSample {
+            share: 0.0,
+            bytes_per_sec: 10.0,
+            secs: 1.0,
+        });
         assert!(m.unthrottled().unwrap().is_finite());
     }
 }

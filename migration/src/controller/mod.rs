@@ -32,8 +32,9 @@ use std::time::Duration;
 
 pub use allocate::{greedy, uniform, water_fill, Allocation, DirtierCurve, MIN_USEFUL_THROTTLE};
 pub use config::{
-    ConfigError, ControllerConfig, OnNoConverge, ParseOnNoConvergeError, DEFAULT_AGGRESSION, DEFAULT_AVERAGING_ALPHA,
-    DEFAULT_MAX_DOWNTIME, DEFAULT_MAX_THROTTLE, DEFAULT_STATE_TRANSFER_ALLOWANCE, MAX_VCPUS,
+    ConfigError, ControllerConfig, OnNoConverge, ParseOnNoConvergeError, DEFAULT_AGGRESSION,
+    DEFAULT_AVERAGING_ALPHA, DEFAULT_MAX_DOWNTIME, DEFAULT_MAX_THROTTLE,
+    DEFAULT_STATE_TRANSFER_ALLOWANCE, MAX_VCPUS,
 };
 pub use decision::{Action, Bytes, Decision, Estimates, Rate, Scaling, StopReason, VcpuEstimate};
 pub use estimate::{Iir, INELASTIC_BELOW};
@@ -157,9 +158,17 @@ impl Controller {
         }
 
         let expected = self.expected_downtime(o.remaining_bytes, link);
-        let stalled = progress.is_some_and(|p| p.stuck) || o.devices == Some(DeviceStatus::Quiesced);
-        let nominal_aim = self.config.max_downtime.mul_f64(self.policy.switchover_fraction);
-        let aim = if stalled { self.config.max_downtime } else { nominal_aim };
+        let stalled =
+            progress.is_some_and(|p| p.stuck) || o.devices == Some(DeviceStatus::Quiesced);
+        let nominal_aim = self
+            .config
+            .max_downtime
+            .mul_f64(self.policy.switchover_fraction);
+        let aim = if stalled {
+            self.config.max_downtime
+        } else {
+            nominal_aim
+        };
 
         // 1. Switchover, unless devices are still busy.
         let mut devices_busy = None;
@@ -172,9 +181,21 @@ impl Controller {
                         "expected downtime {} within {} ({}): switchover",
                         ms(downtime),
                         ms(aim),
-                        if stalled { "max_downtime, progress stalled" } else { "aim while progressing" }
+                        if stalled {
+                            "max_downtime, progress stalled"
+                        } else {
+                            "aim while progressing"
+                        }
                     );
-                    return self.finish(Action::Switchover { expected_downtime: downtime }, &o, expected, link, reason);
+                    return self.finish(
+                        Action::Switchover {
+                            expected_downtime: downtime,
+                        },
+                        &o,
+                        expected,
+                        link,
+                        reason,
+                    );
                 }
             }
         }
@@ -182,7 +203,12 @@ impl Controller {
         // 2. Limits.
         if let Some(timeout) = self.config.timeout {
             if o.elapsed >= timeout {
-                return self.stop(StopReason::Timeout { elapsed: o.elapsed }, &o, expected, link);
+                return self.stop(
+                    StopReason::Timeout { elapsed: o.elapsed },
+                    &o,
+                    expected,
+                    link,
+                );
             }
         }
         if o.end_of_round {
@@ -198,9 +224,13 @@ impl Controller {
         if let (Some(floor), Some(link)) = (floor, link) {
             if devices_busy.is_none() && link > 0.0 {
                 let proven = cannot_shrink(floor, link);
-                let stuck_at_max = progress.is_some_and(|p| p.shrink < NO_CONVERGENCE_SHRINK) && self.all_at_max(min_share);
+                let stuck_at_max = progress.is_some_and(|p| p.shrink < NO_CONVERGENCE_SHRINK)
+                    && self.all_at_max(min_share);
                 if proven || stuck_at_max {
-                    let reason = StopReason::NoConvergence { floor_bytes_per_sec: floor, transfer_bytes_per_sec: link };
+                    let reason = StopReason::NoConvergence {
+                        floor_bytes_per_sec: floor,
+                        transfer_bytes_per_sec: link,
+                    };
                     return self.stop(reason, &o, expected, Some(link));
                 }
             }
@@ -219,12 +249,25 @@ impl Controller {
                 target_bytes_per_sec: None,
             },
         };
-        let soon = self.switchover_soon(o.remaining_bytes, plan.planned_bytes_per_sec, link, nominal_aim);
-        let action = if devices_busy.is_some() || soon { Action::Quiesce } else { Action::Continue };
+        let soon = self.switchover_soon(
+            o.remaining_bytes,
+            plan.planned_bytes_per_sec,
+            link,
+            nominal_aim,
+        );
+        let action = if devices_busy.is_some() || soon {
+            Action::Quiesce
+        } else {
+            Action::Continue
+        };
         let reason = self.explain(&o, &plan, expected, aim, bulk, devices_busy, soon);
         let estimates = self.estimates(&o, expected, link, &plan, reason);
         self.commanded.clone_from(&plan.throttles);
-        Decision { throttle_fractions: plan.throttles, action, estimates }
+        Decision {
+            throttle_fractions: plan.throttles,
+            action,
+            estimates,
+        }
     }
 
     /// Transfer rate: the average, capped by `max_bandwidth`, which also stands in before any
@@ -268,9 +311,16 @@ impl Controller {
                 for (model, s) in self.vcpus.iter_mut().zip(per_vcpu) {
                     model.commit_round(*s);
                 }
-                self.unattributed
-                    .commit_round(RateSample { share: 1.0, bytes_per_sec: samples.unattributed_bytes_per_sec });
-                Some(floor_lower_bound(per_vcpu, samples.unattributed_bytes_per_sec, min_share))
+                self.unattributed.commit_round(RateSample {
+                    share: 1.0,
+                    bytes_per_sec: samples.unattributed_bytes_per_sec,
+                    secs: samples.secs,
+                });
+                Some(floor_lower_bound(
+                    per_vcpu,
+                    samples.unattributed_bytes_per_sec,
+                    min_share,
+                ))
             }
             None => Some(floor_lower_bound(&[samples.total], 0.0, min_share)),
         }
@@ -279,25 +329,40 @@ impl Controller {
     /// Folds the round in progress into provisional estimates, weighted by how far into the
     /// round's expected duration we are.
     fn observe_partial(&mut self, link: Option<f64>) {
-        let Some(samples) = self.round.samples() else { return };
+        let Some(samples) = self.round.samples() else {
+            return;
+        };
         let expected_secs = match (self.round_start_bytes, link) {
             (Some(bytes), Some(link)) if link > 0.0 => bytes / link,
             _ => 0.0,
         };
-        let weight = if expected_secs > 0.0 { (samples.secs / expected_secs).min(1.0) } else { 1.0 };
+        let weight = if expected_secs > 0.0 {
+            (samples.secs / expected_secs).min(1.0)
+        } else {
+            1.0
+        };
         self.aggregate.observe_partial(samples.total, weight);
         if let Some(per_vcpu) = &samples.vcpus {
             for (model, s) in self.vcpus.iter_mut().zip(per_vcpu) {
                 model.observe_partial(*s, weight);
             }
-            self.unattributed
-                .observe_partial(RateSample { share: 1.0, bytes_per_sec: samples.unattributed_bytes_per_sec }, weight);
+            self.unattributed.observe_partial(
+                RateSample {
+                    share: 1.0,
+                    bytes_per_sec: samples.unattributed_bytes_per_sec,
+                    secs: samples.secs,
+                },
+                weight,
+            );
         }
     }
 
     /// Whether every dirtier that dirties ran at maximum throttle in the last round.
     fn all_at_max(&self, min_share: f64) -> bool {
-        let at_max = |m: &DirtierModel| m.last().is_none_or(|s| s.bytes_per_sec <= 0.0 || s.share <= min_share + AT_MAX_SLACK);
+        let at_max = |m: &DirtierModel| {
+            m.last()
+                .is_none_or(|s| s.bytes_per_sec <= 0.0 || s.share <= min_share + AT_MAX_SLACK)
+        };
         if self.attributed {
             self.vcpus.iter().all(at_max)
         } else {
@@ -314,7 +379,8 @@ impl Controller {
         let link = link.unwrap_or(0.0);
         if self.attributed {
             for i in probe_candidates(&self.vcpus, min_share, link) {
-                if let (Some(probing), Some(false)) = (self.probing.get_mut(i), self.probed.get(i)) {
+                if let (Some(probing), Some(false)) = (self.probing.get_mut(i), self.probed.get(i))
+                {
                     *probing = true;
                 }
             }
@@ -327,24 +393,40 @@ impl Controller {
 
     fn plan(&self, link: f64) -> Plan {
         let max = self.config.max_throttle;
-        let target = self.policy.target_dirty_rate(link, self.progress.stuck_rounds());
+        let target = self
+            .policy
+            .target_dirty_rate(link, self.progress.stuck_rounds());
         if self.attributed {
             let fixed = self.unattributed.unthrottled().unwrap_or(0.0);
             let curves: Vec<DirtierCurve> = self.vcpus.iter().map(DirtierModel::curve).collect();
-            let mut throttles = water_fill(&curves, (target - fixed).max(0.0), max).throttle_fractions;
+            let mut throttles =
+                water_fill(&curves, (target - fixed).max(0.0), max).throttle_fractions;
             for (p, probing) in throttles.iter_mut().zip(&self.probing) {
                 if *probing {
                     *p = max;
                 }
             }
-            let planned = fixed + curves.iter().zip(&throttles).map(|(c, p)| c.rate_at(1.0 - p)).sum::<f64>();
-            Plan { throttles, planned_bytes_per_sec: Some(planned), target_bytes_per_sec: Some(target) }
+            let planned = fixed
+                + curves
+                    .iter()
+                    .zip(&throttles)
+                    .map(|(c, p)| c.rate_at(1.0 - p))
+                    .sum::<f64>();
+            Plan {
+                throttles,
+                planned_bytes_per_sec: Some(planned),
+                target_bytes_per_sec: Some(target),
+            }
         } else {
             let curve = self.aggregate.curve();
             let p = if self.probing_aggregate {
                 max
             } else {
-                water_fill(std::slice::from_ref(&curve), target, max).throttle_fractions.first().copied().unwrap_or(0.0)
+                water_fill(std::slice::from_ref(&curve), target, max)
+                    .throttle_fractions
+                    .first()
+                    .copied()
+                    .unwrap_or(0.0)
             };
             Plan {
                 throttles: vec![p; self.config.vcpus],
@@ -355,8 +437,16 @@ impl Controller {
     }
 
     /// Whether, at the planned dirty rate, one of the next two rounds should end within `aim`.
-    fn switchover_soon(&self, remaining_bytes: f64, planned: Option<f64>, link: Option<f64>, aim: Duration) -> bool {
-        let (Some(planned), Some(link)) = (planned, link) else { return false };
+    fn switchover_soon(
+        &self,
+        remaining_bytes: f64,
+        planned: Option<f64>,
+        link: Option<f64>,
+        aim: Duration,
+    ) -> bool {
+        let (Some(planned), Some(link)) = (planned, link) else {
+            return false;
+        };
         if self.last_round_stuck {
             return false;
         }
@@ -366,14 +456,23 @@ impl Controller {
         let mut set = remaining_bytes;
         for _ in 0..2 {
             set = planned * (set / link);
-            if self.expected_downtime(set, Some(link)).is_some_and(|d| d <= aim) {
+            if self
+                .expected_downtime(set, Some(link))
+                .is_some_and(|d| d <= aim)
+            {
                 return true;
             }
         }
         false
     }
 
-    fn stop(&mut self, reason: StopReason, o: &Clean, expected: Option<Duration>, link: Option<f64>) -> Decision {
+    fn stop(
+        &mut self,
+        reason: StopReason,
+        o: &Clean,
+        expected: Option<Duration>,
+        link: Option<f64>,
+    ) -> Decision {
         let text = match self.config.on_no_converge {
             OnNoConverge::Abort => format!("{reason}; aborting, guest stays on the source"),
             OnNoConverge::Force => format!(
@@ -383,21 +482,46 @@ impl Controller {
         };
         let action = match self.config.on_no_converge {
             OnNoConverge::Abort => Action::Abort { reason },
-            OnNoConverge::Force => Action::Force { reason, expected_downtime: expected },
+            OnNoConverge::Force => Action::Force {
+                reason,
+                expected_downtime: expected,
+            },
         };
         self.finish(action, o, expected, link, text)
     }
 
-    fn finish(&mut self, action: Action, o: &Clean, expected: Option<Duration>, link: Option<f64>, reason: String) -> Decision {
-        let plan = Plan { throttles: vec![0.0; self.config.vcpus], planned_bytes_per_sec: None, target_bytes_per_sec: None };
+    fn finish(
+        &mut self,
+        action: Action,
+        o: &Clean,
+        expected: Option<Duration>,
+        link: Option<f64>,
+        reason: String,
+    ) -> Decision {
+        let plan = Plan {
+            throttles: vec![0.0; self.config.vcpus],
+            planned_bytes_per_sec: None,
+            target_bytes_per_sec: None,
+        };
         let estimates = self.estimates(o, expected, link, &plan, reason);
-        let decision = Decision { throttle_fractions: plan.throttles, action, estimates };
+        let decision = Decision {
+            throttle_fractions: plan.throttles,
+            action,
+            estimates,
+        };
         self.commanded = vec![0.0; self.config.vcpus];
         self.terminal = Some(decision.clone());
         decision
     }
 
-    fn estimates(&self, o: &Clean, expected: Option<Duration>, link: Option<f64>, plan: &Plan, reason: String) -> Estimates {
+    fn estimates(
+        &self,
+        o: &Clean,
+        expected: Option<Duration>,
+        link: Option<f64>,
+        plan: &Plan,
+        reason: String,
+    ) -> Estimates {
         let vcpus = self
             .vcpus
             .iter()
@@ -431,7 +555,11 @@ impl Controller {
             dirty_bytes_per_sec: self.dirty.value(),
             planned_dirty_bytes_per_sec: plan.planned_bytes_per_sec,
             target_dirty_bytes_per_sec: plan.target_bytes_per_sec,
-            unattributed_dirty_bytes_per_sec: if self.attributed { self.unattributed.unthrottled() } else { None },
+            unattributed_dirty_bytes_per_sec: if self.attributed {
+                self.unattributed.unthrottled()
+            } else {
+                None
+            },
             vcpus,
             remaining_bytes: o.remaining_bytes.min(u64::MAX as f64) as u64,
             expected_downtime: expected,
@@ -452,17 +580,27 @@ impl Controller {
         devices_busy: Option<u32>,
         soon: bool,
     ) -> String {
-        let dirty = self.dirty.value().map_or("?".to_string(), |d| Rate(d).to_string());
-        let link = self.transfer_rate().map_or("?".to_string(), |l| Rate(l).to_string());
+        let dirty = self
+            .dirty
+            .value()
+            .map_or("?".to_string(), |d| Rate(d).to_string());
+        let link = self
+            .transfer_rate()
+            .map_or("?".to_string(), |l| Rate(l).to_string());
         let downtime = expected.map_or("unknown".to_string(), ms);
         let mut text = if bulk {
             format!("round 0 (bulk pass): no throttle; dirty {dirty}, link {link}")
         } else {
             let throttled = plan.throttles.iter().filter(|p| **p > 0.0).count();
             let max = plan.throttles.iter().copied().fold(0.0, f64::max);
-            let target = plan.target_bytes_per_sec.map_or("?".to_string(), |t| Rate(t).to_string());
+            let target = plan
+                .target_bytes_per_sec
+                .map_or("?".to_string(), |t| Rate(t).to_string());
             if throttled == 0 {
-                format!("round {}: dirty {dirty} within target {target} (link {link}); no throttle", o.round)
+                format!(
+                    "round {}: dirty {dirty} within target {target} (link {link}); no throttle",
+                    o.round
+                )
             } else {
                 format!(
                     "round {}: dirty {dirty} vs target {target} (link {link}); throttling {throttled} of {} vCPUs, max {:.0} %",
@@ -481,7 +619,9 @@ impl Controller {
         }
         text.push_str(&format!("; expected downtime {downtime} (aim {})", ms(aim)));
         if let Some(in_flight) = devices_busy {
-            text.push_str(&format!("; switchover due but devices busy ({in_flight} in flight): quiesce"));
+            text.push_str(&format!(
+                "; switchover due but devices busy ({in_flight} in flight): quiesce"
+            ));
         } else if soon {
             text.push_str("; switchover within ~2 rounds: quiesce devices");
         }

@@ -95,7 +95,11 @@ impl RoundObservation {
     /// from `commanded` (what the controller last asked for); a per-vCPU dirty vector of the
     /// wrong length is treated as no attribution.
     pub(crate) fn clean(&self, vcpus: usize, commanded: &[f64]) -> Clean {
-        let page = if self.page_size == 0 { DEFAULT_PAGE_SIZE } else { self.page_size } as f64;
+        let page = if self.page_size == 0 {
+            DEFAULT_PAGE_SIZE
+        } else {
+            self.page_size
+        } as f64;
         let dirtied_bytes = self.dirtied_pages as f64 * page;
         let (vcpu_dirtied_bytes, unattributed_bytes) = match &self.vcpu_dirtied_pages {
             Some(v) if v.len() == vcpus && vcpus > 0 => {
@@ -147,7 +151,11 @@ mod tests {
 
     #[test]
     fn zero_page_size_uses_default() {
-        let o = RoundObservation { remaining_pages: 10, page_size: 0, ..Default::default() };
+        let o = RoundObservation {
+            remaining_pages: 10,
+            page_size: 0,
+            ..Default::default()
+        };
         assert_eq!(o.clean(1, &[]).remaining_bytes, 40960.0);
     }
 
@@ -174,14 +182,20 @@ mod tests {
         };
         let c = o.clean(2, &[]);
         assert_eq!(c.vcpu_dirtied_bytes, Some(vec![5.0, 5.0]));
-        let o = RoundObservation { vcpu_dirtied_pages: Some(vec![2, 3]), ..o };
+        let o = RoundObservation {
+            vcpu_dirtied_pages: Some(vec![2, 3]),
+            ..o
+        };
         let c = o.clean(2, &[]);
         assert_eq!(c.unattributed_bytes, 5.0);
     }
 
     #[test]
     fn throttles_are_cleaned_and_filled_from_commanded() {
-        let o = RoundObservation { vcpu_throttle_fractions: vec![f64::NAN, 2.0], ..Default::default() };
+        let o = RoundObservation {
+            vcpu_throttle_fractions: vec![f64::NAN, 2.0],
+            ..Default::default()
+        };
         let c = o.clean(4, &[0.0, 0.0, 0.5]);
         assert_eq!(c.vcpu_shares, vec![1.0, 0.0, 0.5, 1.0]);
     }

@@ -21,7 +21,13 @@ impl W {
         match self {
             W::Idle => 0.0,
             W::Linear(rate, cap) => (rate * share * secs).min(cap),
-            W::Burst(rate, cap) => if share > 0.0 { (rate * secs).min(cap) } else { 0.0 },
+            W::Burst(rate, cap) => {
+                if share > 0.0 {
+                    (rate * secs).min(cap)
+                } else {
+                    0.0
+                }
+            }
         }
     }
 }
@@ -112,7 +118,10 @@ fn controller(vcpus: usize) -> Controller {
 
 #[test]
 fn invalid_config_is_refused() {
-    assert_eq!(Controller::new(ControllerConfig::new(0)).err(), Some(ConfigError::NoVcpus));
+    assert_eq!(
+        Controller::new(ControllerConfig::new(0)).err(),
+        Some(ConfigError::NoVcpus)
+    );
 }
 
 #[test]
@@ -120,7 +129,10 @@ fn no_throttle_when_the_link_is_ample() {
     let mut toy = Toy::new(vec![W::Linear(0.05 * GB, 4.0 * GB), W::Idle], 8.0 * GB);
     let mut ctl = controller(2);
     let decisions = toy.run(&mut ctl);
-    assert!(matches!(decisions.last().unwrap().action, Action::Switchover { .. }), "{decisions:#?}");
+    assert!(
+        matches!(decisions.last().unwrap().action, Action::Switchover { .. }),
+        "{decisions:#?}"
+    );
     for d in &decisions {
         assert!(d.throttle_fractions.iter().all(|p| *p == 0.0), "{d:#?}");
     }
@@ -128,11 +140,20 @@ fn no_throttle_when_the_link_is_ample() {
 
 #[test]
 fn idle_vcpus_are_never_throttled_when_another_dirties() {
-    let mut toy = Toy::new(vec![W::Idle, W::Linear(3.0 * GB, 6.0 * GB), W::Idle, W::Idle], 16.0 * GB);
+    let mut toy = Toy::new(
+        vec![W::Idle, W::Linear(3.0 * GB, 6.0 * GB), W::Idle, W::Idle],
+        16.0 * GB,
+    );
     let mut ctl = controller(4);
     let decisions = toy.run(&mut ctl);
-    assert!(matches!(decisions.last().unwrap().action, Action::Switchover { .. }), "{decisions:#?}");
-    assert!(decisions.iter().any(|d| d.throttle_fractions[1] > 0.3), "the dirtier is throttled");
+    assert!(
+        matches!(decisions.last().unwrap().action, Action::Switchover { .. }),
+        "{decisions:#?}"
+    );
+    assert!(
+        decisions.iter().any(|d| d.throttle_fractions[1] > 0.3),
+        "the dirtier is throttled"
+    );
     for d in &decisions {
         for i in [0, 2, 3] {
             assert_eq!(d.throttle_fractions[i], 0.0, "vCPU {i} idle: {d:#?}");
@@ -146,11 +167,18 @@ fn without_attribution_all_vcpus_share_one_throttle() {
     toy.attributed = false;
     let mut ctl = controller(2);
     let decisions = toy.run(&mut ctl);
-    assert!(matches!(decisions.last().unwrap().action, Action::Switchover { .. }), "{decisions:#?}");
+    assert!(
+        matches!(decisions.last().unwrap().action, Action::Switchover { .. }),
+        "{decisions:#?}"
+    );
     assert!(decisions.iter().any(|d| d.throttle_fractions[0] > 0.0));
     for d in &decisions {
         assert_eq!(d.throttle_fractions[0], d.throttle_fractions[1]);
-        assert!(d.estimates.vcpus.iter().all(|v| v.dirty_bytes_per_sec.is_none()));
+        assert!(d
+            .estimates
+            .vcpus
+            .iter()
+            .all(|v| v.dirty_bytes_per_sec.is_none()));
     }
 }
 
@@ -158,7 +186,10 @@ fn without_attribution_all_vcpus_share_one_throttle() {
 /// tightens the target, up to `max_throttle` and never beyond.
 #[test]
 fn escalates_while_stuck_and_respects_max_throttle() {
-    let config = ControllerConfig { max_throttle: 0.8, ..ControllerConfig::new(2) };
+    let config = ControllerConfig {
+        max_throttle: 0.8,
+        ..ControllerConfig::new(2)
+    };
     let mut ctl = Controller::new(config).unwrap();
     let page_bytes = PAGE as f64;
     let mut remaining = 8.0 * GB;
@@ -170,7 +201,11 @@ fn escalates_while_stuck_and_respects_max_throttle() {
         let secs = remaining / LINK;
         elapsed += Duration::from_secs_f64(secs);
         // 0.95 of the link: the set shrinks by 5 % a round whatever the (unapplied) throttle.
-        let dirtied = if round == 0 { 2.0 * GB } else { 0.95 * remaining };
+        let dirtied = if round == 0 {
+            2.0 * GB
+        } else {
+            0.95 * remaining
+        };
         let pages = (dirtied / page_bytes) as u64;
         let obs = RoundObservation {
             round,
@@ -191,8 +226,15 @@ fn escalates_while_stuck_and_respects_max_throttle() {
         assert!(d.throttle_fractions[0] <= 0.8 + 1e-12, "{d:#?}");
         assert_eq!(d.throttle_fractions[1], 0.0);
         if round >= 1 {
-            assert!(d.estimates.escalations > last_escalations, "round {round} was stuck");
-            assert_ne!(d.action, Action::Quiesce, "a stuck migration is not about to switch over");
+            assert!(
+                d.estimates.escalations > last_escalations,
+                "round {round} was stuck"
+            );
+            assert_ne!(
+                d.action,
+                Action::Quiesce,
+                "a stuck migration is not about to switch over"
+            );
             assert!(d.throttle_fractions[0] >= last_throttle);
             if d.throttle_fractions[0] > last_throttle {
                 increases += 1;
@@ -218,14 +260,29 @@ fn burst_is_recognised_within_three_rounds_after_bulk_and_aborted() {
     let decisions = toy.run(&mut ctl);
     let last = decisions.last().unwrap();
     assert!(
-        matches!(&last.action, Action::Abort { reason: StopReason::NoConvergence { .. } }),
+        matches!(
+            &last.action,
+            Action::Abort {
+                reason: StopReason::NoConvergence { .. }
+            }
+        ),
         "{decisions:#?}"
     );
-    assert!(decisions.len() <= 4, "decided at the end of round {} (bulk = round 0)", decisions.len() - 1);
-    assert_eq!(last.throttle_fractions, vec![0.0, 0.0], "abort releases the throttle");
+    assert!(
+        decisions.len() <= 4,
+        "decided at the end of round {} (bulk = round 0)",
+        decisions.len() - 1
+    );
+    assert_eq!(
+        last.throttle_fractions,
+        vec![0.0, 0.0],
+        "abort releases the throttle"
+    );
     assert_eq!(last.estimates.vcpus[0].scaling, Scaling::Inelastic);
     // Before giving up it measured the burst vCPU at max throttle, never the idle one.
-    assert!(decisions.iter().any(|d| d.estimates.probing && d.throttle_fractions[0] == 0.99));
+    assert!(decisions
+        .iter()
+        .any(|d| d.estimates.probing && d.throttle_fractions[0] == 0.99));
     assert!(decisions.iter().all(|d| d.throttle_fractions[1] == 0.0));
 }
 
@@ -235,18 +292,28 @@ fn burst_visible_in_the_bulk_pass_is_recognised_by_round_two() {
     let mut toy = Toy::new(vec![W::Burst(2.0 * GB, 2.0 * GB), W::Idle], 2.5 * GB);
     let mut ctl = controller(2);
     let decisions = toy.run(&mut ctl);
-    assert!(matches!(&decisions.last().unwrap().action, Action::Abort { .. }), "{decisions:#?}");
+    assert!(
+        matches!(&decisions.last().unwrap().action, Action::Abort { .. }),
+        "{decisions:#?}"
+    );
     assert!(decisions.len() <= 3, "{} rounds", decisions.len());
 }
 
 #[test]
 fn burst_with_force_reports_the_expected_downtime_first() {
     let mut toy = burst_guest();
-    let config = ControllerConfig { on_no_converge: OnNoConverge::Force, ..ControllerConfig::new(2) };
+    let config = ControllerConfig {
+        on_no_converge: OnNoConverge::Force,
+        ..ControllerConfig::new(2)
+    };
     let mut ctl = Controller::new(config).unwrap();
     let decisions = toy.run(&mut ctl);
     let last = decisions.last().unwrap();
-    let Action::Force { reason: StopReason::NoConvergence { .. }, expected_downtime: Some(downtime) } = last.action else {
+    let Action::Force {
+        reason: StopReason::NoConvergence { .. },
+        expected_downtime: Some(downtime),
+    } = last.action
+    else {
         panic!("{decisions:#?}");
     };
     // 1 GB at 1.25 GB/s plus the 30 ms allowance.
@@ -262,7 +329,10 @@ fn hopeless_linear_writer_is_proven_from_the_bulk_pass() {
     let mut toy = Toy::new(vec![W::Linear(300.0 * GB, 1e15)], 4.0 * GB);
     let mut ctl = controller(1);
     let decisions = toy.run(&mut ctl);
-    assert!(matches!(&decisions.last().unwrap().action, Action::Abort { .. }), "{decisions:#?}");
+    assert!(
+        matches!(&decisions.last().unwrap().action, Action::Abort { .. }),
+        "{decisions:#?}"
+    );
     assert_eq!(decisions.len(), 1, "proven at the end of the bulk pass");
 }
 
@@ -273,7 +343,10 @@ fn hopeless_writer_saturating_its_set_is_confirmed_by_a_probe() {
     let mut toy = Toy::new(vec![W::Linear(300.0 * GB, 4.0 * GB)], 4.0 * GB);
     let mut ctl = controller(1);
     let decisions = toy.run(&mut ctl);
-    assert!(matches!(&decisions.last().unwrap().action, Action::Abort { .. }), "{decisions:#?}");
+    assert!(
+        matches!(&decisions.last().unwrap().action, Action::Abort { .. }),
+        "{decisions:#?}"
+    );
     assert!(decisions.len() <= 3, "{} rounds", decisions.len());
 }
 
@@ -283,18 +356,29 @@ fn fast_but_tameable_writer_converges_under_heavy_throttle() {
     let mut toy = Toy::new(vec![W::Linear(12.0 * GB, 1.0 * GB), W::Idle], 8.0 * GB);
     let mut ctl = controller(2);
     let decisions = toy.run(&mut ctl);
-    assert!(matches!(decisions.last().unwrap().action, Action::Switchover { .. }), "{decisions:#?}");
+    assert!(
+        matches!(decisions.last().unwrap().action, Action::Switchover { .. }),
+        "{decisions:#?}"
+    );
     assert!(decisions.iter().any(|d| d.throttle_fractions[0] > 0.8));
 }
 
 #[test]
 fn max_iterations_stops_per_on_no_converge() {
     let mut toy = Toy::new(vec![W::Linear(3.0 * GB, 6.0 * GB)], 16.0 * GB);
-    let config = ControllerConfig { max_iterations: Some(3), ..ControllerConfig::new(1) };
+    let config = ControllerConfig {
+        max_iterations: Some(3),
+        ..ControllerConfig::new(1)
+    };
     let mut ctl = Controller::new(config).unwrap();
     let decisions = toy.run(&mut ctl);
     assert_eq!(decisions.len(), 3);
-    assert_eq!(decisions[2].action, Action::Abort { reason: StopReason::MaxIterations { rounds: 3 } });
+    assert_eq!(
+        decisions[2].action,
+        Action::Abort {
+            reason: StopReason::MaxIterations { rounds: 3 }
+        }
+    );
     assert_eq!(decisions[2].throttle_fractions, vec![0.0]);
 }
 
@@ -310,7 +394,10 @@ fn timeout_stops_per_on_no_converge() {
     let decisions = toy.run(&mut ctl);
     let last = decisions.last().unwrap();
     match &last.action {
-        Action::Force { reason: StopReason::Timeout { elapsed }, expected_downtime: Some(_) } => {
+        Action::Force {
+            reason: StopReason::Timeout { elapsed },
+            expected_downtime: Some(_),
+        } => {
             assert!(*elapsed >= Duration::from_secs(15));
         }
         other => panic!("{other:?}"),
@@ -327,9 +414,17 @@ fn busy_devices_hold_the_switchover_and_quiesce_is_signalled_ahead() {
         let d = toy.step(&mut ctl);
         decisions.push(d);
     }
-    assert!(decisions.iter().all(|d| !d.action.is_terminal()), "never switches with busy devices");
-    let first_quiesce = decisions.iter().position(|d| d.action == Action::Quiesce).expect("quiesce signalled");
-    assert!(decisions[first_quiesce..].iter().all(|d| d.action == Action::Quiesce));
+    assert!(
+        decisions.iter().all(|d| !d.action.is_terminal()),
+        "never switches with busy devices"
+    );
+    let first_quiesce = decisions
+        .iter()
+        .position(|d| d.action == Action::Quiesce)
+        .expect("quiesce signalled");
+    assert!(decisions[first_quiesce..]
+        .iter()
+        .all(|d| d.action == Action::Quiesce));
     // Devices report quiesced: switch now.
     toy.devices = Some(DeviceStatus::Quiesced);
     let d = toy.step(&mut ctl);
@@ -410,14 +505,24 @@ fn interim_observations_adjust_the_throttle_inside_a_long_round() {
 #[test]
 fn same_inputs_same_outputs() {
     let run = || {
-        let mut toy = Toy::new(vec![W::Linear(3.0 * GB, 6.0 * GB), W::Burst(0.2 * GB, 0.1 * GB), W::Idle], 16.0 * GB);
+        let mut toy = Toy::new(
+            vec![
+                W::Linear(3.0 * GB, 6.0 * GB),
+                W::Burst(0.2 * GB, 0.1 * GB),
+                W::Idle,
+            ],
+            16.0 * GB,
+        );
         let mut ctl = controller(3);
         toy.run(&mut ctl)
     };
     let a = run();
     let b = run();
     assert_eq!(a, b);
-    assert_eq!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap());
+    assert_eq!(
+        serde_json::to_string(&a).unwrap(),
+        serde_json::to_string(&b).unwrap()
+    );
 }
 
 /// A deterministic xorshift, so the garbage is the same every run.
@@ -430,8 +535,24 @@ fn next(state: &mut u64) -> u64 {
 
 #[test]
 fn garbage_observations_never_panic_or_produce_nan() {
-    let floats = [0.0, -1.0, 0.5, 0.99, 1.0, 2.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e300];
-    let durations = [Duration::ZERO, Duration::from_nanos(1), Duration::from_secs(1), Duration::MAX];
+    let floats = [
+        0.0,
+        -1.0,
+        0.5,
+        0.99,
+        1.0,
+        2.0,
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        1e300,
+    ];
+    let durations = [
+        Duration::ZERO,
+        Duration::from_nanos(1),
+        Duration::from_secs(1),
+        Duration::MAX,
+    ];
     let counts = [0, 1, 1000, u64::MAX / 2, u64::MAX];
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     for vcpus in [1usize, 3] {
@@ -441,7 +562,11 @@ fn garbage_observations_never_panic_or_produce_nan() {
                     aggression,
                     max_iterations: Some(50),
                     max_bandwidth_bytes_per_sec: (vcpus == 3).then_some(1_000_000),
-                    on_no_converge: if force { OnNoConverge::Force } else { OnNoConverge::Abort },
+                    on_no_converge: if force {
+                        OnNoConverge::Force
+                    } else {
+                        OnNoConverge::Abort
+                    },
                     ..ControllerConfig::new(vcpus)
                 };
                 let mut ctl = Controller::new(config).unwrap();
@@ -456,20 +581,39 @@ fn garbage_observations_never_panic_or_produce_nan() {
                         bytes_sent: counts[pick(counts.len())],
                         send_time: durations[pick(durations.len())],
                         dirtied_pages: counts[pick(counts.len())],
-                        vcpu_dirtied_pages: (attribution_len > 0)
-                            .then(|| (0..attribution_len).map(|_| counts[pick(counts.len())]).collect()),
+                        vcpu_dirtied_pages: (attribution_len > 0).then(|| {
+                            (0..attribution_len)
+                                .map(|_| counts[pick(counts.len())])
+                                .collect()
+                        }),
                         remaining_pages: counts[pick(counts.len())],
                         page_size: [0, 1, 4096, u64::MAX][pick(4)],
-                        vcpu_throttle_fractions: (0..pick(5)).map(|_| floats[pick(floats.len())]).collect(),
-                        devices: [None, Some(DeviceStatus::Running), Some(DeviceStatus::Quiesced)][pick(3)],
+                        vcpu_throttle_fractions: (0..pick(5))
+                            .map(|_| floats[pick(floats.len())])
+                            .collect(),
+                        devices: [
+                            None,
+                            Some(DeviceStatus::Running),
+                            Some(DeviceStatus::Quiesced),
+                        ][pick(3)],
                     };
                     let d = ctl.observe(&obs);
                     assert_eq!(d.throttle_fractions.len(), vcpus);
-                    assert!(d.throttle_fractions.iter().all(|p| (0.0..=0.99).contains(p)), "{d:#?}");
+                    assert!(
+                        d.throttle_fractions
+                            .iter()
+                            .all(|p| (0.0..=0.99).contains(p)),
+                        "{d:#?}"
+                    );
                     let e = &d.estimates;
-                    for v in [e.transfer_bytes_per_sec, e.dirty_bytes_per_sec, e.planned_dirty_bytes_per_sec, e.target_dirty_bytes_per_sec]
-                        .into_iter()
-                        .flatten()
+                    for v in [
+                        e.transfer_bytes_per_sec,
+                        e.dirty_bytes_per_sec,
+                        e.planned_dirty_bytes_per_sec,
+                        e.target_dirty_bytes_per_sec,
+                    ]
+                    .into_iter()
+                    .flatten()
                     {
                         assert!(!v.is_nan(), "{d:#?}");
                     }

@@ -7,8 +7,8 @@
 //! functions). For a concave `r(s)` with `r(0) = 0`, `r(s)/s` falls as `s` grows, so the rate at
 //! the minimum share is at least the linear extrapolation: `r(s_min) ≥ r(s)·s_min/s`. The sum of
 //! those extrapolations (plus writes no throttle slows) is a **lower bound** on the dirty rate
-//! at maximum throttle. If even that bound is ≥ 90 % of the transfer rate, the next round's set
-//! is ≥ 90 % of this one's however hard we throttle: the migration cannot converge, and it is
+//! at maximum throttle. If even that bound is ≥ 97 % of the transfer rate, the next round's set
+//! is ≥ 97 % of this one's however hard we throttle: the migration cannot converge, and it is
 //! proven, not guessed. Measured at maximum throttle (the probe round) the bound is the rate
 //! itself, which is how a "burst" workload is confirmed.
 //!
@@ -47,7 +47,10 @@ impl Progress {
             } else {
                 1.0
             };
-            RoundProgress { shrink, stuck: shrink < policy.stuck_below_shrink() }
+            RoundProgress {
+                shrink,
+                stuck: shrink < policy.stuck_below_shrink(),
+            }
         });
         if result.is_some_and(|p| p.stuck) {
             self.stuck_rounds = self.stuck_rounds.saturating_add(1);
@@ -64,7 +67,11 @@ impl Progress {
 
 /// Lower bound on the total dirty rate at CPU share `min_share`, from one round's samples plus
 /// the rate no throttle slows (see the module docs).
-pub(crate) fn floor_lower_bound(samples: &[RateSample], unthrottleable_bytes_per_sec: f64, min_share: f64) -> f64 {
+pub(crate) fn floor_lower_bound(
+    samples: &[RateSample],
+    unthrottleable_bytes_per_sec: f64,
+    min_share: f64,
+) -> f64 {
     let min_share = min_share.clamp(0.0, 1.0);
     let throttleable: f64 = samples
         .iter()
@@ -88,7 +95,11 @@ pub(crate) fn cannot_shrink(floor_bytes_per_sec: f64, transfer_bytes_per_sec: f6
 
 /// Dirtiers worth a probe round at maximum throttle: measured as barely slowed by throttling,
 /// dirtying noticeably (≥ 1 % of the link), and not yet measured at maximum throttle.
-pub(crate) fn probe_candidates(models: &[DirtierModel], min_share: f64, transfer_bytes_per_sec: f64) -> Vec<usize> {
+pub(crate) fn probe_candidates(
+    models: &[DirtierModel],
+    min_share: f64,
+    transfer_bytes_per_sec: f64,
+) -> Vec<usize> {
     models
         .iter()
         .enumerate()
@@ -124,9 +135,21 @@ mod tests {
     #[test]
     fn lower_bound_extrapolates_linearly() {
         let s = [
-            RateSample { share: 1.0, bytes_per_sec: 1000.0 },
-            RateSample { share: 0.5, bytes_per_sec: 100.0 },
-            RateSample { share: 0.0, bytes_per_sec: 3.0 },
+            RateSample {
+                share: 1.0,
+                bytes_per_sec: 1000.0,
+                secs: 1.0,
+            },
+            RateSample {
+                share: 0.5,
+                bytes_per_sec: 100.0,
+                secs: 1.0,
+            },
+            RateSample {
+                share: 0.0,
+                bytes_per_sec: 3.0,
+                secs: 1.0,
+            },
         ];
         let lb = floor_lower_bound(&s, 7.0, 0.01);
         assert!((lb - (10.0 + 2.0 + 3.0 + 7.0)).abs() < 1e-9);
@@ -137,13 +160,33 @@ mod tests {
     #[test]
     fn probe_picks_only_unprobed_inelastic_dirtiers() {
         let mut burst = DirtierModel::new(0.5);
-        burst.commit_round(RateSample { share: 1.0, bytes_per_sec: 500.0 });
-        burst.commit_round(RateSample { share: 0.5, bytes_per_sec: 500.0 });
+        burst.commit_round(RateSample {
+            share: 1.0,
+            bytes_per_sec: 500.0,
+            secs: 1.0,
+        });
+        burst.commit_round(RateSample {
+            share: 0.5,
+            bytes_per_sec: 500.0,
+            secs: 1.0,
+        });
         let mut linear = DirtierModel::new(0.5);
-        linear.commit_round(RateSample { share: 1.0, bytes_per_sec: 500.0 });
-        linear.commit_round(RateSample { share: 0.5, bytes_per_sec: 250.0 });
+        linear.commit_round(RateSample {
+            share: 1.0,
+            bytes_per_sec: 500.0,
+            secs: 1.0,
+        });
+        linear.commit_round(RateSample {
+            share: 0.5,
+            bytes_per_sec: 250.0,
+            secs: 1.0,
+        });
         let mut probed = burst.clone();
-        probed.commit_round(RateSample { share: 0.01, bytes_per_sec: 500.0 });
+        probed.commit_round(RateSample {
+            share: 0.01,
+            bytes_per_sec: 500.0,
+            secs: 1.0,
+        });
         let models = [burst, linear, probed];
         assert_eq!(probe_candidates(&models, 0.01, 1000.0), vec![0]);
     }
