@@ -50,12 +50,18 @@ pub enum BuildError {
 
 /// A VM with its vCPUs created but not yet running.
 pub struct VmParts {
+    /// Everything but the vCPU fds.
+    pub machine: MachineParts,
+    /// vCPU fds, by index.
+    pub vcpu_fds: Vec<VcpuFd>,
+}
+
+/// The parts of a VM a `Machine` keeps.
+pub struct MachineParts {
     /// Guest memory.
     pub mem: GuestMemoryMmap,
     /// The KVM VM.
     pub vm: Arc<Vm>,
-    /// vCPU fds, by index.
-    pub vcpu_fds: Vec<VcpuFd>,
     /// vCPU control blocks, by index.
     pub controls: Vec<Arc<VcpuControl>>,
     /// Dirty tracking.
@@ -90,24 +96,26 @@ pub fn create(host: &KvmHost, mem_bytes: u64, cpus: u8, tracking: DirtyTrackingC
     let legacy = std::mem::size_of::<kvm_bindings::kvm_xsave>();
     let xsave_bytes = (vm.fd.check_extension_int(Cap::Xsave2).max(0) as usize).max(legacy);
     Ok(VmParts {
-        mem,
-        vm: Arc::new(vm),
+        machine: MachineParts {
+            mem,
+            vm: Arc::new(vm),
+            controls: (0..cpus).map(|_| Arc::new(VcpuControl::new(Target::Run))).collect(),
+            dirty,
+            cpuid,
+            msr_indices,
+            xsave_bytes,
+        },
         vcpu_fds,
-        controls: (0..cpus).map(|_| Arc::new(VcpuControl::new(Target::Run))).collect(),
-        dirty,
-        cpuid,
-        msr_indices,
-        xsave_bytes,
     })
 }
 
 /// Loads the kernel and configures every vCPU to boot it.
 pub fn load_and_configure(parts: &VmParts, spec: &BootSpec<'_>) -> Result<BootEntry, BuildError> {
-    let entry = boot::load(&parts.mem, spec)?;
+    let entry = boot::load(&parts.machine.mem, spec)?;
     let setup = BootSetup {
-        cpuid: &parts.cpuid,
+        cpuid: &parts.machine.cpuid,
         cpu_count: parts.vcpu_fds.len() as u8,
-        mem: &parts.mem,
+        mem: &parts.machine.mem,
         entry,
     };
     for (i, fd) in parts.vcpu_fds.iter().enumerate() {

@@ -3,10 +3,18 @@
 //! and the I/O side of migration; `tern` (main.rs) is its command line.
 
 pub mod api;
+pub mod api_handler;
 pub mod arch;
 pub mod builder;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod device_manager;
+pub mod event_loop;
 pub mod exit;
+pub mod machine;
+pub mod migrate;
+pub mod progress;
+pub mod runner;
+pub mod terminal;
 pub mod vstate;

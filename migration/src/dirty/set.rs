@@ -24,6 +24,8 @@ struct RegionBits {
 pub struct DirtySet {
     regions: Vec<RegionBits>,
     count: AtomicU64,
+    /// Pages ever newly added (monotonic): the dirty-set growth over any interval.
+    added_total: AtomicU64,
 }
 
 impl DirtySet {
@@ -38,7 +40,13 @@ impl DirtySet {
                 })
                 .collect(),
             count: AtomicU64::new(0),
+            added_total: AtomicU64::new(0),
         }
+    }
+
+    /// Pages newly added since the set was created (never decreases).
+    pub fn added_total(&self) -> u64 {
+        self.added_total.load(Ordering::Acquire)
     }
 
     /// Number of regions.
@@ -75,6 +83,7 @@ impl DirtySet {
         let new = old & bit == 0;
         if new {
             self.count.fetch_add(1, Ordering::AcqRel);
+            self.added_total.fetch_add(1, Ordering::AcqRel);
         }
         new
     }
@@ -96,6 +105,7 @@ impl DirtySet {
         let added = (bits & !old).count_ones();
         if added > 0 {
             self.count.fetch_add(u64::from(added), Ordering::AcqRel);
+            self.added_total.fetch_add(u64::from(added), Ordering::AcqRel);
         }
         added
     }
@@ -189,6 +199,7 @@ mod tests {
         assert_eq!(s.take_word(0, 0), 0b1110_0000);
         assert_eq!(s.count(), 0);
         assert_eq!(s.take_word(0, 0), 0);
+        assert_eq!(s.added_total(), 3);
     }
 
     #[test]

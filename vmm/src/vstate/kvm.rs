@@ -22,6 +22,9 @@ pub enum KvmError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// The node does not answer like KVM.
+    #[error("{KVM_PATH} is not a KVM device (KVM_GET_API_VERSION did not answer 12)")]
+    NotKvm,
     /// The host's KVM lacks something tern cannot work without.
     #[error("the host's KVM lacks {0}")]
     MissingCapability(&'static str),
@@ -52,6 +55,9 @@ impl KvmHost {
             },
             source,
         })?;
+        if kvm.get_api_version() != 12 {
+            return Err(KvmError::NotKvm);
+        }
         for (cap, name) in [
             (Cap::Irqchip, "an in-kernel irqchip (KVM_CAP_IRQCHIP)"),
             (Cap::UserMemory, "user memory regions (KVM_CAP_USER_MEMORY)"),

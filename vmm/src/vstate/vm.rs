@@ -151,15 +151,17 @@ impl Vm {
         Ok(VmState { irqchips: chips, pit, clock })
     }
 
-    /// Restores what `save_state` saved, before any vCPU runs.
-    pub fn restore_state(&self, state: &VmState) -> Result<(), VmError> {
+    /// Restores what `save_state` saved, before any vCPU runs. The KVM clock
+    /// moves on by `elapsed`, the real time that passed since it was saved,
+    /// so the guest's clock neither jumps back nor stands still.
+    pub fn restore_state(&self, state: &VmState, elapsed: std::time::Duration) -> Result<(), VmError> {
         let setup = |what| move |source| VmError::Setup { what, source };
         for chip in &state.irqchips {
             self.fd.set_irqchip(chip).map_err(setup("restore the irqchip state"))?;
         }
         self.fd.set_pit2(&state.pit).map_err(setup("restore the PIT state"))?;
         let clock = kvm_clock_data {
-            clock: state.clock.clock,
+            clock: state.clock.clock.saturating_add(elapsed.as_nanos() as u64),
             ..Default::default()
         };
         self.fd.set_clock(&clock).map_err(setup("restore the KVM clock"))?;

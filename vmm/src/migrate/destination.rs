@@ -1,0 +1,156 @@
+//! The destination side: `tern run --incoming`. Implements the receiver's
+//! `DestinationHost` on a freshly built (not booted) machine.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kvm_ioctls::VcpuFd;
+use migration::protocol::messages::{Hello, PageRun, PAGE_SIZE};
+use migration::receiver::DestinationHost;
+use vm_memory::{Bytes, GuestAddress};
+
+use super::guest_state::GuestState;
+use super::source::hello;
+use crate::arch::{cpuid, msr};
+use crate::machine::Machine;
+use crate::vstate::vcpu::{state, Target};
+
+/// Real time since the epoch, ns.
+pub fn realtime_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Longest gap between save and restore the clocks are advanced by; beyond
+/// it the hosts' clocks are not trusted to agree.
+const MAX_CLOCK_ADVANCE: Duration = Duration::from_secs(60);
+
+/// A machine waiting for its guest.
+pub struct TernDestination {
+    machine: Arc<Machine>,
+    fds: Option<Vec<VcpuFd>>,
+    /// Per region: pages that hold data from the stream (the rest are still
+    /// untouched zero memory, so a zero marker needs no write).
+    written: Vec<Vec<u64>>,
+}
+
+impl TernDestination {
+    /// Wraps a machine built with the same configuration as the source's.
+    pub fn new(machine: Arc<Machine>, fds: Vec<VcpuFd>) -> Self {
+        let written = machine
+            .dirty
+            .slots()
+            .iter()
+            .map(|s| vec![0u64; s.pages().div_ceil(64) as usize])
+            .collect();
+        TernDestination {
+            machine,
+            fds: Some(fds),
+            written,
+        }
+    }
+}
+
+fn mismatch(what: &str, ours: impl std::fmt::Debug, theirs: impl std::fmt::Debug) -> String {
+    format!("configuration mismatch: the source has {what} {theirs:?}, this tern has {ours:?}")
+}
+
+impl DestinationHost for TernDestination {
+    fn check(&mut self, theirs: &Hello) -> Result<(), String> {
+        let ours = hello(&self.machine);
+        if ours.vcpus != theirs.vcpus {
+            return Err(mismatch("vCPUs", ours.vcpus, theirs.vcpus));
+        }
+        if ours.memory != theirs.memory {
+            let total = |h: &Hello| h.memory.iter().map(|m| m.size).sum::<u64>();
+            return Err(mismatch("memory bytes", total(&ours), total(theirs)));
+        }
+        if ours.devices.len() != theirs.devices.len() {
+            let kinds = |h: &Hello| h.devices.iter().map(|d| d.id.clone()).collect::<Vec<_>>();
+            return Err(mismatch("devices", kinds(&ours), kinds(theirs)));
+        }
+        for (o, t) in ours.devices.iter().zip(&theirs.devices) {
+            if o != t {
+                return Err(format!(
+                    "configuration mismatch: source device {} ({}) {:?} differs from this tern's {} ({}) {:?}",
+                    t.id, t.kind, t.settings, o.id, o.kind, o.settings
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn write_pages(&mut self, run: &PageRun<'_>) -> Result<(), String> {
+        let slots = self.machine.dirty.slots();
+        let slot = slots
+            .get(run.region as usize)
+            .ok_or_else(|| format!("page run for memory region {} (there are {})", run.region, slots.len()))?;
+        let end = run.first_page.checked_add(u64::from(run.count)).unwrap_or(u64::MAX);
+        if end > slot.pages() {
+            return Err(format!(
+                "page run {}..{end} beyond region {} ({} pages)",
+                run.first_page,
+                run.region,
+                slot.pages()
+            ));
+        }
+        let written = &mut self.written[run.region as usize];
+        let mut data = run.data.chunks_exact(PAGE_SIZE);
+        let zero = [0u8; PAGE_SIZE];
+        for i in 0..run.count {
+            let page = run.first_page + u64::from(i);
+            let addr = GuestAddress(slot.guest_addr + page * PAGE_SIZE as u64);
+            let (word, bit) = ((page / 64) as usize, 1u64 << (page % 64));
+            let bytes = if run.is_zero(i) {
+                if written[word] & bit == 0 {
+                    continue;
+                }
+                &zero[..]
+            } else {
+                written[word] |= bit;
+                data.next().ok_or("page run data ends early")?
+            };
+            self.machine
+                .mem
+                .write_slice(bytes, addr)
+                .map_err(|e| format!("writing guest page {:#x}: {e}", addr.0))?;
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, blob: &[u8]) -> Result<(), String> {
+        let gs = GuestState::decode(blob)?;
+        let fds = self.fds.as_ref().ok_or("vCPUs already started")?;
+        if gs.vcpus.len() != fds.len() {
+            return Err(format!("state for {} vCPUs, this VM has {}", gs.vcpus.len(), fds.len()));
+        }
+        let elapsed = Duration::from_nanos(realtime_ns().saturating_sub(gs.saved_at_realtime_ns)).min(MAX_CLOCK_ADVANCE);
+        self.machine.vm.restore_state(&gs.vm, elapsed).map_err(|e| e.to_string())?;
+        self.machine.devices.restore_states(&gs.devices)?;
+        let count = fds.len() as u8;
+        for (i, (fd, vs)) in fds.iter().zip(gs.vcpus).enumerate() {
+            let id = i as u8;
+            fd.set_cpuid2(&cpuid::for_vcpu(&self.machine.cpuid, id, count))
+                .map_err(|e| format!("vCPU {id}: cannot set CPUID: {e}"))?;
+            let mut vs = vs;
+            // The TSC moves on with real time too.
+            if let Some(khz) = vs.tsc_khz {
+                let ticks = (elapsed.as_nanos() as u64).saturating_mul(u64::from(khz)) / 1_000_000;
+                for m in vs.msrs.iter_mut().filter(|m| m.0 == msr::MSR_IA32_TSC) {
+                    m.1 = m.1.wrapping_add(ticks);
+                }
+            }
+            state::restore(fd, id, &vs).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn resume(&mut self) -> Result<(), String> {
+        let fds = self.fds.take().ok_or("vCPUs already started")?;
+        self.machine
+            .start_vcpus(fds, Target::Run)
+            .map_err(|e| format!("cannot start the vCPUs: {e}"))
+    }
+}

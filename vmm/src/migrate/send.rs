@@ -1,0 +1,182 @@
+//! Sending the dirty set: a time-bounded pass over it in windows of 64
+//! bitmap words (4096 pages). In bitmap mode each window is re-armed with
+//! `KVM_CLEAR_DIRTY_LOG` *before* its pages are read, so a write that lands
+//! after the read is logged again; no single step holds KVM's MMU lock for
+//! more than one window.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use migration::dirty::{BitPositions, DirtySet};
+use migration::protocol::messages::{MAX_RUN_PAGES, PAGE_SIZE};
+use migration::sender::SourceSession;
+use vm_memory::{Bytes, GuestAddress};
+
+use super::MigrationError;
+use crate::machine::Machine;
+use crate::vstate::vm::DirtyTracking;
+
+/// Words per window: 64 × 64 pages = 16 MiB of guest memory.
+const WINDOW_WORDS: usize = 64;
+
+/// Where a pass over the dirty set is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cursor {
+    region: usize,
+    word: usize,
+}
+
+/// Caps the send rate at `max_bandwidth` by sleeping when ahead.
+pub struct Pacer {
+    bytes_per_sec: Option<f64>,
+    start: Instant,
+    sent: u64,
+}
+
+impl Pacer {
+    /// A pacer for `bytes_per_sec` (None = no cap).
+    pub fn new(bytes_per_sec: Option<u64>) -> Self {
+        Pacer {
+            bytes_per_sec: bytes_per_sec.map(|b| b as f64),
+            start: Instant::now(),
+            sent: 0,
+        }
+    }
+
+    /// Restarts the budget (after an idle gap, so it is not spent as a burst).
+    pub fn restart(&mut self) {
+        self.start = Instant::now();
+        self.sent = 0;
+    }
+
+    /// Accounts `bytes` and sleeps as long as the cap requires.
+    pub fn sent(&mut self, bytes: u64) {
+        self.sent += bytes;
+        if let Some(rate) = self.bytes_per_sec {
+            let due = Duration::from_secs_f64(self.sent as f64 / rate);
+            let elapsed = self.start.elapsed();
+            if due > elapsed {
+                std::thread::sleep(due - elapsed);
+            }
+        }
+    }
+}
+
+/// Totals of what was sent.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SendTotals {
+    /// Pages with data.
+    pub data_pages: u64,
+    /// Zero pages (markers).
+    pub zero_pages: u64,
+    /// Time spent sending (reading, checksumming, writing, pacing).
+    pub send_time: Duration,
+}
+
+/// Sends the dirty set page run by page run.
+pub struct PageSender {
+    buf: Vec<u8>,
+    words: Vec<u64>,
+    /// What has been sent so far.
+    pub totals: SendTotals,
+}
+
+impl PageSender {
+    /// A sender with its buffers.
+    pub fn new() -> Self {
+        PageSender {
+            buf: vec![0u8; MAX_RUN_PAGES as usize * PAGE_SIZE],
+            words: Vec::with_capacity(WINDOW_WORDS),
+            totals: SendTotals::default(),
+        }
+    }
+
+    /// Continues a pass from `cursor` until the set has been walked to its end
+    /// (returns true) or `until` passes (false: call again with the same cursor).
+    #[allow(clippy::too_many_arguments)]
+    pub fn pass(
+        &mut self,
+        machine: &Machine,
+        set: &DirtySet,
+        session: &mut SourceSession,
+        pacer: &mut Pacer,
+        cursor: &mut Cursor,
+        until: Instant,
+        cancel: &AtomicBool,
+    ) -> Result<bool, MigrationError> {
+        let bitmap_mode = machine.vm.tracking == DirtyTracking::Bitmap;
+        let slots = machine.dirty.slots();
+        while cursor.region < set.regions() {
+            let region = cursor.region;
+            let nwords = set.words(region);
+            let Some(first) = set.next_nonempty_word(region, cursor.word) else {
+                cursor.region += 1;
+                cursor.word = 0;
+                continue;
+            };
+            if cancel.load(Ordering::Relaxed) {
+                return Err(MigrationError::Cancelled);
+            }
+            let started = Instant::now();
+            let end = (first + WINDOW_WORDS).min(nwords);
+            self.words.clear();
+            self.words.extend((first..end).map(|w| set.take_word(region, w)));
+            if bitmap_mode {
+                machine
+                    .dirty
+                    .clear_pages(&machine.vm.fd, slots[region].slot, first as u64 * 64, &mut self.words)
+                    .map_err(|e| MigrationError::DirtyLog(e.to_string()))?;
+            }
+            let guest_base = slots[region].guest_addr;
+            let words = std::mem::take(&mut self.words);
+            let result = self.send_window(machine, session, pacer, region, first, &words, guest_base);
+            self.words = words;
+            result?;
+            self.totals.send_time += started.elapsed();
+            cursor.word = end;
+            if Instant::now() >= until {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_window(
+        &mut self,
+        machine: &Machine,
+        session: &mut SourceSession,
+        pacer: &mut Pacer,
+        region: usize,
+        first_word: usize,
+        words: &[u64],
+        guest_base: u64,
+    ) -> Result<(), MigrationError> {
+        let mut pages = BitPositions::new(words, first_word as u64 * 64).peekable();
+        while let Some(start) = pages.next() {
+            let mut count = 1u64;
+            while count < u64::from(MAX_RUN_PAGES) && pages.peek() == Some(&(start + count)) {
+                pages.next();
+                count += 1;
+            }
+            let len = count as usize * PAGE_SIZE;
+            let addr = GuestAddress(guest_base + start * PAGE_SIZE as u64);
+            machine
+                .mem
+                .read_slice(&mut self.buf[..len], addr)
+                .map_err(|e| MigrationError::Memory(format!("reading guest page {:#x}: {e}", addr.0)))?;
+            let before = session.bytes_sent();
+            let c = session.send_run(region as u32, start, &self.buf[..len])?;
+            pacer.sent(session.bytes_sent() - before);
+            self.totals.data_pages += u64::from(c.data);
+            self.totals.zero_pages += u64::from(c.zero);
+        }
+        Ok(())
+    }
+}
+
+impl Default for PageSender {
+    fn default() -> Self {
+        Self::new()
+    }
+}

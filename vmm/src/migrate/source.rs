@@ -1,0 +1,355 @@
+//! The source side of a live migration: pre-copy rounds while the guest
+//! runs, steered by the pure convergence controller, then the switchover.
+//! Until the destination says "resumed", every failure leaves the guest
+//! running here, unthrottled, with dirty logging off.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use migration::controller::{Action, Controller, ControllerConfig, Decision, OnNoConverge, RoundObservation};
+use migration::dirty::{DirtySet, RegionLayout};
+use migration::protocol::messages::{Hello, MemoryRange, PAGE_SIZE};
+use migration::sender::SourceSession;
+use migration::stats::{MigrationPhase, ProgressPoint};
+use migration::transport::Stream;
+use migration::uri::MigrationUri;
+
+use super::guest_state::GuestState;
+use super::harvest::{reset_vmm_writes, Harvested, Harvester};
+use super::send::{Cursor, Pacer, PageSender};
+use super::{MigrationControl, MigrationError};
+use crate::api::types::MigrateRequest;
+use crate::exit::ExitReason;
+use crate::machine::Machine;
+use crate::vstate::vcpu::PAUSE_TIMEOUT;
+use crate::vstate::vm::DirtyTracking;
+
+/// How often a long round reports to the controller.
+const OBSERVE_EVERY: Duration = Duration::from_millis(500);
+/// How long the destination may take to restore, and to resume.
+const COMPLETE_TIMEOUT: Duration = Duration::from_secs(30);
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds the controller's configuration from the API request.
+pub fn controller_config(req: &MigrateRequest, vcpus: usize) -> Result<ControllerConfig, MigrationError> {
+    let mut c = ControllerConfig::new(vcpus);
+    c.max_downtime = Duration::from_millis(req.max_downtime_ms);
+    // The state allowance must stay below the downtime limit.
+    c.state_transfer_allowance = c.state_transfer_allowance.min(c.max_downtime / 3);
+    c.max_bandwidth_bytes_per_sec = req.max_bandwidth_bytes_per_sec;
+    c.timeout = match req.timeout_s {
+        Some(s) if !(s.is_finite() && s > 0.0) => {
+            return Err(MigrationError::BadRequest(format!("timeout {s} s must be positive")))
+        }
+        Some(s) => Some(Duration::from_secs_f64(s)),
+        None => None,
+    };
+    c.max_iterations = req.max_iterations;
+    c.aggression = req.aggression;
+    c.max_throttle = if req.no_throttle { 0.0 } else { req.max_throttle_pct / 100.0 };
+    c.on_no_converge = req
+        .on_no_converge
+        .parse::<OnNoConverge>()
+        .map_err(|e| MigrationError::BadRequest(e.to_string()))?;
+    c.validate().map_err(|e| MigrationError::BadRequest(e.to_string()))?;
+    Ok(c)
+}
+
+/// The handshake describing this VM.
+pub fn hello(machine: &Machine) -> Hello {
+    Hello {
+        tern_version: env!("CARGO_PKG_VERSION").into(),
+        page_size: PAGE_SIZE as u32,
+        memory: machine
+            .dirty
+            .slots()
+            .iter()
+            .map(|s| MemoryRange {
+                guest_addr: s.guest_addr,
+                size: s.size,
+            })
+            .collect(),
+        vcpus: machine.controls.len() as u32,
+        devices: machine.devices.summaries(),
+    }
+}
+
+/// Turns dirty tracking on; returns the set with every page in it.
+fn start_tracking(machine: &Machine) -> Result<Arc<DirtySet>, MigrationError> {
+    let layout: Vec<RegionLayout> = machine
+        .dirty
+        .slots()
+        .iter()
+        .map(|s| RegionLayout { pages: s.pages() })
+        .collect();
+    let set = Arc::new(DirtySet::new(&layout));
+    // Drop ring entries left over from an earlier, failed migration.
+    machine.dirty.set_sink(None);
+    for (i, c) in machine.controls.iter().enumerate() {
+        machine.dirty.harvest_vcpu(i, c);
+    }
+    if matches!(machine.vm.tracking, DirtyTracking::Ring { .. }) {
+        machine
+            .dirty
+            .reset_rings(&machine.vm.fd)
+            .map_err(|e| MigrationError::DirtyLog(e.to_string()))?;
+    }
+    machine.dirty.set_sink(Some(set.clone()));
+    reset_vmm_writes(machine);
+    machine
+        .vm
+        .memory
+        .set_dirty_logging(&machine.vm.fd, true)
+        .map_err(|e| MigrationError::DirtyLog(e.to_string()))?;
+    set.mark_all();
+    Ok(set)
+}
+
+/// Undoes everything the migration did to the running guest.
+pub fn restore_running_guest(machine: &Machine) {
+    machine.with_vcpus(|v| {
+        for i in 0..machine.controls.len() {
+            v.set_throttle(i, 0.0);
+        }
+        v.resume();
+    });
+    machine.devices.resume_io();
+    machine.dirty.set_sink(None);
+    if let Err(e) = machine.vm.memory.set_dirty_logging(&machine.vm.fd, false) {
+        log::error!("migration cleanup: cannot turn dirty logging off: {e}");
+    }
+}
+
+/// Per-interval bookkeeping for observations.
+struct Interval {
+    start: Instant,
+    bytes: u64,
+    send_time: Duration,
+    throttled_ns: Vec<u64>,
+}
+
+impl Interval {
+    fn begin(machine: &Machine, session: &SourceSession, sender: &PageSender) -> Self {
+        Interval {
+            start: Instant::now(),
+            bytes: session.bytes_sent(),
+            send_time: sender.totals.send_time,
+            throttled_ns: machine
+                .controls
+                .iter()
+                .map(|c| c.counters.throttled_ns.load(Ordering::Relaxed))
+                .collect(),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn observe(
+    machine: &Machine,
+    controller: &mut Controller,
+    iv: &Interval,
+    session: &SourceSession,
+    sender: &PageSender,
+    h: &Harvested,
+    set: &DirtySet,
+    round: u32,
+    end_of_round: bool,
+    started: Instant,
+    devices: Option<migration::controller::DeviceStatus>,
+) -> RoundObservation {
+    let interval = iv.start.elapsed();
+    let throttles = machine
+        .controls
+        .iter()
+        .zip(&iv.throttled_ns)
+        .map(|(c, before)| {
+            let slept = c.counters.throttled_ns.load(Ordering::Relaxed) - before;
+            (slept as f64 / interval.as_nanos().max(1) as f64).clamp(0.0, 0.99)
+        })
+        .collect();
+    let _ = controller;
+    RoundObservation {
+        round,
+        end_of_round,
+        elapsed: started.elapsed(),
+        interval,
+        bytes_sent: session.bytes_sent() - iv.bytes,
+        send_time: sender.totals.send_time - iv.send_time,
+        dirtied_pages: h.added,
+        vcpu_dirtied_pages: h.per_vcpu.clone(),
+        remaining_pages: set.count(),
+        page_size: PAGE_SIZE as u64,
+        vcpu_throttle_fractions: throttles,
+        devices,
+    }
+}
+
+fn apply(machine: &Machine, d: &Decision, ctl: &MigrationControl, round: u32, started: Instant) {
+    machine.with_vcpus(|v| {
+        for (i, p) in d.throttle_fractions.iter().enumerate() {
+            v.set_throttle(i, *p);
+        }
+    });
+    let e = &d.estimates;
+    let mut s = ctl.stats();
+    s.rounds = round + 1;
+    s.remaining_bytes = e.remaining_bytes;
+    s.transfer_bytes_per_sec = e.transfer_bytes_per_sec.unwrap_or(0.0);
+    s.dirty_bytes_per_sec = e.dirty_bytes_per_sec.unwrap_or(0.0);
+    s.expected_downtime_ms = e.expected_downtime.map(|d| d.as_secs_f64() * 1e3);
+    s.throttle_pct = d.throttle_fractions.iter().map(|p| p * 100.0).collect();
+    s.reason = e.reason.clone();
+    let point = ProgressPoint {
+        t_ms: started.elapsed().as_secs_f64() * 1e3,
+        round,
+        remaining_bytes: e.remaining_bytes,
+        transfer_bytes_per_sec: s.transfer_bytes_per_sec,
+        dirty_bytes_per_sec: s.dirty_bytes_per_sec,
+        throttle_pct: s.throttle_pct.clone(),
+        expected_downtime_ms: s.expected_downtime_ms,
+    };
+    s.history.push(point);
+}
+
+/// Runs a whole outgoing migration. `Ok` means the guest runs on the
+/// destination; on `Err` the caller restores the running guest here.
+pub fn run(machine: &Arc<Machine>, req: &MigrateRequest, ctl: &MigrationControl) -> Result<(), MigrationError> {
+    let started = Instant::now();
+    let uri: MigrationUri = req
+        .to
+        .parse()
+        .map_err(|e: migration::uri::UriError| MigrationError::BadRequest(e.to_string()))?;
+    let mut controller = Controller::new(controller_config(req, machine.controls.len())?)
+        .map_err(|e| MigrationError::BadRequest(e.to_string()))?;
+
+    let stream = Stream::connect(&uri, CONNECT_TIMEOUT).map_err(|e| MigrationError::Connect(format!("{e}: {}", root_cause(&e))))?;
+    let mut session = SourceSession::start(stream, &hello(machine), HANDSHAKE_TIMEOUT)?;
+    let set = start_tracking(machine)?;
+    let mut harvester = Harvester::new(machine, &set);
+    ctl.update(|s| {
+        s.setup_ms = started.elapsed().as_secs_f64() * 1e3;
+        s.phase = MigrationPhase::Active;
+    });
+
+    let mut sender = PageSender::new();
+    let mut pacer = Pacer::new(req.max_bandwidth_bytes_per_sec);
+    let mut round = 0u32;
+    let forced_downtime;
+    'rounds: loop {
+        let mut cursor = Cursor::default();
+        pacer.restart();
+        let mut iv = Interval::begin(machine, &session, &sender);
+        loop {
+            let done = sender.pass(machine, &set, &mut session, &mut pacer, &mut cursor, Instant::now() + OBSERVE_EVERY, &ctl.cancel)?;
+            if done {
+                break;
+            }
+            // A long round: let the controller react inside it.
+            let h = harvester.harvest(machine, &set)?;
+            let obs = observe(machine, &mut controller, &iv, &session, &sender, &h, &set, round, false, started, machine.devices.drain_status());
+            let d = controller.observe(&obs);
+            apply(machine, &d, ctl, round, started);
+            session.check_destination()?;
+            iv = Interval::begin(machine, &session, &sender);
+            match d.action {
+                Action::Abort { reason } => return Err(MigrationError::Aborted(reason.to_string())),
+                Action::Force { expected_downtime, .. } => {
+                    forced_downtime = expected_downtime;
+                    break 'rounds;
+                }
+                _ => {}
+            }
+        }
+        let h = harvester.harvest(machine, &set)?;
+        session.end_round(round)?;
+        let obs = observe(machine, &mut controller, &iv, &session, &sender, &h, &set, round, true, started, machine.devices.drain_status());
+        let d = controller.observe(&obs);
+        apply(machine, &d, ctl, round, started);
+        ctl.update(|s| {
+            s.bytes_sent = session.bytes_sent();
+            s.data_pages = sender.totals.data_pages;
+            s.zero_pages = sender.totals.zero_pages;
+            s.total_ms = started.elapsed().as_secs_f64() * 1e3;
+        });
+        match d.action {
+            Action::Continue => machine.devices.resume_io(),
+            Action::Quiesce => machine.devices.try_quiesce(&ctl.drain),
+            Action::Switchover { .. } => {
+                forced_downtime = None;
+                break;
+            }
+            Action::Abort { reason } => return Err(MigrationError::Aborted(reason.to_string())),
+            Action::Force { expected_downtime, .. } => {
+                forced_downtime = expected_downtime;
+                break;
+            }
+        }
+        if ctl.cancel.load(Ordering::Relaxed) {
+            return Err(MigrationError::Cancelled);
+        }
+        round += 1;
+    }
+
+    // Switchover: the only step that stops the guest.
+    ctl.update(|s| {
+        s.phase = MigrationPhase::Switchover;
+        s.forced_expected_downtime_ms = forced_downtime.map(|d| d.as_secs_f64() * 1e3);
+    });
+    let paused_at = Instant::now();
+    machine
+        .with_vcpus(|v| v.pause(PAUSE_TIMEOUT))
+        .ok_or_else(|| MigrationError::Vcpu("no vCPUs".into()))?
+        .map_err(|e| MigrationError::Vcpu(e.to_string()))?;
+    machine.devices.quiesce_for_switchover().map_err(MigrationError::Device)?;
+    harvester.harvest(machine, &set)?;
+    let mut cursor = Cursor::default();
+    pacer.restart();
+    let far = Instant::now() + Duration::from_secs(3600);
+    while !sender.pass(machine, &set, &mut session, &mut pacer, &mut cursor, far, &ctl.cancel)? {}
+    // Pages written while saving device state (e.g. a completion) go too.
+    let devices = machine.devices.save_states().map_err(MigrationError::Device)?;
+    harvester.harvest(machine, &set)?;
+    let mut cursor = Cursor::default();
+    while !sender.pass(machine, &set, &mut session, &mut pacer, &mut cursor, far, &ctl.cancel)? {}
+    session.end_round(round + 1)?;
+    let vcpus = machine
+        .with_vcpus(|v| v.save())
+        .ok_or_else(|| MigrationError::Vcpu("no vCPUs".into()))?
+        .map_err(|e| MigrationError::Vcpu(e.to_string()))?;
+    let vm = machine.vm.save_state().map_err(|e| MigrationError::Vcpu(e.to_string()))?;
+    let blob = GuestState {
+        vcpus,
+        vm,
+        devices,
+        saved_at_realtime_ns: super::destination::realtime_ns(),
+    }.encode().map_err(MigrationError::Device)?;
+    session.send_state(&blob)?;
+    session.complete(COMPLETE_TIMEOUT)?;
+    if ctl.cancel.load(Ordering::Relaxed) {
+        return Err(MigrationError::Cancelled);
+    }
+    session.commit(COMMIT_TIMEOUT)?;
+    let downtime = paused_at.elapsed();
+    ctl.update(|s| {
+        s.phase = MigrationPhase::Completed;
+        s.downtime_ms = Some(downtime.as_secs_f64() * 1e3);
+        s.bytes_sent = session.bytes_sent();
+        s.data_pages = sender.totals.data_pages;
+        s.zero_pages = sender.totals.zero_pages;
+        s.remaining_bytes = 0;
+        s.total_ms = started.elapsed().as_secs_f64() * 1e3;
+    });
+    machine.exit.exit(ExitReason::MigratedAway);
+    Ok(())
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(s) = cur.source() {
+        cur = s;
+    }
+    cur.to_string()
+}

@@ -1,0 +1,98 @@
+//! How `tern migrate` shows a migration to people: a one-line progress bar
+//! while it runs, a summary at the end, the estimate as a table.
+
+use serde_json::Value;
+
+fn f(v: &Value, k: &str) -> f64 {
+    v[k].as_f64().unwrap_or(0.0)
+}
+
+fn mib(bytes: f64) -> f64 {
+    bytes / (1u64 << 20) as f64
+}
+
+/// One line: round, remaining, rates, throttle, expected downtime.
+pub fn bar(v: &Value) -> String {
+    let remaining = f(v, "remaining_bytes");
+    let sent = f(v, "bytes_sent");
+    let frac = if sent + remaining > 0.0 { sent / (sent + remaining) } else { 0.0 };
+    let width = 20usize;
+    let filled = ((frac * width as f64) as usize).min(width);
+    let throttle = v["throttle_pct"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).fold(0.0, f64::max))
+        .unwrap_or(0.0);
+    let expected = v["expected_downtime_ms"]
+        .as_f64()
+        .map(|d| format!("{d:.0} ms"))
+        .unwrap_or_else(|| "?".into());
+    format!(
+        "[{}{}] {:<10} round {:>3}  left {:>8.1} MiB  xfer {:>7.1} MiB/s  dirty {:>7.1} MiB/s  throttle {:>3.0}%  downtime≈{:<8}",
+        "#".repeat(filled),
+        " ".repeat(width - filled),
+        v["phase"].as_str().unwrap_or("?"),
+        v["rounds"].as_u64().unwrap_or(0),
+        mib(remaining),
+        mib(f(v, "transfer_bytes_per_sec")),
+        mib(f(v, "dirty_bytes_per_sec")),
+        throttle,
+        expected
+    )
+}
+
+/// The end-of-migration summary.
+pub fn summary(v: &Value) -> String {
+    let mut s = format!("migration {}", v["phase"].as_str().unwrap_or("?"));
+    if let Some(to) = v["to"].as_str() {
+        s.push_str(&format!(" to {to}"));
+    }
+    if let Some(e) = v["error"].as_str() {
+        s.push_str(&format!(": {e}"));
+    }
+    s.push_str(&format!(
+        "\n  total time   {:.0} ms\n  setup        {:.0} ms\n  downtime     {}\n  rounds       {}\n  bytes sent   {:.1} MiB\n  data pages   {}\n  zero pages   {} (not sent)",
+        f(v, "total_ms"),
+        f(v, "setup_ms"),
+        v["downtime_ms"].as_f64().map(|d| format!("{d:.1} ms")).unwrap_or_else(|| "-".into()),
+        v["rounds"].as_u64().unwrap_or(0),
+        mib(f(v, "bytes_sent")),
+        v["data_pages"].as_u64().unwrap_or(0),
+        v["zero_pages"].as_u64().unwrap_or(0),
+    ));
+    if let Some(d) = v["forced_expected_downtime_ms"].as_f64() {
+        s.push_str(&format!("\n  forced; announced downtime {d:.1} ms"));
+    }
+    let drain = &v["drain"];
+    if drain["attempts"].as_u64().unwrap_or(0) > 0 {
+        s.push_str(&format!(
+            "\n  drain        {} attempts, {} busy (EBUSY)",
+            drain["attempts"], drain["busy"]
+        ));
+    }
+    s
+}
+
+/// The `--estimate` table.
+pub fn estimate_table(v: &Value) -> String {
+    let mut s = format!(
+        "sampled {:.1} s: dirty rate {:.1} MiB/s, working set {:.1} MiB\n",
+        f(v, "sample_s"),
+        mib(f(v, "dirty_bytes_per_sec")),
+        mib(f(v, "working_set_bytes"))
+    );
+    if let Some(rows) = v["predictions"].as_array() {
+        s.push_str("aggression  converges  total time  downtime   max throttle  guest CPU lost\n");
+        for r in rows {
+            s.push_str(&format!(
+                "{:>10.2}  {:>9}  {:>8.1} s  {:>6.0} ms  {:>11.0}%  {:>11.2} vCPU-s\n",
+                f(r, "aggression"),
+                if r["converges"].as_bool().unwrap_or(false) { "yes" } else { "no" },
+                f(r, "total_s"),
+                f(r, "downtime_ms"),
+                f(r, "max_throttle_pct"),
+                f(r, "cpu_lost_vcpu_s"),
+            ));
+        }
+    }
+    s
+}
