@@ -99,14 +99,15 @@ impl core::fmt::Display for MpError {
     }
 }
 
-/// Parses a whole configuration table (`table_length` bytes).
+/// Parses a whole configuration table (`table_length` bytes). Entries are
+/// walked up to the table's length, as Linux does, not by its entry count:
+/// QEMU's qboot writes a count of 0.
 pub fn parse_table(table: &[u8]) -> Result<MpCpus, MpError> {
     let len = table_length(table).ok_or(MpError::BadSignature)?;
     let table = table.get(..len).ok_or(MpError::Truncated)?;
     if checksum(table) != 0 {
         return Err(MpError::BadChecksum);
     }
-    let entries = u16_at(table, 34).ok_or(MpError::Truncated)?;
     let mut cpus = MpCpus {
         apic_ids: [0; MAX_CPUS],
         count: 0,
@@ -114,8 +115,8 @@ pub fn parse_table(table: &[u8]) -> Result<MpCpus, MpError> {
     };
     let mut bsp = None;
     let mut at = 44;
-    for _ in 0..entries {
-        let kind = *table.get(at).ok_or(MpError::Truncated)?;
+    while at < table.len() {
+        let kind = table[at];
         let size = match kind {
             0 => 20,
             1..=4 => 8,
@@ -198,6 +199,15 @@ mod tests {
     }
 
     #[test]
+    fn entry_count_is_not_trusted() {
+        // qboot (QEMU microvm's firmware) leaves the count at 0.
+        let mut t = table(&[(0, 3), (1, 1)]);
+        t[34..36].copy_from_slice(&[0, 0]);
+        fix(&mut t, 7);
+        assert_eq!(parse_table(&t).unwrap().ids(), &[0, 1]);
+    }
+
+    #[test]
     fn rejects_malformed_tables() {
         let mut t = table(&[(0, 3)]);
         assert_eq!(parse_table(&t[..t.len() - 1]), Err(MpError::Truncated));
@@ -209,11 +219,13 @@ mod tests {
         odd[44 + 20] = 9;
         fix(&mut odd, 7);
         assert_eq!(parse_table(&odd), Err(MpError::UnknownEntry(9)));
-        // More entries claimed than bytes present.
-        let mut long = table(&[(0, 3)]);
-        long[34] = 200;
-        fix(&mut long, 7);
-        assert_eq!(parse_table(&long), Err(MpError::Truncated));
+        // The length ends inside an entry.
+        let mut cut = table(&[(0, 3)]);
+        let len = cut.len() - 4;
+        cut[4..6].copy_from_slice(&(len as u16).to_le_bytes());
+        cut.truncate(len);
+        fix(&mut cut, 7);
+        assert_eq!(parse_table(&cut), Err(MpError::Truncated));
     }
 
     #[test]
