@@ -9,3 +9,4 @@ pub mod transport;
 pub mod controller;
 pub mod throttle;
 pub mod sim;
+pub mod predict;

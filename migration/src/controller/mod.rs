@@ -220,7 +220,18 @@ impl Controller {
             }
         }
 
-        // 3. Convergence verdict (whole rounds only).
+        // 3. Convergence verdict: this observation's window (when at least as long as the
+        //    switchover budget), and the whole round when one just ended.
+        let budget = self
+            .config
+            .max_downtime
+            .saturating_sub(self.config.state_transfer_allowance);
+        let window = (o.interval_secs >= budget.as_secs_f64() && o.interval_secs > 0.0)
+            .then(|| window_floor(&o, min_share));
+        let floor = match (floor, window) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
         if let (Some(floor), Some(link)) = (floor, link) {
             if devices_busy.is_none() && link > 0.0 {
                 let proven = cannot_shrink(floor, link);
@@ -626,6 +637,44 @@ impl Controller {
             text.push_str("; switchover within ~2 rounds: quiesce devices");
         }
         text
+    }
+}
+
+/// Lower bound on the dirty rate at maximum throttle from one observation's window alone.
+///
+/// Growth over any window is at most what a fresh dirty log would show over a window of the same
+/// length, and shorter rounds only see higher rates (see [`verdict`]). So if this bound reaches
+/// the link rate on a window at least as long as the switchover budget, every round short
+/// enough to end in a switchover would leave a set almost as large as it started with.
+fn window_floor(o: &Clean, min_share: f64) -> f64 {
+    let secs = o.interval_secs;
+    match &o.vcpu_dirtied_bytes {
+        Some(per_vcpu) => {
+            let samples: Vec<RateSample> = per_vcpu
+                .iter()
+                .zip(&o.vcpu_shares)
+                .map(|(&b, &share)| RateSample {
+                    share,
+                    bytes_per_sec: b / secs,
+                    secs,
+                })
+                .collect();
+            floor_lower_bound(&samples, o.unattributed_bytes / secs, min_share)
+        }
+        None => {
+            // Without attribution, extrapolate from the least throttled vCPU (the smaller bound).
+            let share = o.vcpu_shares.iter().copied().fold(0.0, f64::max);
+            let share = if o.vcpu_shares.is_empty() { 1.0 } else { share };
+            floor_lower_bound(
+                &[RateSample {
+                    share,
+                    bytes_per_sec: o.dirtied_bytes / secs,
+                    secs,
+                }],
+                0.0,
+                min_share,
+            )
+        }
     }
 }
 
