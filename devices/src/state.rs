@@ -143,8 +143,14 @@ mod tests {
             QueueStateSer { size: 3, ..s },
             QueueStateSer { size: 512, ..s },
             QueueStateSer { max_size: 0, ..s },
-            QueueStateSer { desc_table: 0x1001, ..s },
-            QueueStateSer { used_ring: 0x3002, ..s },
+            QueueStateSer {
+                desc_table: 0x1001,
+                ..s
+            },
+            QueueStateSer {
+                used_ring: 0x3002,
+                ..s
+            },
         ] {
             assert!(bad.into_queue().is_err(), "{bad:?}");
         }

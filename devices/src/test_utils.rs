@@ -94,27 +94,24 @@ impl<'a> GuestQueue<'a> {
         self.size
     }
 
-    /// Free descriptors left.
-    pub fn free_descs(&self) -> usize {
-        self.free.len()
-    }
-
     /// Adds a chain of `(addr, len, device_writable)` buffers and makes it available.
     pub fn add(&mut self, bufs: &[(u64, u32, bool)]) -> u16 {
         let idxs: Vec<u16> = (0..bufs.len())
             .map(|_| self.free.pop().expect("out of descriptors"))
             .collect();
         for (i, (&(addr, len, writable), &idx)) in bufs.iter().zip(&idxs).enumerate() {
-            let mut flags = if writable { VRING_DESC_F_WRITE as u16 } else { 0 };
+            let mut flags = if writable {
+                VRING_DESC_F_WRITE as u16
+            } else {
+                0
+            };
             let next = if i + 1 < idxs.len() {
                 flags |= VRING_DESC_F_NEXT as u16;
                 idxs[i + 1]
             } else {
                 0
             };
-            self.desc
-                .store(idx, desc(addr, len, flags, next))
-                .unwrap();
+            self.desc.store(idx, desc(addr, len, flags, next)).unwrap();
         }
         let head = idxs[0];
         self.chains.insert(head, idxs);
@@ -192,11 +189,7 @@ pub fn write_reg<B: BusDevice>(dev: &mut B, off: u32, v: u32) {
 }
 
 /// Brings a device up as a Linux driver would: status handshake, features, queues, DRIVER_OK.
-pub fn bring_up<D: VirtioDevice>(
-    t: &mut MmioTransport<D>,
-    queues: &[&GuestQueue],
-    features: u64,
-) {
+pub fn bring_up<D: VirtioDevice>(t: &mut MmioTransport<D>, queues: &[&GuestQueue], features: u64) {
     write_reg(t, VIRTIO_MMIO_STATUS, 0);
     write_reg(t, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
     let s = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;

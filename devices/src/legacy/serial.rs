@@ -133,7 +133,10 @@ impl<W: Write + Send> Serial<W> {
         out: W,
         input: Option<Box<dyn SerialInput>>,
     ) -> Result<Self, SerialError> {
-        Self::restore(SerialArgs { irq, out, input }, &to_ours(&SuperioState::default()))
+        Self::restore(
+            SerialArgs { irq, out, input },
+            &to_ours(&SuperioState::default()),
+        )
     }
 
     /// The interrupt's irqfd, for the vmm to register with KVM.
@@ -307,8 +310,9 @@ impl<W: Write + Send> Persist for Serial<W> {
             scratch: state.scratch,
             in_buffer: state.in_buffer.clone(),
         };
-        let uart = vm_superio::Serial::from_state(&theirs, IrqFdTrigger(args.irq), events, args.out)
-            .map_err(|e| SerialError::Restore(format!("{e:?}")))?;
+        let uart =
+            vm_superio::Serial::from_state(&theirs, IrqFdTrigger(args.irq), events, args.out)
+                .map_err(|e| SerialError::Restore(format!("{e:?}")))?;
         Ok(Serial {
             uart,
             input: args.input,

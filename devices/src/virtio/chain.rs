@@ -5,10 +5,10 @@
 //! cannot tell a short chain from a broken one; this walker tells. It writes into a caller-owned
 //! `Vec` so the hot path allocates nothing once the vector has grown.
 
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 
 /// Size of one split-ring descriptor.
 const DESC_SIZE: u64 = 16;
@@ -84,12 +84,13 @@ pub fn collect_chain<M: GuestMemory + ?Sized>(
                 max: usize::from(size),
             });
         }
-        let at = table
-            .checked_add(u64::from(index) * DESC_SIZE)
-            .ok_or(ChainError::OutsideMemory {
-                addr: table.raw_value(),
-                len: DESC_SIZE,
-            })?;
+        let at =
+            table
+                .checked_add(u64::from(index) * DESC_SIZE)
+                .ok_or(ChainError::OutsideMemory {
+                    addr: table.raw_value(),
+                    len: DESC_SIZE,
+                })?;
         let raw: RawDescriptor = mem.read_obj(at).map_err(|_| ChainError::OutsideMemory {
             addr: at.raw_value(),
             len: DESC_SIZE,

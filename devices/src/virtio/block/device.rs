@@ -111,7 +111,8 @@ impl Block {
             capacity_sectors,
             id,
             config_space,
-            queues: vec![Queue::new(QUEUE_SIZE).map_err(|e| BlockError::Host(std::io::Error::other(e.to_string())))?],
+            queues: vec![Queue::new(QUEUE_SIZE)
+                .map_err(|e| BlockError::Host(std::io::Error::other(e.to_string())))?],
             active: None,
             pool,
             completions,
@@ -196,8 +197,14 @@ impl Block {
     fn start_request(&mut self, mem: &Arc<GuestMemoryMmap>, head: u16) -> bool {
         let q = &self.queues[0];
         let (table, size) = (vm_memory::GuestAddress(q.desc_table()), q.size());
-        if let Err(e) = collect_chain(&**mem, table, size, head, QUEUE_SIZE as usize, &mut self.segs)
-        {
+        if let Err(e) = collect_chain(
+            &**mem,
+            table,
+            size,
+            head,
+            QUEUE_SIZE as usize,
+            &mut self.segs,
+        ) {
             log::warn!("block: dropping malformed chain {head}: {e}");
             self.add_used(mem, head, 0);
             return true;

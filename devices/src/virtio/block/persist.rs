@@ -55,7 +55,9 @@ impl Persist for Block {
             )));
         }
         if let Some(h) = state.in_flight.iter().find(|&&h| h >= QUEUE_SIZE) {
-            return Err(BlockError::InFlight(format!("descriptor head {h} out of range")));
+            return Err(BlockError::InFlight(format!(
+                "descriptor head {h} out of range"
+            )));
         }
         if state.id != args.config.id || state.readonly != args.config.readonly {
             return Err(BlockError::Mismatch(format!(

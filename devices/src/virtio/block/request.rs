@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use vm_memory::{Address, GuestAddress};
 use virtio_bindings::virtio_blk::*;
+use vm_memory::{Address, GuestAddress};
 
 use super::SECTOR_SIZE;
 use crate::virtio::chain::{read_readable, total_len, write_writable, Segment};
@@ -66,7 +66,11 @@ pub(crate) enum Parsed {
     /// `req` is filled in and goes to a worker.
     Submit,
     /// Done already: write `status` at the status byte, use the chain with `used_len`.
-    Complete { status: GuestAddress, code: u8, used_len: u32 },
+    Complete {
+        status: GuestAddress,
+        code: u8,
+        used_len: u32,
+    },
     /// No usable status byte: use the chain with length 0.
     Drop,
 }
@@ -258,7 +262,11 @@ mod tests {
 
         // IN data and status sharing the last buffer.
         header(&mem, 0x1000, VIRTIO_BLK_T_IN, 0);
-        let (p, req) = run(&mem, &[seg(0x1000, 16, false), seg(0x2000, 513, true)], false);
+        let (p, req) = run(
+            &mem,
+            &[seg(0x1000, 16, false), seg(0x2000, 513, true)],
+            false,
+        );
         assert_eq!(p, Parsed::Submit);
         assert_eq!(req.data, vec![seg(0x2000, 512, true)]);
         assert_eq!(req.status, GuestAddress(0x2200));
@@ -270,7 +278,11 @@ mod tests {
         header(&mem, 0x1000, VIRTIO_BLK_T_GET_ID, 0);
         let (p, _) = run(
             &mem,
-            &[seg(0x1000, 16, false), seg(0x2000, 20, true), seg(0x3000, 1, true)],
+            &[
+                seg(0x1000, 16, false),
+                seg(0x2000, 20, true),
+                seg(0x3000, 1, true),
+            ],
             false,
         );
         assert_eq!(

@@ -56,7 +56,14 @@ fn write_header(mem: &GuestMemoryMmap, k: u64, kind: u32, sector: u64) {
 }
 
 /// Queues request `k` of `kind` on `sector` with `len` data bytes.
-fn queue_request(mem: &GuestMemoryMmap, q: &mut GuestQueue, k: u64, kind: u32, sector: u64, len: u32) -> u16 {
+fn queue_request(
+    mem: &GuestMemoryMmap,
+    q: &mut GuestQueue,
+    k: u64,
+    kind: u32,
+    sector: u64,
+    len: u32,
+) -> u16 {
     write_header(mem, k, kind, sector);
     let data_writable = kind != VIRTIO_BLK_T_OUT;
     let mut bufs = vec![(hdr_addr(k), 16, false)];
@@ -125,12 +132,20 @@ fn read_write_flush_and_get_id() {
     assert_eq!(s.wait_used(&mut q, 1), vec![(head, 1025)]);
     assert_eq!(status(&mem, 0), VIRTIO_BLK_S_OK as u8);
     let mut buf = vec![0u8; 1024];
-    mem.read_slice(&mut buf, GuestAddress(data_addr(0))).unwrap();
-    assert!(buf.iter().enumerate().all(|(i, &b)| b == pattern(1024 + i as u64)));
-    assert!(is_dirty(&mem, data_addr(0), 1024), "block read not in the dirty bitmap");
+    mem.read_slice(&mut buf, GuestAddress(data_addr(0)))
+        .unwrap();
+    assert!(buf
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == pattern(1024 + i as u64)));
+    assert!(
+        is_dirty(&mem, data_addr(0), 1024),
+        "block read not in the dirty bitmap"
+    );
 
     // Write sector 5, flush, read it back through the device.
-    mem.write_slice(&[0xab; 512], GuestAddress(data_addr(1))).unwrap();
+    mem.write_slice(&[0xab; 512], GuestAddress(data_addr(1)))
+        .unwrap();
     queue_request(&mem, &mut q, 1, VIRTIO_BLK_T_OUT, 5, 512);
     queue_request(&mem, &mut q, 2, VIRTIO_BLK_T_FLUSH, 0, 0);
     s.kick();
@@ -143,7 +158,8 @@ fn read_write_flush_and_get_id() {
     s.kick();
     s.wait_used(&mut q, 1);
     let mut back = [0u8; 512];
-    mem.read_slice(&mut back, GuestAddress(data_addr(3))).unwrap();
+    mem.read_slice(&mut back, GuestAddress(data_addr(3)))
+        .unwrap();
     assert_eq!(back, [0xab; 512]);
 
     queue_request(&mem, &mut q, 4, VIRTIO_BLK_T_GET_ID, 0, 20);
@@ -165,7 +181,8 @@ fn readonly_disk_refuses_writes() {
     let mut q = GuestQueue::new(&mem, 0x10000, 16);
     let mut s = Setup::new(&mem, &q, true);
     assert_ne!(s.t().device().avail_features() & (1 << VIRTIO_BLK_F_RO), 0);
-    mem.write_slice(&[0xcd; 512], GuestAddress(data_addr(0))).unwrap();
+    mem.write_slice(&[0xcd; 512], GuestAddress(data_addr(0)))
+        .unwrap();
     queue_request(&mem, &mut q, 0, VIRTIO_BLK_T_OUT, 0, 512);
     queue_request(&mem, &mut q, 1, VIRTIO_BLK_T_IN, 0, 512);
     s.kick();
@@ -187,12 +204,24 @@ fn malformed_chains_never_stop_the_device() {
     let h = hdr_addr(0);
     let st = status_addr(0);
     let cases: Vec<(&str, Vec<(u16, _)>)> = vec![
-        ("loop", vec![(10, desc(h, 16, N, 11)), (11, desc(st, 1, W | N, 10))]),
+        (
+            "loop",
+            vec![(10, desc(h, 16, N, 11)), (11, desc(st, 1, W | N, 10))],
+        ),
         ("next out of range", vec![(10, desc(h, 16, N, 99))]),
-        ("outside memory", vec![(10, desc(h, 16, N, 11)), (11, desc(1 << 40, 512, W, 0))]),
+        (
+            "outside memory",
+            vec![(10, desc(h, 16, N, 11)), (11, desc(1 << 40, 512, W, 0))],
+        ),
         ("no status byte", vec![(10, desc(h, 16, 0, 0))]),
-        ("zero-length status", vec![(10, desc(h, 16, N, 11)), (11, desc(st, 0, W, 0))]),
-        ("readable status", vec![(10, desc(h, 16, N, 11)), (11, desc(st, 1, 0, 0))]),
+        (
+            "zero-length status",
+            vec![(10, desc(h, 16, N, 11)), (11, desc(st, 0, W, 0))],
+        ),
+        (
+            "readable status",
+            vec![(10, desc(h, 16, N, 11)), (11, desc(st, 1, 0, 0))],
+        ),
     ];
     for (name, descs) in cases {
         q.add_raw(10, &descs);
@@ -202,9 +231,17 @@ fn malformed_chains_never_stop_the_device() {
     // Wrong directions and bad types get an error status.
     queue_request(&mem, &mut q, 1, 0x55, 0, 0);
     write_header(&mem, 2, VIRTIO_BLK_T_IN, 0);
-    q.add(&[(hdr_addr(2), 16, false), (data_addr(2), 512, false), (status_addr(2), 1, true)]);
+    q.add(&[
+        (hdr_addr(2), 16, false),
+        (data_addr(2), 512, false),
+        (status_addr(2), 1, true),
+    ]);
     write_header(&mem, 3, VIRTIO_BLK_T_IN, SECTORS);
-    q.add(&[(hdr_addr(3), 16, false), (data_addr(3), 512, true), (status_addr(3), 1, true)]);
+    q.add(&[
+        (hdr_addr(3), 16, false),
+        (data_addr(3), 512, true),
+        (status_addr(3), 1, true),
+    ]);
     s.kick();
     s.wait_used(&mut q, 3);
     assert_eq!(status(&mem, 1), VIRTIO_BLK_S_UNSUPP as u8);
@@ -357,7 +394,10 @@ fn restore_resubmits_in_flight_requests_and_keeps_working() {
 
     // The destination: same image, same queues, same guest memory.
     let restored = save_restore(&s, &mem, &s._img.path);
-    let Setup { _img: _keep_image, h } = s;
+    let Setup {
+        _img: _keep_image,
+        h,
+    } = s;
     drop(h);
     let mut d = Harness::new(restored);
     let mut got = Vec::new();
@@ -422,5 +462,40 @@ fn restore_rejects_mismatched_or_invalid_states() {
         config: config(&img.path, false),
         workers: 0,
     };
-    assert!(matches!(Block::restore(args, &good), Err(BlockError::NoWorkers)));
+    assert!(matches!(
+        Block::restore(args, &good),
+        Err(BlockError::NoWorkers)
+    ));
+}
+
+/// With VIRTIO_RING_F_EVENT_IDX the device interrupts only when the used index passes the
+/// driver's `used_event`, and publishes `avail_event` so the driver can skip notifications.
+#[test]
+fn event_idx_suppresses_interrupts() {
+    let mem = guest_memory();
+    let mut q = GuestQueue::new(&mem, 0x10000, 16);
+    let mut s = Setup::new(&mem, &q, false);
+    assert!(s.t().device().queues()[0].event_idx_enabled());
+    s.h.poll();
+    let _ = s.t().irq_evt().read();
+
+    q.set_used_event(1); // interrupt once used idx moves past 1
+    queue_request(&mem, &mut q, 0, VIRTIO_BLK_T_IN, 0, 512);
+    s.kick();
+    s.wait_used(&mut q, 1);
+    assert!(
+        s.t().irq_evt().read().is_err(),
+        "interrupt before used_event"
+    );
+    assert_eq!(
+        q.avail_event(),
+        1,
+        "device asks to be notified from entry 1 on"
+    );
+
+    queue_request(&mem, &mut q, 1, VIRTIO_BLK_T_IN, 1, 512);
+    s.kick();
+    s.wait_used(&mut q, 1);
+    assert_eq!(s.t().irq_evt().read().unwrap(), 1);
+    assert_eq!(q.avail_event(), 2);
 }

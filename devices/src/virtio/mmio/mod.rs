@@ -33,9 +33,9 @@ use super::{
     has_feature, ActivateContext, IrqTrigger, VirtioDevice, DEVICE_TOKEN_BASE,
     VIRTIO_MMIO_INT_CONFIG,
 };
+use crate::bus::BusDevice;
 use crate::quiesce::{Quiesce, QuiesceStatus};
 use crate::state::DeviceSummary;
-use crate::bus::BusDevice;
 use crate::GuestMemoryMmap;
 
 /// Size of one device's MMIO window (registers at 0x000–0x0ff, config space from 0x100).
@@ -270,7 +270,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
         if !self.device.is_activated() {
             return;
         }
-        match usize::try_from(value).ok().and_then(|i| self.queue_evts.get(i)) {
+        match usize::try_from(value)
+            .ok()
+            .and_then(|i| self.queue_evts.get(i))
+        {
             Some(evt) => {
                 if let Err(e) = evt.write(1) {
                     log::error!("virtio-mmio: failed to forward a queue notification: {e}");

@@ -113,7 +113,12 @@ where
             interrupt_status: self.irq.status(),
             config_generation: self.config_generation,
             queue_config_error: self.queue_config_error,
-            queues: self.device.queues().iter().map(QueueStateSer::from).collect(),
+            queues: self
+                .device
+                .queues()
+                .iter()
+                .map(QueueStateSer::from)
+                .collect(),
             device: self.device.save(),
         }
     }

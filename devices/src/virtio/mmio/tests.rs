@@ -42,7 +42,10 @@ impl VirtioDevice for Dummy {
         crate::virtio::read_config_bytes(&self.config, offset, data)
     }
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        if let Some(dst) = self.config.get_mut(offset as usize..offset as usize + data.len()) {
+        if let Some(dst) = self
+            .config
+            .get_mut(offset as usize..offset as usize + data.len())
+        {
             dst.copy_from_slice(data);
         }
     }
@@ -182,9 +185,17 @@ fn status_must_progress_in_order() {
     write_reg(&mut t, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_DRIVER);
     assert_eq!(t.status(), 0);
     write_reg(&mut t, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
-    write_reg(&mut t, VIRTIO_MMIO_STATUS, 0x100 | VIRTIO_CONFIG_S_ACKNOWLEDGE);
+    write_reg(
+        &mut t,
+        VIRTIO_MMIO_STATUS,
+        0x100 | VIRTIO_CONFIG_S_ACKNOWLEDGE,
+    );
     assert_eq!(t.status(), VIRTIO_CONFIG_S_ACKNOWLEDGE);
-    write_reg(&mut t, VIRTIO_MMIO_STATUS, DRIVER | VIRTIO_CONFIG_S_DRIVER_OK);
+    write_reg(
+        &mut t,
+        VIRTIO_MMIO_STATUS,
+        DRIVER | VIRTIO_CONFIG_S_DRIVER_OK,
+    );
     assert_eq!(t.status(), VIRTIO_CONFIG_S_ACKNOWLEDGE);
     // Clearing a bit without a reset is refused.
     write_reg(&mut t, VIRTIO_MMIO_STATUS, DRIVER);
@@ -205,16 +216,20 @@ fn setup_queue(t: &mut MmioTransport<Dummy>, sel: u32, size: u32, desc: u64) {
 #[test]
 fn bad_queue_setups_never_go_live() {
     let cases: [(u32, u64); 4] = [
-        (12, 0x4000),               // not a power of two
-        (32, 0x4000),               // above the maximum
-        (16, 0x4008),               // misaligned descriptor table
+        (12, 0x4000),              // not a power of two
+        (32, 0x4000),              // above the maximum
+        (16, 0x4008),              // misaligned descriptor table
         (16, 0x10_0000_0000_0000), // outside guest memory
     ];
     for (size, desc) in cases {
         let (_mem, mut t) = transport();
         negotiate(&mut t, COMMON_FEATURES);
         setup_queue(&mut t, 0, size, desc);
-        write_reg(&mut t, VIRTIO_MMIO_STATUS, FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK);
+        write_reg(
+            &mut t,
+            VIRTIO_MMIO_STATUS,
+            FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK,
+        );
         assert!(!t.is_activated(), "size {size} desc {desc:#x}");
         assert_ne!(t.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
         assert_ne!(t.irq.status() & VIRTIO_MMIO_INT_CONFIG, 0);
@@ -226,13 +241,21 @@ fn bad_queue_setups_never_go_live() {
         assert_eq!(t.status(), 0);
         negotiate(&mut t, COMMON_FEATURES);
         setup_queue(&mut t, 0, 16, 0x4000);
-        write_reg(&mut t, VIRTIO_MMIO_STATUS, FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK);
+        write_reg(
+            &mut t,
+            VIRTIO_MMIO_STATUS,
+            FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK,
+        );
         assert!(t.is_activated());
     }
     // A queue the device needs, not ready: the device refuses.
     let (_mem, mut t) = transport();
     negotiate(&mut t, COMMON_FEATURES);
-    write_reg(&mut t, VIRTIO_MMIO_STATUS, FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK);
+    write_reg(
+        &mut t,
+        VIRTIO_MMIO_STATUS,
+        FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK,
+    );
     assert!(!t.is_activated());
     assert_ne!(t.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
 }
@@ -252,7 +275,11 @@ fn queue_registers_are_locked_outside_setup() {
     write_reg(&mut t, VIRTIO_MMIO_QUEUE_READY, 0);
     assert_eq!(read_reg(&mut t, VIRTIO_MMIO_QUEUE_READY), 0);
     write_reg(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
-    write_reg(&mut t, VIRTIO_MMIO_STATUS, FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK);
+    write_reg(
+        &mut t,
+        VIRTIO_MMIO_STATUS,
+        FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK,
+    );
     assert!(t.is_activated());
     // After DRIVER_OK.
     write_reg(&mut t, VIRTIO_MMIO_QUEUE_READY, 0);
@@ -283,7 +310,10 @@ fn notifications_and_interrupts() {
 
     let mut t = h.t.lock().unwrap();
     let irq = t.device().active.as_ref().unwrap().irq.clone();
-    assert!(t.irq_evt().read().is_err(), "no interrupt before the device raises one");
+    assert!(
+        t.irq_evt().read().is_err(),
+        "no interrupt before the device raises one"
+    );
     irq.signal_used();
     assert_eq!(t.irq_evt().read().unwrap(), 1);
     assert_eq!(read_reg(&mut *t, VIRTIO_MMIO_INTERRUPT_STATUS), 1);
@@ -319,7 +349,11 @@ fn persist_round_trip_keeps_the_device_live() {
     assert_eq!(r.save(), t.save());
     assert!(r.is_activated());
     assert_eq!(r.device().queues()[0].next_avail(), 5);
-    assert_eq!(r.irq_evt().read().unwrap(), 1, "pending interrupt re-injected");
+    assert_eq!(
+        r.irq_evt().read().unwrap(),
+        1,
+        "pending interrupt re-injected"
+    );
 
     // A device that was never set up restores as such.
     let (mem, t) = transport();

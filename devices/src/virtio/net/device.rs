@@ -80,9 +80,7 @@ impl<B: NetBackend> Net<B> {
         let mut config_space = [0u8; CONFIG_LEN];
         config_space[..6].copy_from_slice(&mac);
         config_space[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
-        let queues = (0..2)
-            .filter_map(|_| Queue::new(QUEUE_SIZE).ok())
-            .collect();
+        let queues = (0..2).filter_map(|_| Queue::new(QUEUE_SIZE).ok()).collect();
         Net {
             config,
             mac,

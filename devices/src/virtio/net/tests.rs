@@ -361,7 +361,11 @@ fn real_tap_in_a_namespace_answers_arp() {
     }
     s.kick(RX_QUEUE);
 
-    let len = guest_frame(&mem, TX_BUF, &arp_request([192, 168, 251, 2], [192, 168, 251, 1]));
+    let len = guest_frame(
+        &mem,
+        TX_BUF,
+        &arp_request([192, 168, 251, 2], [192, 168, 251, 1]),
+    );
     tx.add(&[(TX_BUF, len, false)]);
     s.kick(TX_QUEUE);
     s.wait_used(&mut tx);
@@ -383,6 +387,10 @@ fn real_tap_in_a_namespace_answers_arp() {
     });
     let reply = reply.unwrap();
     assert_eq!(&reply[0..6], &MAC, "addressed to the guest");
-    assert_eq!(&reply[28..32], &[192, 168, 251, 1], "from the namespace's address");
+    assert_eq!(
+        &reply[28..32],
+        &[192, 168, 251, 1],
+        "from the namespace's address"
+    );
     assert_eq!(&reply[32..38], &MAC);
 }

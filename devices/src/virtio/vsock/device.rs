@@ -112,9 +112,7 @@ impl Vsock {
             return Err(VsockError::ReservedCid(config.cid));
         }
         let listener = listen(&config.uds_path)?;
-        let queues = (0..3)
-            .filter_map(|_| Queue::new(QUEUE_SIZE).ok())
-            .collect();
+        let queues = (0..3).filter_map(|_| Queue::new(QUEUE_SIZE).ok()).collect();
         Ok(Vsock {
             config,
             listener,
@@ -212,9 +210,16 @@ impl Vsock {
     fn walk(&mut self, mem: &GuestMemoryMmap, queue: usize, head: u16) -> bool {
         let q = &self.queues[queue];
         let table = GuestAddress(q.desc_table());
-        collect_chain(mem, table, q.size(), head, QUEUE_SIZE as usize, &mut self.segs)
-            .map_err(|e| log::warn!("vsock: malformed chain {head} on queue {queue}: {e}"))
-            .is_ok()
+        collect_chain(
+            mem,
+            table,
+            q.size(),
+            head,
+            QUEUE_SIZE as usize,
+            &mut self.segs,
+        )
+        .map_err(|e| log::warn!("vsock: malformed chain {head} on queue {queue}: {e}"))
+        .is_ok()
     }
 
     fn add_used(&mut self, mem: &GuestMemoryMmap, queue: usize, head: u16, len: u32) {
@@ -300,14 +305,19 @@ impl Vsock {
             return;
         }
         let mut payload = std::mem::take(&mut self.bounce);
-        if h.op == OP_RW && len > 0 {
-            if read_readable(mem, &self.segs, HDR_LEN, &mut payload[..len]).ok() != Some(len) {
-                self.bounce = payload;
-                self.reply_rst(&h);
-                return;
-            }
+        if h.op == OP_RW
+            && len > 0
+            && read_readable(mem, &self.segs, HDR_LEN, &mut payload[..len]).ok() != Some(len)
+        {
+            self.bounce = payload;
+            self.reply_rst(&h);
+            return;
         }
-        let data = if h.op == OP_RW { &payload[..len] } else { &[][..] };
+        let data = if h.op == OP_RW {
+            &payload[..len]
+        } else {
+            &[][..]
+        };
         self.guest_packet(&h, data, ops);
         self.bounce = payload;
     }
@@ -515,7 +525,8 @@ impl Vsock {
         };
         let mut len = 0;
         if self.walk(&mem, EVENT_QUEUE, head) {
-            if let Ok(4) = write_writable(&mem, &self.segs, 0, &EVENT_TRANSPORT_RESET.to_le_bytes()) {
+            if let Ok(4) = write_writable(&mem, &self.segs, 0, &EVENT_TRANSPORT_RESET.to_le_bytes())
+            {
                 len = 4;
                 self.reset_event_pending = false;
             }
@@ -537,7 +548,13 @@ impl Vsock {
                     }
                     let fd = stream.as_raw_fd();
                     if self.watch(ops, fd, FdOwner::Handshake).is_ok() {
-                        self.handshakes.insert(fd, Handshake { stream, line: Vec::new() });
+                        self.handshakes.insert(
+                            fd,
+                            Handshake {
+                                stream,
+                                line: Vec::new(),
+                            },
+                        );
                         self.handshake(fd);
                     }
                 }
@@ -603,7 +620,8 @@ impl Vsock {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
-        if set.intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR)
+        if set
+            .intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR)
         {
             c.host_readable = true;
         }

@@ -120,7 +120,9 @@ impl<'a> Guest<'a> {
     }
 
     fn kick(&self, queue: usize) {
-        self.h.t.lock().unwrap().queue_evts()[queue].write(1).unwrap();
+        self.h.t.lock().unwrap().queue_evts()[queue]
+            .write(1)
+            .unwrap();
     }
 
     /// Keeps every free rx buffer posted.
@@ -203,10 +205,10 @@ impl<'a> Guest<'a> {
     }
 }
 
-fn vsock(path: &PathBuf) -> Vsock {
+fn vsock(path: &std::path::Path) -> Vsock {
     Vsock::new(VsockConfig {
         cid: GUEST_CID,
-        uds_path: path.clone(),
+        uds_path: path.to_path_buf(),
     })
     .unwrap()
 }
@@ -252,7 +254,10 @@ fn ten_mib_both_ways_with_credit() {
     let (mut sent, mut received) = (0usize, 0usize);
     let deadline = Instant::now() + Duration::from_secs(120);
     while sent < TOTAL || received < TOTAL {
-        assert!(Instant::now() < deadline, "stalled: sent {sent} received {received}");
+        assert!(
+            Instant::now() < deadline,
+            "stalled: sent {sent} received {received}"
+        );
         let mut queued = false;
         while sent < TOTAL && c.credit() > 0 {
             let n = (TOTAL - sent).min(4096).min(c.credit() as usize);
@@ -280,11 +285,11 @@ fn ten_mib_both_ways_with_credit() {
             }
         }
         // Tell the device about consumed data before it runs out of credit.
-        if c.fwd_cnt.wrapping_sub(c.fwd_cnt_sent) >= GUEST_BUF / 4 {
-            if g.send(c.header(OP_CREDIT_UPDATE, 0), &[]) {
-                c.fwd_cnt_sent = c.fwd_cnt;
-                queued = true;
-            }
+        if c.fwd_cnt.wrapping_sub(c.fwd_cnt_sent) >= GUEST_BUF / 4
+            && g.send(c.header(OP_CREDIT_UPDATE, 0), &[])
+        {
+            c.fwd_cnt_sent = c.fwd_cnt;
+            queued = true;
         }
         if queued {
             g.flush_tx();
