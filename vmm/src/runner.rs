@@ -133,12 +133,13 @@ pub fn run(args: &RunArgs) -> Result<ExitReason, RunError> {
     let lifecycle = if cfg.incoming.is_some() { Lifecycle::Incoming } else { Lifecycle::Running };
     let incoming = cfg.incoming.clone();
     let machine = Arc::new(Machine::new(cfg, parts.machine, devices, exit.clone(), host_is_pvm, lifecycle));
+    let migrations = Arc::new(MigrationManager::default());
     let _api = match &args.api_socket {
         Some(p) => Some(ApiServer::start(
             p,
             Arc::new(MachineApi {
                 machine: machine.clone(),
-                migrations: Arc::new(MigrationManager::default()),
+                migrations: migrations.clone(),
             }),
         )?),
         None => None,
@@ -165,5 +166,8 @@ pub fn run(args: &RunArgs) -> Result<ExitReason, RunError> {
     event_loop.add(serial);
     let reason = event_loop.run_until_exit(&exit)?;
     machine.stop_vcpus();
+    if reason == ExitReason::MigratedAway && args.api_socket.is_some() {
+        migrations.wait_final_read(std::time::Duration::from_secs(2));
+    }
     Ok(reason)
 }

@@ -103,6 +103,7 @@ impl MigrationControl {
 #[derive(Default)]
 pub struct MigrationManager {
     current: Mutex<Option<Arc<MigrationControl>>>,
+    final_read: AtomicBool,
 }
 
 impl MigrationManager {
@@ -162,8 +163,23 @@ impl MigrationManager {
     /// The current or last migration's statistics (`GET /migration`).
     pub fn status(&self) -> Response {
         match self.current.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            Some(ctl) => Response::ok(serde_json::to_value(ctl.snapshot()).unwrap_or_default()),
+            Some(ctl) => {
+                let snap = ctl.snapshot();
+                if snap.phase.is_final() {
+                    self.final_read.store(true, std::sync::atomic::Ordering::Release);
+                }
+                Response::ok(serde_json::to_value(snap).unwrap_or_default())
+            }
             None => Response::ok(serde_json::to_value(MigrationStats::default()).unwrap_or_default()),
+        }
+    }
+
+    /// After the guest left for the destination: waits up to `grace` for a
+    /// client to read the final statistics, so `tern migrate` can show them.
+    pub fn wait_final_read(&self, grace: std::time::Duration) {
+        let deadline = Instant::now() + grace;
+        while !self.final_read.load(std::sync::atomic::Ordering::Acquire) && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 
