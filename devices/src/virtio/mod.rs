@@ -19,6 +19,16 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 pub const COMMON_FEATURES: u64 =
     (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_INDIRECT_DESC) | (1 << VIRTIO_RING_F_EVENT_IDX);
 
+/// `n` queues of `max_size` entries. `max_size` is a compile-time constant of each device and
+/// a valid queue size (a power of two up to 32768), so `Queue::new` cannot fail; a default queue
+/// stands in should that ever change, keeping the count (devices index their queues).
+pub(crate) fn new_queues(n: usize, max_size: u16) -> Vec<virtio_queue::Queue> {
+    use virtio_queue::QueueT;
+    (0..n)
+        .map(|_| virtio_queue::Queue::new(max_size).unwrap_or_default())
+        .collect()
+}
+
 /// Whether feature `bit` is set in `features`.
 pub(crate) fn has_feature(features: u64, bit: u32) -> bool {
     features & (1u64 << bit) != 0

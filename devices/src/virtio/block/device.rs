@@ -20,7 +20,8 @@ use crate::quiesce::{Quiesce, QuiesceStatus};
 use crate::state::DeviceSummary;
 use crate::virtio::chain::{collect_chain, Segment};
 use crate::virtio::{
-    ActivateContext, ActivateError, IrqTrigger, VirtioDevice, COMMON_FEATURES, DEVICE_TOKEN_BASE,
+    new_queues, ActivateContext, ActivateError, IrqTrigger, VirtioDevice, COMMON_FEATURES,
+    DEVICE_TOKEN_BASE,
 };
 use crate::GuestMemoryMmap;
 
@@ -111,8 +112,7 @@ impl Block {
             capacity_sectors,
             id,
             config_space,
-            queues: vec![Queue::new(QUEUE_SIZE)
-                .map_err(|e| BlockError::Host(std::io::Error::other(e.to_string())))?],
+            queues: new_queues(1, QUEUE_SIZE),
             active: None,
             pool,
             completions,

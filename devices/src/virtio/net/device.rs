@@ -17,7 +17,8 @@ use crate::quiesce::{Quiesce, QuiesceStatus};
 use crate::state::DeviceSummary;
 use crate::virtio::chain::{collect_chain, read_readable, total_len, write_writable, Segment};
 use crate::virtio::{
-    ActivateContext, ActivateError, IrqTrigger, VirtioDevice, COMMON_FEATURES, DEVICE_TOKEN_BASE,
+    new_queues, ActivateContext, ActivateError, IrqTrigger, VirtioDevice, COMMON_FEATURES,
+    DEVICE_TOKEN_BASE,
 };
 use crate::GuestMemoryMmap;
 
@@ -80,7 +81,7 @@ impl<B: NetBackend> Net<B> {
         let mut config_space = [0u8; CONFIG_LEN];
         config_space[..6].copy_from_slice(&mac);
         config_space[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
-        let queues = (0..2).filter_map(|_| Queue::new(QUEUE_SIZE).ok()).collect();
+        let queues = new_queues(2, QUEUE_SIZE);
         Net {
             config,
             mac,

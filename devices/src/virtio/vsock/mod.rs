@@ -14,6 +14,8 @@
 
 mod connection;
 mod device;
+mod guest;
+mod host;
 mod packet;
 mod persist;
 
