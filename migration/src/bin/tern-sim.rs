@@ -56,7 +56,12 @@ fn update(path: &str) -> Result<(), String> {
     if e < b {
         return Err(format!("{path}: markers out of order"));
     }
-    let out = format!("{}{}{}", &text[..b], generate(), &text[e + END.len()..]);
+    let out = format!(
+        "{}{}{}",
+        &text[..b],
+        generate().trim_end(),
+        &text[e + END.len()..]
+    );
     std::fs::write(path, out).map_err(|e| format!("{path}: {e}"))
 }
 
