@@ -74,6 +74,64 @@ impl SerialEvents for FifoSpaceEvents {
     }
 }
 
+/// The guest output stream, movable out of the UART when its registers are replaced.
+struct Output<W>(Option<W>);
+
+impl<W: Write> Write for Output<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.0.as_mut() {
+            Some(w) => w.write(buf),
+            None => Ok(buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.0.as_mut() {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+type Uart<W> = vm_superio::Serial<IrqFdTrigger, FifoSpaceEvents, Output<W>>;
+
+/// Builds the UART from a validated state.
+fn build_uart<W: Write>(
+    state: &SerialState,
+    irq: EventFd,
+    space_evt: EventFd,
+    out: Option<W>,
+) -> Result<Uart<W>, SerialError> {
+    let theirs = SuperioState {
+        baud_divisor_low: state.baud_divisor_low,
+        baud_divisor_high: state.baud_divisor_high,
+        interrupt_enable: state.interrupt_enable,
+        interrupt_identification: state.interrupt_identification,
+        line_control: state.line_control,
+        line_status: state.line_status,
+        modem_control: state.modem_control,
+        modem_status: state.modem_status,
+        scratch: state.scratch,
+        in_buffer: state.in_buffer.clone(),
+    };
+    vm_superio::Serial::from_state(
+        &theirs,
+        IrqFdTrigger(irq),
+        FifoSpaceEvents(space_evt),
+        Output(out),
+    )
+    .map_err(|e| SerialError::Restore(format!("{e:?}")))
+}
+
+fn check_fifo(state: &SerialState) -> Result<(), SerialError> {
+    if state.in_buffer.len() > FIFO_SIZE {
+        return Err(SerialError::FifoTooLarge {
+            len: state.in_buffer.len(),
+        });
+    }
+    Ok(())
+}
+
 /// The serial port's saved registers and receive FIFO.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SerialState {
@@ -112,7 +170,7 @@ pub struct SerialArgs<W> {
 /// A 16550 UART. Insert it on the PIO bus (0x3f8, [`PORT_RANGE_LEN`]) and add it to the event
 /// loop (it watches its input).
 pub struct Serial<W: Write + Send> {
-    uart: vm_superio::Serial<IrqFdTrigger, FifoSpaceEvents, W>,
+    uart: Uart<W>,
     input: Option<Box<dyn SerialInput>>,
     input_registered: bool,
     space_evt: EventFd,
@@ -145,8 +203,36 @@ impl<W: Write + Send> Serial<W> {
     }
 
     /// The output stream.
-    pub fn writer(&self) -> &W {
-        self.uart.writer()
+    pub fn writer(&self) -> Option<&W> {
+        self.uart.writer().0.as_ref()
+    }
+
+    /// Replaces the registers and FIFO with `state`, keeping the irqfd, the output, the input
+    /// and the event-loop registration: for a device already wired into a VM and its event
+    /// loop (a migration destination restoring in place).
+    pub fn restore_state(&mut self, state: &SerialState) -> Result<(), SerialError> {
+        check_fifo(state)?;
+        let irq = self
+            .irq_evt()
+            .try_clone()
+            .map_err(SerialError::CloneEventFd)?;
+        let space = self
+            .space_evt
+            .try_clone()
+            .map_err(SerialError::CloneEventFd)?;
+        let out = self.uart.writer_mut().0.take();
+        match build_uart(state, irq, space, out) {
+            Ok(uart) => {
+                self.uart = uart;
+                // The FIFO may have room now, or none: let the loop re-evaluate the input.
+                self.space_evt.write(1).map_err(SerialError::EventFd)?;
+                Ok(())
+            }
+            Err(e) => {
+                log::error!("serial: restore failed, output detached");
+                Err(e)
+            }
+        }
     }
 
     /// The device's identity for the migration handshake.
@@ -291,28 +377,10 @@ impl<W: Write + Send> Persist for Serial<W> {
     }
 
     fn restore(args: SerialArgs<W>, state: &SerialState) -> Result<Self, SerialError> {
-        if state.in_buffer.len() > FIFO_SIZE {
-            return Err(SerialError::FifoTooLarge {
-                len: state.in_buffer.len(),
-            });
-        }
+        check_fifo(state)?;
         let space_evt = EventFd::new(EFD_NONBLOCK).map_err(SerialError::EventFd)?;
-        let events = FifoSpaceEvents(space_evt.try_clone().map_err(SerialError::CloneEventFd)?);
-        let theirs = SuperioState {
-            baud_divisor_low: state.baud_divisor_low,
-            baud_divisor_high: state.baud_divisor_high,
-            interrupt_enable: state.interrupt_enable,
-            interrupt_identification: state.interrupt_identification,
-            line_control: state.line_control,
-            line_status: state.line_status,
-            modem_control: state.modem_control,
-            modem_status: state.modem_status,
-            scratch: state.scratch,
-            in_buffer: state.in_buffer.clone(),
-        };
-        let uart =
-            vm_superio::Serial::from_state(&theirs, IrqFdTrigger(args.irq), events, args.out)
-                .map_err(|e| SerialError::Restore(format!("{e:?}")))?;
+        let space = space_evt.try_clone().map_err(SerialError::CloneEventFd)?;
+        let uart = build_uart(state, args.irq, space, Some(args.out))?;
         Ok(Serial {
             uart,
             input: args.input,
@@ -428,6 +496,58 @@ mod tests {
         assert!(irq.read().unwrap() >= 1);
         assert_eq!(read_reg(&mut r, DATA), b'a');
         assert_eq!(read_reg(&mut r, 7), 0x5a);
+    }
+
+    #[test]
+    fn restore_in_place_keeps_output_input_and_irq() {
+        let (mut host, guest_side) = UnixStream::pair().unwrap();
+        guest_side.set_nonblocking(true).unwrap();
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let out = SharedBuf::default();
+        let serial = Arc::new(Mutex::new(
+            Serial::new(
+                irq.try_clone().unwrap(),
+                out.clone(),
+                Some(Box::new(guest_side)),
+            )
+            .unwrap(),
+        ));
+        let mut em = EventManager::<Arc<Mutex<Serial<SharedBuf>>>>::new().unwrap();
+        em.add_subscriber(serial.clone());
+
+        // The state of a source UART holding unread input with its interrupt enabled.
+        let mut source =
+            Serial::new(EventFd::new(EFD_NONBLOCK).unwrap(), io::sink(), None).unwrap();
+        source.write(IER, &[0x01]);
+        source.enqueue_input(b"from the source");
+        let state = source.save();
+        serial.lock().unwrap().restore_state(&state).unwrap();
+        assert_eq!(serial.lock().unwrap().save(), state);
+        assert!(irq.read().unwrap() >= 1, "pending input interrupt raised");
+
+        // Output still reaches the same writer; input still flows once the FIFO drains.
+        serial.lock().unwrap().write(DATA, b"!");
+        assert_eq!(&*out.0.lock().unwrap(), b"!");
+        host.write_all(b"+more").unwrap();
+        let mut got = Vec::new();
+        while got.len() < 20 {
+            {
+                let mut s = serial.lock().unwrap();
+                while read_reg(&mut s, LSR) & LSR_DATA_READY != 0 {
+                    got.push(read_reg(&mut s, DATA));
+                }
+            }
+            if got.len() < 20 {
+                em.run_with_timeout(5000).unwrap();
+            }
+        }
+        assert_eq!(got, b"from the source+more");
+
+        let bad = SerialState {
+            in_buffer: vec![0; 65],
+            ..state
+        };
+        assert!(serial.lock().unwrap().restore_state(&bad).is_err());
     }
 
     #[test]
