@@ -169,6 +169,9 @@ pub fn boot_regs(mode: EntryMode, entry: u64) -> kvm_regs {
         }
         EntryMode::Pvh32 => {
             regs.rbx = PVH_INFO_START;
+            // The PVH ABI promises no stack; a usable one costs nothing and
+            // keeps a guest that pushes early from triple-faulting.
+            regs.rsp = BOOT_STACK_POINTER;
         }
     }
     regs
