@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events};
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_ID_BYTES,
+    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_ID_BYTES,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{Queue, QueueT};
@@ -13,7 +14,7 @@ use vm_memory::Bytes;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::fault::BlockFaultHandle;
-use super::request::{parse, DiskInfo, Parsed, Request, S_IOERR};
+use super::request::{parse, DiskInfo, Parsed, Request, MAX_ZERO_SECTORS, S_IOERR};
 use super::worker::{open_image, Completion, WorkerPool};
 use super::{BlockConfig, BlockError, DEFAULT_WORKERS, QUEUE_SIZE, SECTOR_SIZE};
 use crate::quiesce::{Quiesce, QuiesceStatus};
@@ -106,6 +107,16 @@ impl Block {
         let mut config_space = [0u8; CONFIG_LEN];
         config_space[0..8].copy_from_slice(&capacity_sectors.to_le_bytes());
         config_space[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        // Discard and write-zeroes: one range per request, sector aligned, no unmap.
+        for (at, value) in [
+            (36, MAX_ZERO_SECTORS),
+            (40, 1),
+            (44, 1),
+            (48, MAX_ZERO_SECTORS),
+            (52, 1),
+        ] {
+            config_space[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        }
 
         Ok(Block {
             config,
@@ -325,6 +336,8 @@ impl VirtioDevice for Block {
         let mut f = COMMON_FEATURES | (1 << VIRTIO_BLK_F_SEG_MAX) | (1 << VIRTIO_BLK_F_FLUSH);
         if self.config.readonly {
             f |= 1 << VIRTIO_BLK_F_RO;
+        } else {
+            f |= (1 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES);
         }
         f
     }

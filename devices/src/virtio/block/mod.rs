@@ -1,4 +1,4 @@
-//! virtio-blk on a raw file.
+//! virtio-blk on a raw file: read, write, flush, get-id, write-zeroes and (advisory) discard.
 //!
 //! The event loop parses requests and hands them to a small pool of worker threads
 //! (`tern-blk-N`); the vCPU and event-loop threads never wait on the disk. Workers move data

@@ -26,7 +26,16 @@ pub(crate) enum Op {
     Write,
     /// fdatasync.
     Flush,
+    /// Write zeros over `[offset, offset + zero_len)`.
+    WriteZeroes,
+    /// Discard a range (advisory: validated, then nothing to do on a raw file).
+    Discard,
 }
+
+/// Largest range one WRITE_ZEROES or DISCARD may cover (VIRTIO_BLK_F_WRITE_ZEROES/DISCARD).
+pub(crate) const MAX_ZERO_SECTORS: u32 = 1 << 16;
+/// VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP.
+const FLAG_UNMAP: u32 = VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
 
 /// A request on its way to a worker and back. Pooled: its `data` vector keeps its capacity, so
 /// steady-state requests allocate nothing.
@@ -35,6 +44,8 @@ pub(crate) struct Request {
     pub head: u16,
     pub op: Op,
     pub offset: u64,
+    /// Bytes a WRITE_ZEROES or DISCARD covers.
+    pub zero_len: u64,
     pub data: Vec<Segment>,
     pub status: GuestAddress,
     pub generation: u64,
@@ -47,6 +58,7 @@ impl Request {
             head: 0,
             op: Op::Flush,
             offset: 0,
+            zero_len: 0,
             data: Vec::new(),
             status: GuestAddress(0),
             generation: 0,
@@ -159,6 +171,39 @@ pub(crate) fn parse(
             Op::Write
         }
         VIRTIO_BLK_T_FLUSH => Op::Flush,
+        VIRTIO_BLK_T_WRITE_ZEROES | VIRTIO_BLK_T_DISCARD => {
+            // One `struct virtio_blk_discard_write_zeroes` (max_*_seg is 1).
+            let mut seg = [0u8; 16];
+            let read = read_readable(mem, segs, HEADER_LEN, &mut seg);
+            if writable_data != 0 || readable_data != 16 || read.ok() != Some(16) {
+                return fail(S_IOERR);
+            }
+            let mut start = [0u8; 8];
+            start.copy_from_slice(&seg[..8]);
+            let start = u64::from_le_bytes(start);
+            let count = u32::from_le_bytes([seg[8], seg[9], seg[10], seg[11]]);
+            let flags = u32::from_le_bytes([seg[12], seg[13], seg[14], seg[15]]);
+            let discard = kind == VIRTIO_BLK_T_DISCARD;
+            if flags & !FLAG_UNMAP != 0 || (discard && flags != 0) {
+                return fail(S_UNSUPP);
+            }
+            let end = start.checked_add(u64::from(count));
+            if disk.readonly
+                || count > MAX_ZERO_SECTORS
+                || end.is_none_or(|end| end > disk.capacity_sectors)
+            {
+                return fail(S_IOERR);
+            }
+            req.offset = start * SECTOR_SIZE;
+            req.zero_len = u64::from(count) * SECTOR_SIZE;
+            req.op = if discard {
+                Op::Discard
+            } else {
+                Op::WriteZeroes
+            };
+            req.status = status;
+            return Parsed::Submit;
+        }
         VIRTIO_BLK_T_GET_ID => {
             if readable_data != 0 {
                 return fail(S_IOERR);
@@ -356,6 +401,31 @@ mod tests {
             true,
         );
         assert_eq!(code(&p), S_IOERR);
+        // WRITE_ZEROES: beyond the disk, with reserved flags, on a read-only disk, and a
+        // discard asking to unmap.
+        header(&mem, 0x1000, VIRTIO_BLK_T_WRITE_ZEROES, 0);
+        let zeroes = |sector: u64, count: u32, flags: u32| {
+            let mut z = [0u8; 16];
+            z[..8].copy_from_slice(&sector.to_le_bytes());
+            z[8..12].copy_from_slice(&count.to_le_bytes());
+            z[12..].copy_from_slice(&flags.to_le_bytes());
+            mem.write_slice(&z, GuestAddress(0x1010)).unwrap();
+        };
+        let wz = [seg(0x1000, 32, false), status];
+        zeroes(10, 7, 0);
+        assert_eq!(code(&run(&mem, &wz, false).0), S_IOERR);
+        zeroes(0, 1, 4);
+        assert_eq!(code(&run(&mem, &wz, false).0), S_UNSUPP);
+        zeroes(0, 1, 0);
+        assert_eq!(code(&run(&mem, &wz, true).0), S_IOERR);
+        let (p, req) = run(&mem, &wz, false);
+        assert_eq!(
+            (p, req.op, req.zero_len),
+            (Parsed::Submit, Op::WriteZeroes, 512)
+        );
+        header(&mem, 0x1000, VIRTIO_BLK_T_DISCARD, 0);
+        zeroes(0, 1, 1);
+        assert_eq!(code(&run(&mem, &wz, false).0), S_UNSUPP);
         // Unknown type.
         header(&mem, 0x1000, 0x77, 0);
         let (p, _) = run(&mem, &[seg(0x1000, 16, false), status], false);

@@ -162,6 +162,24 @@ fn read_write_flush_and_get_id() {
         .unwrap();
     assert_eq!(back, [0xab; 512]);
 
+    // WRITE_ZEROES over sectors 2..4.
+    write_header(&mem, 5, VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    let mut range = [0u8; 16];
+    range[..8].copy_from_slice(&2u64.to_le_bytes());
+    range[8..12].copy_from_slice(&2u32.to_le_bytes());
+    mem.write_slice(&range, GuestAddress(data_addr(5))).unwrap();
+    q.add(&[
+        (hdr_addr(5), 16, false),
+        (data_addr(5), 16, false),
+        (status_addr(5), 1, true),
+    ]);
+    s.kick();
+    s.wait_used(&mut q, 1);
+    assert_eq!(status(&mem, 5), 0);
+    let on_disk = std::fs::read(&s._img.path).unwrap();
+    assert!(on_disk[1024..2048].iter().all(|&b| b == 0));
+    assert_eq!(on_disk[2048], pattern(2048));
+
     queue_request(&mem, &mut q, 4, VIRTIO_BLK_T_GET_ID, 0, 20);
     s.kick();
     assert_eq!(s.wait_used(&mut q, 1)[0].1, 21);

@@ -158,6 +158,18 @@ impl Worker {
         let to_io = |e: vm_memory::GuestMemoryError| io::Error::other(e.to_string());
         match req.op {
             Op::Flush => self.file.sync_data().map(|_| 0),
+            Op::Discard => Ok(0),
+            Op::WriteZeroes => {
+                use std::os::unix::fs::FileExt;
+                static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+                let mut done = 0;
+                while done < req.zero_len {
+                    let n = (req.zero_len - done).min(ZEROS.len() as u64) as usize;
+                    self.file.write_all_at(&ZEROS[..n], req.offset + done)?;
+                    done += n as u64;
+                }
+                Ok(0)
+            }
             Op::Read => {
                 self.file.seek(SeekFrom::Start(req.offset))?;
                 for s in &req.data {
