@@ -109,6 +109,8 @@ pub(crate) struct DirtierModel {
     last: Option<RateSample>,
     /// Earlier completed rounds, newest first.
     history: Vec<RateSample>,
+    /// Lowest CPU share any completed round ran at.
+    min_share_seen: f64,
     provisional: Option<f64>,
 }
 
@@ -122,6 +124,7 @@ impl DirtierModel {
             fixed: false,
             last: None,
             history: Vec::new(),
+            min_share_seen: 1.0,
             provisional: None,
         }
     }
@@ -166,6 +169,7 @@ impl DirtierModel {
         } else {
             self.unthrottled.update(sample);
         }
+        self.min_share_seen = self.min_share_seen.min(share);
         self.history.insert(0, s);
         self.history.truncate(HISTORY);
         self.last = Some(s);
@@ -207,7 +211,26 @@ impl DirtierModel {
         self.last
     }
 
-    /// The rate curve for the allocator.
+    /// The curve to allocate throttles with. An inelastic fit that was never checked at
+    /// `min_share` is not trusted yet: a working set saturated at both measured shares also
+    /// reads as inelastic, yet slows down once throttled hard enough. Until a round at maximum
+    /// throttle confirms it, the dirtier is treated as proportional through its last sample
+    /// (the optimistic extrapolation, which a stuck round then corrects by escalating).
+    pub fn allocation_curve(&self, min_share: f64) -> DirtierCurve {
+        match self.last {
+            Some(last)
+                if self.inelastic() && !self.fixed && self.min_share_seen > min_share + 0.005 =>
+            {
+                DirtierCurve {
+                    unthrottled_bytes_per_sec: last.bytes_per_sec / last.share.max(MIN_SHARE),
+                    elasticity: 1.0,
+                }
+            }
+            _ => self.curve(),
+        }
+    }
+
+    /// The rate curve as fitted.
     pub fn curve(&self) -> DirtierCurve {
         DirtierCurve {
             unthrottled_bytes_per_sec: self.unthrottled().unwrap_or(0.0),
@@ -386,6 +409,31 @@ mod tests {
         assert_eq!(m.elasticity(), 0.0);
         // The unthrottled estimate restarted from the new fit: 1000 at any share.
         assert!((m.unthrottled().unwrap() - 1000.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn unconfirmed_inelastic_fit_is_allocated_as_proportional() {
+        let mut m = DirtierModel::new(0.5);
+        m.commit_round(RateSample {
+            share: 1.0,
+            bytes_per_sec: 1000.0,
+            secs: 1.0,
+        });
+        m.commit_round(RateSample {
+            share: 0.5,
+            bytes_per_sec: 1000.0,
+            secs: 1.0,
+        });
+        assert!(m.inelastic());
+        let c = m.allocation_curve(0.01);
+        assert_eq!((c.unthrottled_bytes_per_sec, c.elasticity), (2000.0, 1.0));
+        // Measured at maximum throttle: the fit is trusted.
+        m.commit_round(RateSample {
+            share: 0.01,
+            bytes_per_sec: 1000.0,
+            secs: 1.0,
+        });
+        assert_eq!(m.allocation_curve(0.01).elasticity, 0.0);
     }
 
     #[test]

@@ -409,7 +409,12 @@ impl Controller {
             .target_dirty_rate(link, self.progress.stuck_rounds());
         if self.attributed {
             let fixed = self.unattributed.unthrottled().unwrap_or(0.0);
-            let curves: Vec<DirtierCurve> = self.vcpus.iter().map(DirtierModel::curve).collect();
+            let min_share = 1.0 - max;
+            let curves: Vec<DirtierCurve> = self
+                .vcpus
+                .iter()
+                .map(|m| m.allocation_curve(min_share))
+                .collect();
             let mut throttles =
                 water_fill(&curves, (target - fixed).max(0.0), max).throttle_fractions;
             for (p, probing) in throttles.iter_mut().zip(&self.probing) {
@@ -429,7 +434,7 @@ impl Controller {
                 target_bytes_per_sec: Some(target),
             }
         } else {
-            let curve = self.aggregate.curve();
+            let curve = self.aggregate.allocation_curve(1.0 - max);
             let p = if self.probing_aggregate {
                 max
             } else {

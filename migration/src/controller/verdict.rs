@@ -130,6 +130,7 @@ mod tests {
         assert_eq!(p.stuck_rounds(), 1);
         let r = p.record(80.0, &policy).unwrap();
         assert!(r.shrink < 0.0 && r.stuck);
+        assert_eq!(p.stuck_rounds(), 2);
     }
 
     #[test]
