@@ -10,15 +10,18 @@
 //! 2. switches over when the expected downtime is within the aim ([`Policy`]), unless devices
 //!    are still busy;
 //! 3. stops (abort or force, per [`OnNoConverge`]) on `timeout`, `max_iterations`, or when a
-//!    completed round proves the set cannot shrink even at `max_throttle` ([`verdict`]);
+//!    completed round, or an observation window at least as long as the switchover budget,
+//!    proves the set cannot shrink even at `max_throttle` ([`verdict`]);
 //! 4. otherwise allocates per-vCPU throttles by water-filling ([`allocate`]) towards a dirty
 //!    rate of `(1 − margin)` of the transfer rate, tightened after every stuck round, and
 //!    signals `Quiesce` when the switchover looks about two rounds away.
 //!
 //! A vCPU whose rate did not fall when it was throttled ("burst") is throttled to the maximum
 //! for one probe round after a stuck round; the probe measures the rate at maximum throttle, so
-//! the verdict after it is exact. Bulk pass, throttled round, probe round: a workload that no
-//! throttle can tame is recognised at the end of round 2, the third round.
+//! the verdict after it is exact. A workload that no throttle can tame is recognised at the end
+//! of the third round after the bulk pass at the latest (stuck round, throttled stuck round that
+//! fits as inelastic, probe round), at the end of round 2 when the bulk pass already showed its
+//! rate, and at the end of the bulk pass when even a linear extrapolation is hopeless.
 
 mod allocate;
 mod config;
