@@ -95,6 +95,8 @@ pub(super) struct Connection {
     pub peer_shutdown: u32,
     /// In the rx scheduling queue.
     pub scheduled: bool,
+    /// A CREDIT_REQUEST went out and the guest has not updated its credit since.
+    pub credit_requested: bool,
 }
 
 impl Connection {
@@ -113,6 +115,28 @@ impl Connection {
             host_eof: false,
             peer_shutdown: 0,
             scheduled: false,
+            credit_requested: false,
+        }
+    }
+
+    /// Records the credit the guest announced in a packet header.
+    pub fn peer_credit_update(&mut self, buf_alloc: u32, fwd_cnt: u32) {
+        self.peer_buf_alloc = buf_alloc;
+        self.peer_fwd_cnt = Wrapping(fwd_cnt);
+        self.credit_requested = false;
+    }
+
+    /// Host data waits but the guest has no credit: ask it once for an update (Linux sends
+    /// them unprompted; this is the safety net against a stall).
+    pub fn request_credit_if_blocked(&mut self) {
+        if self.phase == ConnPhase::Established
+            && self.host_readable
+            && !self.host_eof
+            && self.peer_credit() == 0
+            && !self.credit_requested
+        {
+            self.owed.credit_request = true;
+            self.credit_requested = true;
         }
     }
 

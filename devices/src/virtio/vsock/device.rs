@@ -145,6 +145,7 @@ impl Vsock {
 
     pub(super) fn schedule(&mut self, key: ConnKey) {
         if let Some(c) = self.conns.get_mut(&key) {
+            c.request_credit_if_blocked();
             if !c.scheduled && c.has_rx_work() {
                 c.scheduled = true;
                 self.rxq.push_back(key);

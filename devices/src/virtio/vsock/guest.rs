@@ -95,8 +95,7 @@ impl Vsock {
             }
             return;
         };
-        c.peer_buf_alloc = h.buf_alloc;
-        c.peer_fwd_cnt = Wrapping(h.fwd_cnt);
+        c.peer_credit_update(h.buf_alloc, h.fwd_cnt);
         match h.op {
             OP_RST => {
                 self.kill(key);
@@ -181,8 +180,7 @@ impl Vsock {
             return;
         }
         let mut c = Connection::new(Some(stream), ConnPhase::Established);
-        c.peer_buf_alloc = h.buf_alloc;
-        c.peer_fwd_cnt = Wrapping(h.fwd_cnt);
+        c.peer_credit_update(h.buf_alloc, h.fwd_cnt);
         c.owed.response = true;
         c.host_readable = true;
         self.conns.insert(key, c);

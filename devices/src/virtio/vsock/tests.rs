@@ -308,6 +308,63 @@ fn ten_mib_both_ways_with_credit() {
     assert_eq!(g.h.t.lock().unwrap().device().connections(), 0);
 }
 
+/// Host data beyond the guest's credit waits; the device asks for credit once and resumes when
+/// the guest answers.
+#[test]
+fn host_data_waits_for_guest_credit() {
+    const TOTAL: usize = GUEST_BUF as usize + 50_000;
+    let path = uds_path();
+    let listener = UnixListener::bind(format!("{}_5004", path.display())).unwrap();
+    let host = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let data: Vec<u8> = (0..TOTAL).map(pattern_b).collect();
+        s.write_all(&data).unwrap();
+        s
+    });
+    let mem = guest_memory();
+    let mut g = Guest::new(&mem, vsock(&path));
+    g.post_rx();
+    let mut c = GuestConn {
+        port: 12,
+        host_port: 5004,
+        ..Default::default()
+    };
+    assert!(g.send(c.header(OP_REQUEST, 0), &[]));
+    g.flush_tx();
+    g.wait_for(OP_RESPONSE);
+    let mut received = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut asked = false;
+    while !asked {
+        for (h, p) in g.poll(20) {
+            match h.op {
+                OP_RW => received.extend_from_slice(&p),
+                OP_CREDIT_REQUEST => asked = true,
+                _ => {}
+            }
+        }
+        assert!(Instant::now() < deadline, "no credit request");
+    }
+    assert_eq!(
+        received.len(),
+        GUEST_BUF as usize,
+        "exactly the credit was used"
+    );
+    c.fwd_cnt = received.len() as u32;
+    assert!(g.send(c.header(OP_CREDIT_UPDATE, 0), &[]));
+    g.flush_tx();
+    while received.len() < TOTAL {
+        for (h, p) in g.poll(20) {
+            if h.op == OP_RW {
+                received.extend_from_slice(&p);
+            }
+        }
+        assert!(Instant::now() < deadline, "stalled at {}", received.len());
+    }
+    assert!(received.iter().enumerate().all(|(i, &b)| b == pattern_b(i)));
+    drop(host.join().unwrap());
+}
+
 /// A host program connects to `PATH` with `CONNECT 6000`; the guest accepts.
 #[test]
 fn host_initiated_connection() {
