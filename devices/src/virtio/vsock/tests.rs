@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -25,13 +24,11 @@ const GUEST_BUF: u32 = 256 * 1024;
 const RX_BUF_LEN: u32 = 4096 + HDR_LEN as u32;
 const TX_BUF_LEN: u64 = 0x2000;
 
-fn uds_path() -> PathBuf {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    std::env::temp_dir().join(format!(
-        "tern-vsock-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    ))
+/// A fresh socket path in a directory removed when the returned guard drops.
+fn uds_path() -> (TempDir, PathBuf) {
+    let dir = TempDir::new();
+    let path = dir.path.join("vsock");
+    (dir, path)
 }
 
 fn pattern_a(i: usize) -> u8 {
@@ -218,7 +215,7 @@ fn vsock(path: &std::path::Path) -> Vsock {
 #[test]
 fn ten_mib_both_ways_with_credit() {
     const TOTAL: usize = 10 << 20;
-    let path = uds_path();
+    let (_dir, path) = uds_path();
     let listener = UnixListener::bind(format!("{}_5000", path.display())).unwrap();
     let host = thread::spawn(move || {
         let (mut stream, _) = listener.accept().unwrap();
@@ -313,7 +310,7 @@ fn ten_mib_both_ways_with_credit() {
 #[test]
 fn host_data_waits_for_guest_credit() {
     const TOTAL: usize = GUEST_BUF as usize + 50_000;
-    let path = uds_path();
+    let (_dir, path) = uds_path();
     let listener = UnixListener::bind(format!("{}_5004", path.display())).unwrap();
     let host = thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
@@ -368,7 +365,7 @@ fn host_data_waits_for_guest_credit() {
 /// A host program connects to `PATH` with `CONNECT 6000`; the guest accepts.
 #[test]
 fn host_initiated_connection() {
-    let path = uds_path();
+    let (_dir, path) = uds_path();
     let mem = guest_memory();
     let mut g = Guest::new(&mem, vsock(&path));
     g.post_rx();
@@ -412,7 +409,7 @@ fn host_initiated_connection() {
 
 #[test]
 fn bad_packets_get_rst_and_the_device_goes_on() {
-    let path = uds_path();
+    let (_dir, path) = uds_path();
     let mem = guest_memory();
     let mut g = Guest::new(&mem, vsock(&path));
     g.post_rx();
@@ -468,7 +465,7 @@ fn bad_packets_get_rst_and_the_device_goes_on() {
 /// drains it; tx is not taken while quiescing.
 #[test]
 fn quiesce_waits_for_the_host_to_take_guest_data() {
-    let path = uds_path();
+    let (_dir, path) = uds_path();
     let listener = UnixListener::bind(format!("{}_5001", path.display())).unwrap();
     let mem = guest_memory();
     let mut g = Guest::new(&mem, vsock(&path));
@@ -531,7 +528,7 @@ fn quiesce_waits_for_the_host_to_take_guest_data() {
 /// and the connection; the device keeps working on the same queues.
 #[test]
 fn restore_resets_connections_and_keeps_working() {
-    let path = uds_path();
+    let (_dir, path) = uds_path();
     let _listener = UnixListener::bind(format!("{}_5002", path.display())).unwrap();
     let mem = guest_memory();
     let mut g = Guest::new(&mem, vsock(&path));
@@ -549,7 +546,7 @@ fn restore_resets_connections_and_keeps_working() {
     let json = serde_json::to_string(&state).unwrap();
     let state: MmioTransportState<VsockState> = serde_json::from_str(&json).unwrap();
 
-    let dest_path = uds_path();
+    let (_dest_dir, dest_path) = uds_path();
     let args = MmioTransportArgs {
         mem: mem.clone(),
         device: VsockConfig {
@@ -581,9 +578,10 @@ fn restore_resets_connections_and_keeps_working() {
     g.wait_for(OP_RESPONSE);
 
     // Untrusted states.
+    let scratch = TempDir::new();
     let cfg = |cid| VsockConfig {
         cid,
-        uds_path: uds_path(),
+        uds_path: scratch.path.join(format!("v{cid}")),
     };
     assert!(matches!(
         Vsock::restore(cfg(4), &state.device),
