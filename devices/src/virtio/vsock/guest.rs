@@ -201,9 +201,11 @@ impl Vsock {
             let Some(head) = self.pop(&mem, RX_QUEUE) else {
                 break;
             };
+            // A buffer must hold a header and at least one byte of payload; anything else is
+            // given back empty (so a run of useless buffers cannot stall the loop).
             if !self.walk(&mem, RX_QUEUE, head)
                 || self.segs.iter().any(|s| !s.writable)
-                || total_len(&self.segs, true) < HDR_LEN as u64
+                || total_len(&self.segs, true) <= HDR_LEN as u64
             {
                 self.add_used(&mem, RX_QUEUE, head, 0);
                 used = true;

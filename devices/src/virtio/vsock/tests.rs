@@ -90,6 +90,8 @@ struct Guest<'a> {
     tx_bufs: HashMap<u16, u64>,
     tx_free: Vec<u64>,
     events: Vec<u32>,
+    /// Rx buffers the device gave back empty.
+    empty_rx: usize,
 }
 
 impl<'a> Guest<'a> {
@@ -113,6 +115,7 @@ impl<'a> Guest<'a> {
             tx_bufs: HashMap::new(),
             tx_free: (0..128).map(|i| 0x400_0000 + i * TX_BUF_LEN).collect(),
             events: Vec::new(),
+            empty_rx: 0,
         }
     }
 
@@ -173,6 +176,10 @@ impl<'a> Guest<'a> {
         while let Some((head, len)) = self.rx.next_used() {
             let addr = self.rx_bufs.remove(&head).unwrap();
             self.rx_free.push(addr);
+            if len == 0 {
+                self.empty_rx += 1;
+                continue;
+            }
             assert!(len as usize >= HDR_LEN, "rx packet of {len} bytes");
             let mut raw = [0u8; HDR_LEN];
             self.mem.read_slice(&mut raw, GuestAddress(addr)).unwrap();
@@ -459,6 +466,37 @@ fn bad_packets_get_rst_and_the_device_goes_on() {
     assert!(g.send(c.header(OP_REQUEST, 0), &[]));
     g.flush_tx();
     g.wait_for(OP_RESPONSE);
+}
+
+/// Rx buffers that cannot hold a packet are given back empty; the packet goes to the next
+/// good buffer.
+#[test]
+fn unusable_rx_buffers_are_skipped() {
+    let (_dir, path) = uds_path();
+    let mem = guest_memory();
+    let mut g = Guest::new(&mem, vsock(&path));
+    for (len, writable) in [(HDR_LEN as u32, true), (RX_BUF_LEN, false), (10, true)] {
+        let addr = g.rx_free.pop().unwrap();
+        let head = g.rx.add(&[(addr, len, writable)]);
+        g.rx_bufs.insert(head, addr);
+    }
+    let c = GuestConn {
+        port: 13,
+        host_port: 4244, // nobody listens: the answer is an RST
+        ..Default::default()
+    };
+    assert!(g.send(c.header(OP_REQUEST, 0), &[]));
+    g.flush_tx();
+    // (Polling also posts good buffers, which the RST then goes to.)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rst = loop {
+        if let Some((h, _)) = g.poll(5).into_iter().find(|(h, _)| h.op == OP_RST) {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "no RST");
+    };
+    assert_eq!(g.empty_rx, 3);
+    assert_eq!((rst.src_port, rst.dst_port), (4244, 13));
 }
 
 /// Guest data the host does not read piles up in the device: quiesce reports it until the host
