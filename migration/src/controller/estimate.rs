@@ -176,6 +176,21 @@ impl DirtierModel {
         self.provisional = None;
     }
 
+    /// Replaces the unthrottled average by the last round's sample alone, if that is higher:
+    /// after a stuck round the average has proven too optimistic, and lagging behind a rising
+    /// rate is what kept the throttle too low.
+    pub fn trust_latest(&mut self) {
+        if self.fixed {
+            return;
+        }
+        if let Some(last) = self.last {
+            let sample = last.bytes_per_sec / last.share.max(MIN_SHARE).powf(self.elasticity);
+            if self.unthrottled.value().is_none_or(|v| sample > v) {
+                self.unthrottled.reset(sample);
+            }
+        }
+    }
+
     /// Blends the round in progress into a provisional estimate, weighted by how much of the
     /// round has passed (`weight` 0..=1), so a throttle set mid-round follows the workload
     /// without the first seconds of a round (when every write is new) dominating.
@@ -211,22 +226,28 @@ impl DirtierModel {
         self.last
     }
 
-    /// The curve to allocate throttles with. An inelastic fit that was never checked at
-    /// `min_share` is not trusted yet: a working set saturated at both measured shares also
-    /// reads as inelastic, yet slows down once throttled hard enough. Until a round at maximum
-    /// throttle confirms it, the dirtier is treated as proportional through its last sample
-    /// (the optimistic extrapolation, which a stuck round then corrects by escalating).
+    /// The curve to allocate throttles with, through the last round's sample. The elasticity
+    /// it uses is never below [`INELASTIC_BELOW`]: a fit near 0 is a local slope between two
+    /// shares (often two shares at which a working set was saturated anyway), and extrapolating
+    /// it to full CPU share would tell the allocator to release the throttle entirely. An
+    /// inelastic fit not yet checked at `min_share` counts as proportional (1.0) until a round
+    /// at maximum throttle confirms it. Workloads that no throttle tames are the verdict's job,
+    /// not the allocator's.
     pub fn allocation_curve(&self, min_share: f64) -> DirtierCurve {
-        match self.last {
-            Some(last)
-                if self.inelastic() && !self.fixed && self.min_share_seen > min_share + 0.005 =>
-            {
-                DirtierCurve {
-                    unthrottled_bytes_per_sec: last.bytes_per_sec / last.share.max(MIN_SHARE),
-                    elasticity: 1.0,
-                }
-            }
-            _ => self.curve(),
+        let Some(last) = self.last.filter(|_| !self.fixed) else {
+            return self.curve();
+        };
+        let beta = if self.inelastic() && self.min_share_seen > min_share + 0.005 {
+            1.0
+        } else {
+            self.elasticity.max(INELASTIC_BELOW)
+        };
+        if beta == self.elasticity {
+            return self.curve();
+        }
+        DirtierCurve {
+            unthrottled_bytes_per_sec: last.bytes_per_sec / last.share.max(MIN_SHARE).powf(beta),
+            elasticity: beta,
         }
     }
 
@@ -427,13 +448,41 @@ mod tests {
         assert!(m.inelastic());
         let c = m.allocation_curve(0.01);
         assert_eq!((c.unthrottled_bytes_per_sec, c.elasticity), (2000.0, 1.0));
-        // Measured at maximum throttle: the fit is trusted.
+        // Measured at maximum throttle: the fit is trusted, but never below 0.5 for allocation.
         m.commit_round(RateSample {
             share: 0.01,
             bytes_per_sec: 1000.0,
             secs: 1.0,
         });
-        assert_eq!(m.allocation_curve(0.01).elasticity, 0.0);
+        assert_eq!(m.elasticity(), 0.0);
+        let c = m.allocation_curve(0.01);
+        assert_eq!(c.elasticity, 0.5);
+        assert!((c.unthrottled_bytes_per_sec - 10_000.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn trusting_the_latest_sample_only_raises_the_estimate() {
+        let mut m = DirtierModel::new(0.5);
+        m.commit_round(RateSample {
+            share: 1.0,
+            bytes_per_sec: 100.0,
+            secs: 1.0,
+        });
+        m.commit_round(RateSample {
+            share: 1.0,
+            bytes_per_sec: 300.0,
+            secs: 1.0,
+        });
+        assert_eq!(m.unthrottled(), Some(200.0));
+        m.trust_latest();
+        assert_eq!(m.unthrottled(), Some(300.0));
+        m.commit_round(RateSample {
+            share: 1.0,
+            bytes_per_sec: 100.0,
+            secs: 1.0,
+        });
+        m.trust_latest();
+        assert_eq!(m.unthrottled(), Some(200.0));
     }
 
     #[test]

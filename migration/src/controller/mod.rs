@@ -155,6 +155,15 @@ impl Controller {
             floor = self.commit_round(min_share);
             progress = self.progress.record(o.remaining_bytes, &self.policy);
             self.last_round_stuck = progress.is_some_and(|p| p.stuck);
+            if self.last_round_stuck {
+                for m in self
+                    .vcpus
+                    .iter_mut()
+                    .chain([&mut self.aggregate, &mut self.unattributed])
+                {
+                    m.trust_latest();
+                }
+            }
             self.round_start_bytes = Some(o.remaining_bytes);
         } else if o.round > 0 {
             self.observe_partial(link);
@@ -256,7 +265,17 @@ impl Controller {
         // 4. Throttle plan.
         let bulk = o.round == 0 && !o.end_of_round;
         let plan = match link {
-            Some(link) if !bulk && link > 0.0 => self.plan(link),
+            Some(link) if !bulk && link > 0.0 => {
+                let plan = self.plan(link);
+                if o.end_of_round
+                    && progress.is_some_and(|p| p.stuck)
+                    && self.probe_unmeasured(&plan)
+                {
+                    self.plan(link)
+                } else {
+                    plan
+                }
+            }
             _ => Plan {
                 throttles: vec![0.0; self.config.vcpus],
                 planned_bytes_per_sec: None,
@@ -403,6 +422,37 @@ impl Controller {
         {
             self.probing_aggregate = true;
         }
+    }
+
+    /// After a stuck round, a dirtier whose response to throttling was never measured and
+    /// that the plan throttles by half or more anyway is probed at the maximum instead: it costs
+    /// at most twice the planned throttle for one round, and measures the one point that tells
+    /// a burst from a tameable writer. Below half (low aggression) the plan is kept. Returns
+    /// whether a probe was scheduled.
+    fn probe_unmeasured(&mut self, plan: &Plan) -> bool {
+        let unmeasured = |m: &DirtierModel, probed: bool| {
+            !probed && !m.fitted() && m.unthrottled().is_some_and(|u| u > 0.0)
+        };
+        let mut any = false;
+        if self.attributed {
+            for (i, p) in plan.throttles.iter().enumerate() {
+                let (Some(m), Some(&probed)) = (self.vcpus.get(i), self.probed.get(i)) else {
+                    continue;
+                };
+                if *p >= 0.5 && unmeasured(m, probed) {
+                    if let Some(probing) = self.probing.get_mut(i) {
+                        *probing = true;
+                        any = true;
+                    }
+                }
+            }
+        } else if plan.throttles.first().is_some_and(|p| *p >= 0.5)
+            && unmeasured(&self.aggregate, self.probed_aggregate)
+        {
+            self.probing_aggregate = true;
+            any = true;
+        }
+        any
     }
 
     fn plan(&self, link: f64) -> Plan {
