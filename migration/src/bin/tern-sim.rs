@@ -270,7 +270,7 @@ fn generate() -> String {
          its defaults (max_downtime 300 ms, max_throttle 99 %, on_no_converge abort, no timeout) with \
          a dirty ring (per-vCPU attribution) and observes every second inside long rounds; QEMU is \
          modelled with its defaults (see `sim/qemu.rs`). The simulation gives up on a migration still \
-         iterating after 4 h.\n"
+         iterating after 4 h or 10 000 rounds.\n"
     );
     let _ = writeln!(s, "### Every workload, guest size and link\n");
     let _ = writeln!(
