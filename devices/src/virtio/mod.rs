@@ -10,7 +10,9 @@ pub mod vsock;
 
 pub use device::{ActivateContext, ActivateError, VirtioDevice, DEVICE_TOKEN_BASE};
 pub use irq::{IrqTrigger, VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
-pub use mmio::{MmioTransport, MmioTransportArgs, MmioTransportState, MMIO_WINDOW_SIZE};
+pub use mmio::{
+    MmioTransport, MmioTransportArgs, MmioTransportState, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
+};
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};

@@ -40,6 +40,9 @@ use crate::GuestMemoryMmap;
 
 /// Size of one device's MMIO window (registers at 0x000–0x0ff, config space from 0x100).
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
+/// Offset of QueueNotify in the window: where the vmm registers each queue's ioeventfd
+/// (4-byte writes, datamatch = queue index).
+pub const QUEUE_NOTIFY_OFFSET: u64 = VIRTIO_MMIO_QUEUE_NOTIFY as u64;
 /// "virt", little-endian.
 pub const MMIO_MAGIC_VALUE: u32 = 0x7472_6976;
 /// The modern (virtio 1.x) register layout.
