@@ -82,14 +82,15 @@ impl std::fmt::Debug for Vsock {
     }
 }
 
-/// Binds the host socket, replacing a stale socket file nobody listens on.
-fn listen(path: &Path) -> Result<UnixListener, VsockError> {
+/// Binds the host socket, replacing a stale socket file nobody listens on, or (`take_over`)
+/// one a live process listens on.
+fn listen(path: &Path, take_over: bool) -> Result<UnixListener, VsockError> {
     let err = |source| VsockError::Listen {
         path: path.to_path_buf(),
         source,
     };
     if path.exists() {
-        if UnixStream::connect(path).is_ok() {
+        if !take_over && UnixStream::connect(path).is_ok() {
             return Err(err(io::Error::from(io::ErrorKind::AddrInUse)));
         }
         std::fs::remove_file(path).map_err(err)?;
@@ -100,12 +101,19 @@ fn listen(path: &Path) -> Result<UnixListener, VsockError> {
 }
 
 impl Vsock {
-    /// A device for guest `config.cid`, listening on `config.uds_path`.
+    /// A device for guest `config.cid`, listening on `config.uds_path`; refuses a path another
+    /// process listens on.
     pub fn new(config: VsockConfig) -> Result<Self, VsockError> {
+        Self::build(config, false)
+    }
+
+    /// A migration destination takes the path over even from a live listener: on a local
+    /// migration the source still listens there until it hands the guest over.
+    pub(super) fn build(config: VsockConfig, take_over: bool) -> Result<Self, VsockError> {
         if config.cid <= HOST_CID {
             return Err(VsockError::ReservedCid(config.cid));
         }
-        let listener = listen(&config.uds_path)?;
+        let listener = listen(&config.uds_path, take_over)?;
         let queues = new_queues(3, QUEUE_SIZE);
         Ok(Vsock {
             config,

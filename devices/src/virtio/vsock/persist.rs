@@ -99,7 +99,7 @@ impl Persist for Vsock {
                 )));
             }
         }
-        let mut vsock = Vsock::new(config)?;
+        let mut vsock = Vsock::build(config, true)?;
         vsock.next_local_port = state.next_local_port;
         for s in &state.connections {
             let mut c = Connection::new(None, s.phase);

@@ -385,13 +385,19 @@ fn restore_resets_connections_and_keeps_working() {
     let json = serde_json::to_string(&state).unwrap();
     let state: MmioTransportState<VsockState> = serde_json::from_str(&json).unwrap();
 
-    let (_dest_dir, dest_path) = uds_path();
+    // A second device cannot take a live path; a migration destination (local migration) can.
+    let same = VsockConfig {
+        cid: GUEST_CID,
+        uds_path: path.clone(),
+    };
+    assert!(matches!(
+        Vsock::new(same.clone()),
+        Err(VsockError::Listen { .. })
+    ));
+    let dest_path = path.clone();
     let args = MmioTransportArgs {
         mem: mem.clone(),
-        device: VsockConfig {
-            cid: GUEST_CID,
-            uds_path: dest_path.clone(),
-        },
+        device: same,
     };
     let restored = MmioTransport::<Vsock>::restore(args, &state).unwrap();
     assert_eq!(restored.save(), state);
