@@ -85,6 +85,7 @@ global_asm!(
     SERVICE_PORT_WRITE_BYTES = const service::PORT_WRITE_BYTES,
     SERVICE_PORT_READ = const service::PORT_READ,
     SERVICE_PORT_WRITE = const service::PORT_WRITE,
+    SERVICE_CPUID = const service::CPUID,
     SERVICE_ENABLE_KVMCLOCK = const service::ENABLE_KVMCLOCK,
     SERVICE_HALT = const service::HALT,
     SERVICE_TRIPLE_FAULT = const service::TRIPLE_FAULT,

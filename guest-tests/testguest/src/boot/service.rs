@@ -11,17 +11,19 @@ use core::arch::asm;
 pub const PORT_WRITE_BYTES: u32 = 1;
 pub const PORT_READ: u32 = 2;
 pub const PORT_WRITE: u32 = 3;
-pub const ENABLE_KVMCLOCK: u32 = 4;
-pub const HALT: u32 = 5;
-pub const TRIPLE_FAULT: u32 = 6;
+pub const CPUID: u32 = 4;
+pub const ENABLE_KVMCLOCK: u32 = 5;
+pub const HALT: u32 = 6;
+pub const TRIPLE_FAULT: u32 = 7;
 /// Marks a `ud2` as a service call rather than a fault.
 pub const SERVICE_MAGIC: u64 = 0x7465_726e_5356_4321;
 
 fn call(service: u32, a0: u64, a1: u64, a2: u64) -> u32 {
     let result: u32;
     // SAFETY: the #UD handler recognises the magic, runs on this CPU's IST
-    // stack (not ours), touches only eax/ecx/edx/rsi (declared clobbered)
-    // and memory we pass it for reading, and iretq's past the ud2.
+    // stack (not ours), touches only the registers declared clobbered here,
+    // reads only memory we pass it and writes only the buffer of `cpuid`,
+    // and iretq's past the ud2.
     unsafe {
         asm!(
             "ud2",
@@ -31,7 +33,8 @@ fn call(service: u32, a0: u64, a1: u64, a2: u64) -> u32 {
             inout("rsi") a1 => _,
             inout("rdx") a2 => _,
             lateout("ecx") _,
-            options(nostack, readonly),
+            lateout("r8") _,
+            options(nostack),
         );
     }
     result
@@ -55,6 +58,19 @@ pub fn port_read(port: u16) -> u8 {
 /// Writes one byte to I/O port `port`.
 pub fn port_write(port: u16, value: u8) {
     call(PORT_WRITE, port.into(), value.into(), 0);
+}
+
+/// `cpuid` as the hypervisor defines it for this guest (executed in ring 0:
+/// on kvm_pvm, ring 3 would see the host CPU's values).
+pub fn cpuid(leaf: u32) -> core::arch::x86_64::CpuidResult {
+    let mut regs = [0u32; 4];
+    call(CPUID, leaf.into(), 0, regs.as_mut_ptr() as u64);
+    core::arch::x86_64::CpuidResult {
+        eax: regs[0],
+        ebx: regs[1],
+        ecx: regs[2],
+        edx: regs[3],
+    }
 }
 
 /// Registers this CPU's kvmclock area at `paddr` (32-byte aligned, identity

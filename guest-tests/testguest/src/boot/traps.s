@@ -122,8 +122,8 @@ invalid_opcode:
     add $16, %rsp               /* drop vector and error code */
     /* fall through */
 
-/* %eax = service, %rdi/%rsi/%rdx = arguments, result in %eax; %ecx is
- * clobbered. Unknown services return without effect. Port I/O is here
+/* %eax = service, %rdi/%rsi/%rdx = arguments, result in %eax; %ecx and
+ * %r8 are clobbered. Unknown services return without effect. Port I/O is here
  * because kvm_pvm clears RFLAGS.IOPL in ring 3. */
 service_dispatch:
     cmp ${SERVICE_PORT_WRITE_BYTES}, %eax
@@ -132,6 +132,8 @@ service_dispatch:
     je port_read
     cmp ${SERVICE_PORT_WRITE}, %eax
     je port_write
+    cmp ${SERVICE_CPUID}, %eax
+    je guest_cpuid
     cmp ${SERVICE_ENABLE_KVMCLOCK}, %eax
     je enable_kvmclock
     cmp ${SERVICE_HALT}, %eax
@@ -160,6 +162,22 @@ port_write:
     mov %edi, %edx
     mov %esi, %eax
     outb %al, %dx
+    iretq
+
+/* %edi = leaf, %esi = subleaf, %rdx = where to store eax, ebx, ecx, edx.
+ * In ring 0 KVM emulates cpuid; in ring 3 kvm_pvm runs it natively and
+ * returns the host's values (APIC IDs, hypervisor leaves). */
+guest_cpuid:
+    mov %rdx, %r8
+    push %rbx
+    mov %edi, %eax
+    mov %esi, %ecx
+    cpuid
+    mov %eax, (%r8)
+    mov %ebx, 4(%r8)
+    mov %ecx, 8(%r8)
+    mov %edx, 12(%r8)
+    pop %rbx
     iretq
 
 /* %rdi: physical address of this CPU's pvclock area, bit 0 set (enable). */
