@@ -17,7 +17,9 @@ import sys
 
 
 def header(ino, mode, nlink, size, major, minor, name):
-    fields = [ino, mode, 0, 0, nlink, 0, size, 0, 0, major, minor, 0, len(name) + 1, 0]
+    # c_ino c_mode c_uid c_gid c_nlink c_mtime c_filesize c_devmajor c_devminor
+    # c_rdevmajor c_rdevminor c_namesize c_check
+    fields = [ino, mode, 0, 0, nlink, 0, size, 0, 0, major, minor, len(name) + 1, 0]
     return b"070701" + b"".join(b"%08X" % f for f in fields)
 
 

@@ -6,7 +6,7 @@ use std::io::Stdout;
 use std::sync::{Arc, Mutex};
 
 use devices::legacy::i8042::I8042;
-use devices::legacy::serial::{Serial, SerialArgs, SerialInput, SerialState};
+use devices::legacy::serial::{Serial, SerialInput, SerialState};
 use devices::{Bus, BusDevice, BusError, Persist};
 use migration::controller::DeviceStatus;
 use migration::protocol::messages::DeviceSummary as WireSummary;
@@ -61,8 +61,6 @@ pub struct DevicesState {
 pub struct DeviceManager {
     pio: Bus,
     mmio: Bus,
-    panic: Arc<Mutex<Option<String>>>,
-    with_stdin: bool,
     /// The console UART.
     pub serial: Arc<Mutex<ConsoleSerial>>,
     /// The i8042 (reset line).
@@ -79,7 +77,7 @@ impl DeviceManager {
         } else {
             None
         };
-        let serial = Serial::new(irq, ConsoleOutput::new(std::io::stdout(), panic.clone()), input).map_err(|e| {
+        let serial = Serial::new(irq, ConsoleOutput::new(std::io::stdout(), panic), input).map_err(|e| {
             DeviceManagerError::Device {
                 what: "serial port".into(),
                 message: e.to_string(),
@@ -101,8 +99,6 @@ impl DeviceManager {
         Ok(DeviceManager {
             pio,
             mmio: Bus::new(),
-            panic,
-            with_stdin,
             serial,
             i8042,
         })
@@ -177,22 +173,11 @@ impl DeviceManager {
 
     /// Replaces every device's state with `state` (before the guest runs).
     pub fn restore_states(&self, state: &DevicesState) -> Result<(), String> {
-        let mut serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
-        let irq = serial
-            .irq_evt()
-            .try_clone()
-            .map_err(|e| format!("serial: cannot duplicate its irqfd: {e}"))?;
-        let input: Option<Box<dyn SerialInput>> = if self.with_stdin {
-            Some(Box::new(std::io::stdin()))
-        } else {
-            None
-        };
-        let args = SerialArgs {
-            irq,
-            out: ConsoleOutput::new(std::io::stdout(), self.panic.clone()),
-            input,
-        };
-        *serial = Serial::restore(args, &state.serial).map_err(|e| format!("serial: {e}"))?;
+        self.serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .restore_state(&state.serial)
+            .map_err(|e| format!("serial: {e}"))?;
         Ok(())
     }
 

@@ -1,6 +1,11 @@
 //! Enforcing a vCPU's throttle inside its own run loop: run for a slice of
-//! wall time, then sleep so that the sleep is the throttle's share of the
+//! CPU time, then sleep so that the sleep is the throttle's share of the
 //! period actually used (an overshooting run slice is paid back in full).
+//!
+//! The slice is measured in the vCPU thread's own CPU time, not wall time: on
+//! a busy host a woken vCPU may wait for a CPU, and that wait is neither guest
+//! execution nor throttling. Budgeting CPU time makes the throttle mean what
+//! an operator wants from it: the vCPU executes at most (1 − p) of the time.
 
 use std::time::{Duration, Instant};
 
@@ -27,10 +32,19 @@ pub fn sleep_for(p: f64, ran: Duration) -> Duration {
     ran.mul_f64(p / (1.0 - p))
 }
 
+/// CPU time the calling thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own; the clock id is valid.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 /// The state of one vCPU's duty cycle.
 pub struct DutyCycle {
     period: Duration,
-    phase_start: Option<Instant>,
+    /// Thread CPU time when the current run phase began.
+    phase_start: Option<Duration>,
     timer: ThreadTimer,
     armed: bool,
 }
@@ -59,22 +73,22 @@ impl DutyCycle {
             return Ok(());
         }
         let slice = run_slice(p, self.period);
-        let now = Instant::now();
-        let start = *self.phase_start.get_or_insert(now);
-        let ran = now - start;
-        let start = if ran >= slice {
+        let cpu = thread_cpu_time();
+        let start = *self.phase_start.get_or_insert(cpu);
+        let ran = cpu.saturating_sub(start);
+        let remaining = if ran >= slice {
             let slept = control.sleep_unless_requested(Instant::now() + sleep_for(p, ran));
             control
                 .counters
                 .throttled_ns
                 .fetch_add(slept.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
-            let s = Instant::now();
-            self.phase_start = Some(s);
-            s
+            self.phase_start = Some(thread_cpu_time());
+            slice
         } else {
-            start
+            slice - ran
         };
-        let remaining = slice.saturating_sub(start.elapsed());
+        // Wall time ≥ CPU time: if the thread is descheduled the timer fires
+        // early, the budget is not used up yet, and it is re-armed for the rest.
         self.timer.arm(remaining)?;
         self.armed = true;
         Ok(())
