@@ -6,6 +6,7 @@ pub mod protocol;
 pub mod receiver;
 pub mod sender;
 pub mod transport;
+pub mod stats;
 pub mod controller;
 pub mod throttle;
 pub mod sim;
