@@ -13,8 +13,10 @@ need_cmd cc "gcc"
 
 guest="$TERN_ROOT/guest-tests/testguest"
 workloads="$TERN_ROOT/guest-tests/workloads"
-mapfile -t inputs < <(find "$guest" "$workloads" \( -name target -prune \) -o -type f \
-    \( -name '*.rs' -o -name '*.s' -o -name '*.ld' -o -name '*.toml' -o -name Cargo.lock \) -print | LC_ALL=C sort)
+# Everything the three binaries are built from (not the tests or examples).
+mapfile -t inputs < <(find "$guest/src" "$workloads/src" "$guest/Cargo.toml" "$guest/Cargo.lock" \
+    "$guest/build.rs" "$guest/testguest.ld" "$guest/.cargo/config.toml" "$workloads/Cargo.toml" \
+    -type f | LC_ALL=C sort)
 key=$( { inputs_key "$TERN_RESOURCES/build-testguest.sh" "${inputs[@]}"; rustc -V; } | sha256sum | cut -c1-16)
 out="$TERN_CACHE_DIR/testguest-$key"
 

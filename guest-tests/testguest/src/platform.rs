@@ -41,6 +41,14 @@ impl Platform for GuestPlatform {
     fn reboot(&self) -> ! {
         reboot(self.tsc_hz)
     }
+
+    fn fault(&self) {
+        // Just past the identity map (512 GiB): not present, so a page fault.
+        const UNMAPPED: u64 = 512 << 30;
+        // SAFETY: the read faults before it returns anything; the exception
+        // path reports it and stops this CPU.
+        unsafe { core::ptr::read_volatile(UNMAPPED as *const u64) };
+    }
 }
 
 /// i8042 reset (0xfe to port 0x64): tern and most PC VMMs end or reset the

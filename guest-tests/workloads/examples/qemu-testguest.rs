@@ -7,6 +7,7 @@
 //!   migrate    live-migrate (QMP migrate to a second QEMU with -incoming), then
 //!              verify on the destination; reports downtime and the guest's stall
 //!   dirty-log  dirty rate with and without KVM dirty logging (QMP calc-dirty-rate)
+//!   fault      the `fault` command: a ring-3 page fault comes back as an error event
 //! options: --kernel PATH (default: resources/build-testguest.sh), --smp N (1),
 //!          --mem SIZE (512M), --cpu MODEL (host,-arch-capabilities), --seconds S (3)
 //! ```
@@ -460,6 +461,16 @@ fn migrate(o: &Options, dir: &Path) -> Result<()> {
         }
     };
     let last_source_tick = during.last().map(|(at, _)| *at);
+    for (at, t) in &during {
+        println!(
+            "    {:6.0} ms cpu{} dirty {:>8.2} MiB/s busy {:>6.2} % max gap {:>6} us",
+            (*at - begin).as_secs_f64() * 1e3,
+            t.cpu,
+            t.dirty_mib_s_x100 as f64 / 100.0,
+            t.busy_x100.unwrap_or(0) as f64 / 100.0,
+            t.max_gap_us
+        );
+    }
     summarize("during migration (dirty logging)", &during);
     println!(
         "migration: total {} ms, downtime {} ms, setup {} ms, {} MiB transferred, {} dirty syncs",
@@ -544,6 +555,28 @@ fn dirty_log(o: &Options, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+fn fault(o: &Options, dir: &Path) -> Result<()> {
+    let mut vm = Vm::spawn("guest", o, dir, None)?;
+    ready(&vm)?;
+    started(&vm)?;
+    vm.send(GuestCommand::Fault)?;
+    let e = vm.next("the exception", |_, e| match e {
+        Event::Error(e) => Some(e.clone()),
+        _ => None,
+    })?;
+    println!("{}: {}: {:?}", e.kind, e.message, e.fault);
+    match e.fault {
+        Some(f)
+            if e.kind == "exception" && f.vector == 14 && f.cr2 == 512 << 30 && f.cs & 3 == 3 =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "expected a ring-3 page fault at 512 GiB, got {e:?}"
+        )),
+    }
+}
+
 fn main() {
     let result = parse_options().and_then(|o| {
         let dir = std::env::temp_dir().join(format!("qemu-testguest-{}", std::process::id()));
@@ -559,8 +592,9 @@ fn main() {
             "smoke" => smoke(&o, &dir),
             "migrate" => migrate(&o, &dir),
             "dirty-log" => dirty_log(&o, &dir),
+            "fault" => fault(&o, &dir),
             s => Err(format!(
-                "unknown scenario {s:?} (smoke, migrate, dirty-log)"
+                "unknown scenario {s:?} (smoke, migrate, dirty-log, fault)"
             )),
         };
         let _ = std::fs::remove_dir_all(&dir);

@@ -16,6 +16,10 @@ pub enum Command {
     Corrupt { page: u64, how: Corruption },
     /// Reset the VM (i8042 reset, then a triple fault); the Linux program exits.
     Reboot,
+    /// Take a page fault on CPU 0, to exercise the exception path: the test
+    /// guest reports it as an `exception` error and CPU 0 stops (the Linux
+    /// program only answers with an error).
+    Fault,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,7 +32,7 @@ pub enum CommandError<'a> {
 impl fmt::Display for CommandError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CommandError::Unknown(w) => write!(f, "unknown command {w:?} (verify, stop, corrupt page=N [how=torn|zero|stale|misplaced], reboot)"),
+            CommandError::Unknown(w) => write!(f, "unknown command {w:?} (verify, stop, corrupt page=N [how=torn|zero|stale|misplaced], reboot, fault)"),
             CommandError::BadArgument(a) => write!(f, "bad argument {a:?}"),
             CommandError::MissingArgument(a) => write!(f, "missing argument {a}="),
         }
@@ -43,6 +47,7 @@ impl Command {
             "verify" => Command::Verify,
             "stop" => Command::Stop,
             "reboot" => Command::Reboot,
+            "fault" => Command::Fault,
             "corrupt" => {
                 let (mut page, mut how) = (None, Corruption::Torn);
                 for arg in words.by_ref() {
@@ -76,6 +81,7 @@ impl fmt::Display for Command {
             Command::Verify => f.write_str("verify"),
             Command::Stop => f.write_str("stop"),
             Command::Reboot => f.write_str("reboot"),
+            Command::Fault => f.write_str("fault"),
             Command::Corrupt { page, how } => write!(f, "corrupt page={page} how={how}"),
         }
     }
@@ -91,6 +97,7 @@ mod tests {
             Command::Verify,
             Command::Stop,
             Command::Reboot,
+            Command::Fault,
             Command::Corrupt {
                 page: 12,
                 how: Corruption::Torn,

@@ -18,4 +18,7 @@ pub trait Platform: Sync {
     fn read_input(&self, buf: &mut [u8]) -> usize;
     /// Resets the VM (or ends the program).
     fn reboot(&self) -> !;
+    /// Takes a CPU exception on purpose (the `fault` command); returns only
+    /// where that is not possible.
+    fn fault(&self);
 }

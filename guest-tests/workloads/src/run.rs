@@ -338,6 +338,14 @@ impl<'a, P: Platform> Run<'a, P> {
                 );
                 return AfterCommand::Stopped;
             }
+            Command::Fault => {
+                p.fault();
+                emit_error(
+                    p,
+                    ErrorKind::Command,
+                    format_args!("fault: this platform cannot take a CPU exception on purpose"),
+                );
+            }
             Command::Reboot => {
                 emit(p, &Rebooting);
                 p.reboot();

@@ -70,6 +70,8 @@ impl Platform for LinuxPlatform {
     fn reboot(&self) -> ! {
         std::process::exit(0)
     }
+
+    fn fault(&self) {}
 }
 
 /// The TSC frequency, measured against CLOCK_MONOTONIC over 100 ms.
