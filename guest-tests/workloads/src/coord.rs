@@ -12,7 +12,7 @@ const RUN: u32 = 1;
 const PAUSE: u32 = 2;
 const STOP: u32 = 3;
 
-/// What a worker should do after [`Coordinator::checkpoint`].
+/// What a worker should do after [`Coordinator::park`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Next {
     Continue,
@@ -71,18 +71,16 @@ impl Coordinator {
         self.state.store(RUN, Release);
     }
 
-    /// Worker side, once per iteration: `None` while running; otherwise
-    /// parks as long as the controller asks and says what to do next.
+    /// Worker side, once per iteration: whether the controller wants
+    /// something (then call [`Coordinator::park`]).
     #[inline]
-    pub fn checkpoint(&self) -> Option<Next> {
-        match self.state.load(Relaxed) {
-            RUN => None,
-            _ => Some(self.park()),
-        }
+    pub fn state_changed(&self) -> bool {
+        self.state.load(Relaxed) != RUN
     }
 
+    /// Worker side: parks as long as the controller asks; says what next.
     #[cold]
-    fn park(&self) -> Next {
+    pub fn park(&self) -> Next {
         self.parked.fetch_add(1, Release);
         loop {
             match self.state.load(Acquire) {
@@ -149,7 +147,7 @@ mod tests {
                     assert_eq!(c.filled_and_wait(), Next::Continue);
                     loop {
                         it.fetch_add(1, Relaxed);
-                        if c.checkpoint() == Some(Next::Stop) {
+                        if c.state_changed() && c.park() == Next::Stop {
                             return;
                         }
                     }

@@ -17,7 +17,7 @@
 //! Time the worker spends on its own business (printing its tick line,
 //! polling for commands, parked for a verify) is excluded from both.
 
-use crate::clock::{ClockCheck, ClockStatus};
+use crate::clock::ClockCheck;
 use crate::event::{Baseline, Tick};
 use crate::page::PAGE_SIZE;
 
@@ -200,16 +200,12 @@ impl StallMeter {
         self.excluded = 0;
         (tick, completed)
     }
-
-    /// Whether the clock check flagged this tick (for callers that count).
-    pub fn clock_ok(tick: &Tick) -> bool {
-        tick.clock == ClockStatus::Ok
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ClockStatus;
 
     // A 1 MHz "TSC": one tick per µs.
     const HZ: u64 = 1_000_000;
@@ -309,6 +305,5 @@ mod tests {
         assert_eq!(t.dirty_mib_s_x100, 10_000);
         assert_eq!(t.clock, ClockStatus::Jump);
         assert_eq!(t.drift_us, Some(50_000));
-        assert!(!StallMeter::clock_ok(&t));
     }
 }

@@ -7,8 +7,6 @@
 //! and every `tick_ms` print a tick; CPU 0 also polls for commands every
 //! `poll_ms`.
 
-use core::fmt::Write;
-
 use crate::command::Command;
 use crate::coord::{Coordinator, Next};
 use crate::dirtier::{self, Dirtier};
@@ -185,6 +183,9 @@ impl<'a, P: Platform> Run<'a, P> {
         let mut meter = self.meter(cpu, start);
         let mut dirtier = self.dirtier(cpu, start);
         let mut acc = cpu as u64;
+        // Pages dirtied and not yet added to the run's total, which `done`
+        // reports: flushed at every tick and before anything can stop us.
+        let mut unflushed = 0;
         loop {
             let now = p.tsc();
             meter.iteration(now);
@@ -192,11 +193,12 @@ impl<'a, P: Platform> Run<'a, P> {
             if let Some(d) = dirtier.as_mut() {
                 if d.step(now, &self.pages, &self.table) {
                     meter.page_dirtied();
+                    unflushed += 1;
                 }
             }
             if meter.tick_due(now) {
+                self.coord.count_dirtied(core::mem::take(&mut unflushed));
                 let (tick, baseline) = meter.finish(now, p.clock_ns(cpu));
-                self.coord.count_dirtied(tick.pages);
                 emit(p, &tick);
                 if let Some(b) = baseline {
                     emit(p, &b);
@@ -205,6 +207,7 @@ impl<'a, P: Platform> Run<'a, P> {
             }
             match control.as_deref_mut() {
                 Some(c) if now >= c.next_poll => {
+                    self.coord.count_dirtied(core::mem::take(&mut unflushed));
                     let stopped = matches!(self.poll(c), AfterCommand::Stopped);
                     let after = p.tsc();
                     meter.exclude(now, after);
@@ -215,11 +218,11 @@ impl<'a, P: Platform> Run<'a, P> {
                 }
                 Some(_) => {}
                 None => {
-                    if let Some(next) = self.coord.checkpoint() {
+                    if self.coord.state_changed() {
+                        self.coord.count_dirtied(core::mem::take(&mut unflushed));
+                        let next = self.coord.park();
                         meter.exclude(now, p.tsc());
                         if next == Next::Stop {
-                            let (tick, _) = meter.finish(p.tsc(), None);
-                            self.coord.count_dirtied(tick.pages);
                             return;
                         }
                     }
@@ -353,11 +356,4 @@ impl<'a, P: Platform> Run<'a, P> {
         }
         AfterCommand::Continue
     }
-}
-
-/// Formats into a fixed buffer, for callers composing a message.
-pub fn format<const N: usize>(args: core::fmt::Arguments<'_>) -> LineBuf<N> {
-    let mut b = LineBuf::new();
-    let _ = b.write_fmt(args);
-    b
 }
