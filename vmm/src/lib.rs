@@ -17,4 +17,5 @@ pub mod migrate;
 pub mod progress;
 pub mod runner;
 pub mod terminal;
+pub mod virtio_slots;
 pub mod vstate;

@@ -113,8 +113,18 @@ pub fn run(args: &RunArgs) -> Result<ExitReason, RunError> {
     let parts = builder::create(&host, cfg.mem_bytes, cfg.cpus, cfg.dirty_tracking)?;
     let exit = Arc::new(ExitNotifier::new().map_err(|e| RunError::Os(format!("cannot create an eventfd: {e}")))?);
     let panic = Arc::new(Mutex::new(None));
-    let devices = DeviceManager::new(&parts.machine.vm.fd, panic.clone(), true)?;
-    let cmdline = cfg.cmdline.clone();
+    let devices = DeviceManager::new(
+        &parts.machine.vm.fd,
+        &parts.machine.mem,
+        &cfg,
+        panic.clone(),
+        cfg.incoming.is_none(),
+    )?;
+    let mut cmdline = cfg.cmdline.clone();
+    for entry in devices.cmdline_entries() {
+        cmdline.push(' ');
+        cmdline.push_str(&entry);
+    }
     if cfg.incoming.is_none() {
         let spec = BootSpec {
             kernel: &cfg.kernel,
@@ -128,7 +138,7 @@ pub fn run(args: &RunArgs) -> Result<ExitReason, RunError> {
     let reset = devices
         .reset_evt()
         .map_err(|e| RunError::Os(format!("cannot duplicate the reset eventfd: {e}")))?;
-    let serial = devices.serial.clone();
+    let subscribers = devices.subscribers();
     let devices = Arc::new(devices);
     let lifecycle = if cfg.incoming.is_some() { Lifecycle::Incoming } else { Lifecycle::Running };
     let incoming = cfg.incoming.clone();
@@ -163,7 +173,9 @@ pub fn run(args: &RunArgs) -> Result<ExitReason, RunError> {
     }
 
     let mut event_loop = EventLoop::new(exit.clone(), reset, panic)?;
-    event_loop.add(serial);
+    for s in subscribers {
+        event_loop.add(s);
+    }
     let reason = event_loop.run_until_exit(&exit)?;
     machine.stop_vcpus();
     if reason == ExitReason::MigratedAway && args.api_socket.is_some() {

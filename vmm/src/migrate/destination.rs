@@ -72,6 +72,13 @@ impl DestinationHost for TernDestination {
             return Err(mismatch("devices", kinds(&ours), kinds(theirs)));
         }
         for (o, t) in ours.devices.iter().zip(&theirs.devices) {
+            let mut o = o.clone();
+            let mut t = t.clone();
+            if o.kind == "virtio-net" && self.machine.devices.mac_from_stream(&o.id) {
+                // No MAC configured here: the NIC takes the source's.
+                o.settings.retain(|(k, _)| k != "mac");
+                t.settings.retain(|(k, _)| k != "mac");
+            }
             if o != t {
                 return Err(format!(
                     "configuration mismatch: source device {} ({}) {:?} differs from this tern's {} ({}) {:?}",
@@ -128,7 +135,9 @@ impl DestinationHost for TernDestination {
         }
         let elapsed = Duration::from_nanos(realtime_ns().saturating_sub(gs.saved_at_realtime_ns)).min(MAX_CLOCK_ADVANCE);
         self.machine.vm.restore_state(&gs.vm, elapsed).map_err(|e| e.to_string())?;
-        self.machine.devices.restore_states(&gs.devices)?;
+        self.machine
+            .devices
+            .restore_states(&self.machine.vm.fd, &self.machine.mem, &gs.devices)?;
         let count = fds.len() as u8;
         for (i, (fd, vs)) in fds.iter().zip(gs.vcpus).enumerate() {
             let id = i as u8;

@@ -275,7 +275,7 @@ pub fn run(machine: &Arc<Machine>, req: &MigrateRequest, ctl: &MigrationControl)
             s.total_ms = started.elapsed().as_secs_f64() * 1e3;
         });
         match d.action {
-            Action::Continue => machine.devices.resume_io(),
+            Action::Continue => machine.devices.resume_io_into(Some(&ctl.drain)),
             Action::Quiesce => machine.devices.try_quiesce(&ctl.drain),
             Action::Switchover { .. } => {
                 forced_downtime = None;
@@ -303,7 +303,11 @@ pub fn run(machine: &Arc<Machine>, req: &MigrateRequest, ctl: &MigrationControl)
         .with_vcpus(|v| v.pause(PAUSE_TIMEOUT))
         .ok_or_else(|| MigrationError::Vcpu("no vCPUs".into()))?
         .map_err(|e| MigrationError::Vcpu(e.to_string()))?;
-    machine.devices.quiesce_for_switchover().map_err(MigrationError::Device)?;
+    let in_flight = machine.devices.quiesce_for_switchover(&ctl.drain);
+    if in_flight > 0 {
+        // Forced with requests in flight: they are resubmitted on the destination.
+        log::warn!("switchover with {in_flight} device requests in flight");
+    }
     harvester.harvest(machine, &set)?;
     let mut cursor = Cursor::default();
     pacer.restart();

@@ -87,6 +87,16 @@ impl Tap {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Another handle to the same tap queue (a `dup` of the descriptor): how a
+    /// device rebuilt from a saved state takes over the tap of the one it
+    /// replaces, since a single-queue tap cannot be attached twice.
+    pub fn try_clone(&self) -> Result<Self, NetError> {
+        Ok(Tap {
+            file: self.file.try_clone().map_err(NetError::OpenTun)?,
+            name: self.name.clone(),
+        })
+    }
 }
 
 impl AsRawFd for Tap {
