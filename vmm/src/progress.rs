@@ -75,20 +75,33 @@ pub fn summary(v: &Value) -> String {
 /// The `--estimate` table.
 pub fn estimate_table(v: &Value) -> String {
     let mut s = format!(
-        "sampled {:.1} s: dirty rate {:.1} MiB/s, working set {:.1} MiB\n",
+        "sampled {:.1} s ({} dirty tracking): dirty rate {:.1} MiB/s, working set {:.1} MiB, non-zero memory {:.1} MiB\nlink {:.1} MiB/s ({}), max downtime {} ms\n",
         f(v, "sample_s"),
+        v["dirty_tracking"].as_str().unwrap_or("?"),
         mib(f(v, "dirty_bytes_per_sec")),
-        mib(f(v, "working_set_bytes"))
+        mib(f(v, "working_set_bytes")),
+        mib(f(v, "nonzero_bytes")),
+        mib(f(v, "link_bytes_per_sec")),
+        v["link_source"].as_str().unwrap_or("?"),
+        v["max_downtime_ms"],
     );
+    if let Some(per) = v["vcpu_dirty_bytes_per_sec"].as_array() {
+        let list: Vec<String> = per.iter().map(|r| format!("{:.1}", mib(r.as_f64().unwrap_or(0.0)))).collect();
+        s.push_str(&format!("per vCPU dirty rate, MiB/s: [{}]\n", list.join(", ")));
+    }
     if let Some(rows) = v["predictions"].as_array() {
         s.push_str("aggression  converges  total time  downtime   max throttle  guest CPU lost\n");
         for r in rows {
+            let downtime = r["downtime_ms"]
+                .as_f64()
+                .map(|d| format!("{d:>6.0} ms"))
+                .unwrap_or_else(|| "     -   ".into());
             s.push_str(&format!(
-                "{:>10.2}  {:>9}  {:>8.1} s  {:>6.0} ms  {:>11.0}%  {:>11.2} vCPU-s\n",
+                "{:>10.2}  {:>9}  {:>8.2} s  {}  {:>11.0}%  {:>11.2} vCPU-s\n",
                 f(r, "aggression"),
                 if r["converges"].as_bool().unwrap_or(false) { "yes" } else { "no" },
                 f(r, "total_s"),
-                f(r, "downtime_ms"),
+                downtime,
                 f(r, "max_throttle_pct"),
                 f(r, "cpu_lost_vcpu_s"),
             ));
