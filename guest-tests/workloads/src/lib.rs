@@ -11,6 +11,9 @@
 //! - [`meter`], [`clock`]: the stall meter and clock continuity.
 //! - [`run`], [`coord`], [`platform`]: the loop every CPU runs and how CPUs
 //!   cooperate, over a [`platform::Platform`].
+//! - [`disk`]: the disk workload (checked blocks, verify, bench) over a
+//!   block device.
+//! - [`virtio`]: polling virtio-mmio drivers (split virtqueues, blk, net).
 //! - [`bootdata`]: parsers for what a VMM hands the test guest (PVH start
 //!   info, memory map, MP table) and its memory plan.
 //!
@@ -25,6 +28,7 @@ pub mod clock;
 pub mod command;
 pub mod coord;
 pub mod dirtier;
+pub mod disk;
 pub mod event;
 pub mod json;
 #[cfg(feature = "std")]
@@ -36,6 +40,10 @@ pub mod pacer;
 pub mod page;
 pub mod params;
 pub mod platform;
+pub mod poller;
 pub mod rng;
 pub mod run;
+#[cfg(test)]
+mod testutil;
 pub mod verify;
+pub mod virtio;

@@ -6,63 +6,46 @@
 
 use core::fmt;
 
-/// Which workload the guest runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Workload {
-    /// Only the stall meter, on CPU 0; the other CPUs halt.
-    Idle,
-    /// The memory dirtier plus the stall meter.
-    Dirtier,
-}
+use crate::names::named_enum;
 
-impl Workload {
-    pub fn name(self) -> &'static str {
-        match self {
-            Workload::Idle => "idle",
-            Workload::Dirtier => "dirtier",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        [Workload::Idle, Workload::Dirtier]
-            .into_iter()
-            .find(|w| w.name() == name)
+named_enum! {
+    /// Which workload the guest runs.
+    pub enum Workload {
+        /// Only the stall meter, on CPU 0; the other CPUs halt.
+        Idle = "idle",
+        /// The memory dirtier plus the stall meter.
+        Dirtier = "dirtier",
+        /// virtio-blk: checked block writes, verification, benchmarks (CPU 0).
+        Disk = "disk",
+        /// virtio-net: sequence-numbered frames to and from a host peer (CPU 0).
+        Net = "net",
     }
 }
 
-/// Which pages the dirtier writes next.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pattern {
-    /// Sweeps its pages in order.
-    Seq,
-    /// Uniformly random pages.
-    Random,
-    /// 90 % of the writes go to the first 10 % of its pages.
-    HotCold,
-    /// Sweeps in order as fast as the CPU allows, writing only each page's
-    /// header line (see [`crate::page`]): the most pages per second.
-    Burst,
+named_enum! {
+    /// What the disk workload does.
+    pub enum DiskMode {
+        /// Write `tern.passes` passes of checked blocks, then wait for commands.
+        Write = "write",
+        /// Verify the disk against its own header (after a reboot).
+        Verify = "verify",
+        /// Sequential 1 MiB and random 4 KiB throughput at `tern.qd`.
+        Bench = "bench",
+    }
 }
 
-impl Pattern {
-    pub fn name(self) -> &'static str {
-        match self {
-            Pattern::Seq => "seq",
-            Pattern::Random => "random",
-            Pattern::HotCold => "hotcold",
-            Pattern::Burst => "burst",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        [
-            Pattern::Seq,
-            Pattern::Random,
-            Pattern::HotCold,
-            Pattern::Burst,
-        ]
-        .into_iter()
-        .find(|p| p.name() == name)
+named_enum! {
+    /// Which pages the dirtier writes next.
+    pub enum Pattern {
+        /// Sweeps its pages in order.
+        Seq = "seq",
+        /// Uniformly random pages.
+        Random = "random",
+        /// 90 % of the writes go to the first 10 % of its pages.
+        HotCold = "hotcold",
+        /// Sweeps in order as fast as the CPU allows, writing only each page's
+        /// header line (see [`crate::page`]): the most pages per second.
+        Burst = "burst",
     }
 }
 
@@ -176,6 +159,21 @@ pub struct Config {
     /// `tern.mem_mib`: RAM size to assume when the boot loader gives no
     /// memory map (128).
     pub mem_mib: u32,
+    /// `tern.disk_mode` (`write`).
+    pub disk_mode: DiskMode,
+    /// `tern.disk_mib`: size of the disk area the disk workload uses, MiB
+    /// (64; 0: the whole disk).
+    pub disk_mib: u32,
+    /// `tern.qd`: requests in flight (32).
+    pub qd: u32,
+    /// `tern.passes`: write passes over the disk area (1; 0: until `stop`).
+    pub passes: u32,
+    /// `tern.bench_ms`: length of each random-I/O benchmark phase (3000).
+    pub bench_ms: u32,
+    /// `tern.frames`: frames per second the net workload sends (1000).
+    pub frames: u32,
+    /// `tern.frame_bytes`: size of those frames, Ethernet header included (128).
+    pub frame_bytes: u32,
 }
 
 impl Default for Config {
@@ -193,6 +191,13 @@ impl Default for Config {
             baseline_ms: 500,
             seed: 1,
             mem_mib: 128,
+            disk_mode: DiskMode::Write,
+            disk_mib: 64,
+            qd: 32,
+            passes: 1,
+            bench_ms: 3000,
+            frames: 1000,
+            frame_bytes: 128,
         }
     }
 }
@@ -251,8 +256,8 @@ impl Config {
         };
         match key {
             "test" => {
-                self.workload =
-                    Workload::from_name(value).ok_or(err(Problem::NotOneOf("idle, dirtier")))?
+                self.workload = Workload::from_name(value)
+                    .ok_or(err(Problem::NotOneOf("idle, dirtier, disk, net")))?
             }
             "ws" => self.ws_mib = number(0, 1 << 20)? as u32,
             "rate" => {
@@ -278,6 +283,16 @@ impl Config {
             "baseline_ms" => self.baseline_ms = number(0, 60_000)? as u32,
             "seed" => self.seed = number(0, u64::MAX)?,
             "mem_mib" => self.mem_mib = number(1, 1 << 24)? as u32,
+            "disk_mode" => {
+                self.disk_mode = DiskMode::from_name(value)
+                    .ok_or(err(Problem::NotOneOf("write, verify, bench")))?
+            }
+            "disk_mib" => self.disk_mib = number(0, 1 << 24)? as u32,
+            "qd" => self.qd = number(1, 128)? as u32,
+            "passes" => self.passes = number(0, 1 << 20)? as u32,
+            "bench_ms" => self.bench_ms = number(1, 600_000)? as u32,
+            "frames" => self.frames = number(0, 1_000_000)? as u32,
+            "frame_bytes" => self.frame_bytes = number(64, 1514)? as u32,
             _ => return Err(err(Problem::UnknownKey)),
         }
         Ok(())
@@ -286,7 +301,7 @@ impl Config {
     /// The CPUs that dirty memory among `online` CPUs.
     pub fn busy_cpus(&self, online: CpuSet) -> CpuSet {
         match self.workload {
-            Workload::Idle => CpuSet(0),
+            Workload::Idle | Workload::Disk | Workload::Net => CpuSet(0),
             Workload::Dirtier => self.busy.unwrap_or(CpuSet(u64::MAX)).intersect(online),
         }
     }
@@ -381,6 +396,34 @@ mod tests {
         let s = CpuSet(0b1010);
         assert_eq!((s.rank(1), s.rank(3), s.rank(2)), (Some(0), Some(1), None));
         assert_eq!(s.count(), 2);
+    }
+
+    #[test]
+    fn device_workload_parameters() {
+        let c = Config::parse(
+            "tern.test=disk tern.disk_mode=bench tern.disk_mib=0 tern.qd=8 tern.passes=0 tern.bench_ms=500 \
+             tern.frames=50 tern.frame_bytes=1514",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.workload,
+                c.disk_mode,
+                c.disk_mib,
+                c.qd,
+                c.passes,
+                c.bench_ms
+            ),
+            (Workload::Disk, DiskMode::Bench, 0, 8, 0, 500)
+        );
+        assert_eq!((c.frames, c.frame_bytes), (50, 1514));
+        assert!(Config::parse("tern.qd=0").is_err());
+        assert!(Config::parse("tern.frame_bytes=63").is_err());
+        assert!(Config::parse("tern.disk_mode=read").is_err());
+        assert_eq!(
+            Config::parse("tern.test=net").unwrap().busy_cpus(CpuSet(3)),
+            CpuSet(0)
+        );
     }
 
     #[test]

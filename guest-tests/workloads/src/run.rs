@@ -13,12 +13,13 @@ use crate::dirtier::{self, Dirtier};
 use crate::event::{
     self, Corrupted, Done, ErrorEvent, ErrorKind, EventBody, Rebooting, Started, Verified,
 };
-use crate::line::{Input, LineBuf, LineReader};
+use crate::line::LineBuf;
 use crate::memory::{GenTable, PageSet};
 use crate::meter::{MeterConfig, StallMeter};
 use crate::pacer::Pacer;
 use crate::params::{Config, CpuSet, Rate};
 use crate::platform::Platform;
+use crate::poller::CommandPoller;
 use crate::verify::verify;
 
 /// Longest an event line may be.
@@ -84,13 +85,6 @@ pub struct Run<'a, P: Platform> {
     pub coord: &'a Coordinator,
     /// CPUs that dirty memory (each owns a slice of `pages`).
     pub busy: CpuSet,
-}
-
-/// Per-loop state of the controller.
-struct Control {
-    input: LineReader<128>,
-    next_poll: u64,
-    poll_interval: u64,
 }
 
 enum AfterCommand {
@@ -166,18 +160,13 @@ impl<'a, P: Platform> Run<'a, P> {
             },
         );
         self.coord.start();
-        let poll_interval = self.hz() / 1000 * u64::from(self.config.poll_ms);
-        let mut control = Control {
-            input: LineReader::new(),
-            next_poll: 0,
-            poll_interval,
-        };
-        self.work(cpu, Some(&mut control));
-        self.serve_stopped(&mut control)
+        let mut commands = CommandPoller::new(self.hz(), self.config.poll_ms);
+        self.work(cpu, Some(&mut commands));
+        self.serve_stopped(&mut commands)
     }
 
     /// The measured loop; returns when stopped.
-    fn work(&self, cpu: usize, mut control: Option<&mut Control>) {
+    fn work(&self, cpu: usize, mut control: Option<&mut CommandPoller>) {
         let p = self.platform;
         let start = p.tsc();
         let mut meter = self.meter(cpu, start);
@@ -206,12 +195,13 @@ impl<'a, P: Platform> Run<'a, P> {
                 meter.exclude(now, p.tsc());
             }
             match control.as_deref_mut() {
-                Some(c) if now >= c.next_poll => {
+                Some(c) if c.due(now) => {
                     self.coord.count_dirtied(core::mem::take(&mut unflushed));
-                    let stopped = matches!(self.poll(c), AfterCommand::Stopped);
-                    let after = p.tsc();
-                    meter.exclude(now, after);
-                    c.next_poll = after + c.poll_interval;
+                    let mut stopped = false;
+                    c.poll(p, |command| {
+                        stopped |= matches!(self.execute(command), AfterCommand::Stopped)
+                    });
+                    meter.exclude(now, p.tsc());
                     if stopped {
                         return;
                     }
@@ -232,46 +222,14 @@ impl<'a, P: Platform> Run<'a, P> {
     }
 
     /// After `stop`: commands only, polled every `poll_ms`.
-    fn serve_stopped(&self, control: &mut Control) -> ! {
+    fn serve_stopped(&self, commands: &mut CommandPoller) -> ! {
         loop {
-            let now = self.platform.tsc();
-            if now >= control.next_poll {
-                self.poll(control);
-                control.next_poll = self.platform.tsc() + control.poll_interval;
+            if commands.due(self.platform.tsc()) {
+                commands.poll(self.platform, |command| {
+                    self.execute(command);
+                });
             }
             core::hint::spin_loop();
-        }
-    }
-
-    /// Reads waiting input and runs the complete commands in it.
-    fn poll(&self, control: &mut Control) -> AfterCommand {
-        let mut bytes = [0u8; 64];
-        let mut outcome = AfterCommand::Continue;
-        loop {
-            let n = self.platform.read_input(&mut bytes);
-            for &b in &bytes[..n] {
-                match control.input.push(b) {
-                    Input::Pending => {}
-                    Input::Rejected => emit_error(
-                        self.platform,
-                        ErrorKind::Command,
-                        format_args!("command line too long or not UTF-8"),
-                    ),
-                    Input::Line(line) => match Command::parse(line) {
-                        Ok(command) => {
-                            if let AfterCommand::Stopped = self.execute(command) {
-                                outcome = AfterCommand::Stopped;
-                            }
-                        }
-                        Err(e) => {
-                            emit_error(self.platform, ErrorKind::Command, format_args!("{e}"))
-                        }
-                    },
-                }
-            }
-            if n < bytes.len() {
-                return outcome;
-            }
         }
     }
 

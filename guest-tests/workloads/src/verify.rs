@@ -28,6 +28,25 @@ impl VerifyReport {
     pub fn ok(&self) -> bool {
         self.bad == 0
     }
+
+    /// Counts item `index` (a page, or a disk block) as checked, and as bad
+    /// if `result` says so.
+    pub fn record(&mut self, index: u64, expected_generation: u32, result: Result<(), Damage>) {
+        self.pages += 1;
+        if let Err(damage) = result {
+            self.bad += 1;
+            let slot = Reason::ALL
+                .iter()
+                .position(|r| *r == damage.reason)
+                .unwrap_or(0);
+            self.by_reason[slot] += 1;
+            self.first_bad.get_or_insert(BadPage {
+                page: index,
+                expected_generation,
+                damage,
+            });
+        }
+    }
 }
 
 /// Verifies every page whose table entry is not 0.
@@ -38,20 +57,11 @@ pub fn verify(pages: &PageSet<'_>, table: &GenTable<'_>) -> VerifyReport {
         if expected == 0 {
             continue;
         }
-        report.pages += 1;
-        if let Err(damage) = pages.page(index).check(index as u64, expected) {
-            report.bad += 1;
-            let slot = Reason::ALL
-                .iter()
-                .position(|r| *r == damage.reason)
-                .unwrap_or(0);
-            report.by_reason[slot] += 1;
-            report.first_bad.get_or_insert(BadPage {
-                page: index as u64,
-                expected_generation: expected,
-                damage,
-            });
-        }
+        report.record(
+            index as u64,
+            expected,
+            pages.page(index).check(index as u64, expected),
+        );
     }
     report
 }

@@ -138,6 +138,15 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if matches!(config.workload, Workload::Disk | Workload::Net) {
+        let name = config.workload.name();
+        emit_error(
+            platform,
+            ErrorKind::Param,
+            format_args!("tern.test={name}: the device workloads run only in the test guest"),
+        );
+        std::process::exit(2);
+    }
     let threads = config
         .threads
         .map(|t| t as usize)
