@@ -64,18 +64,15 @@ const _: () = assert!(core::mem::offset_of!(QueueMem, used) == USED_OFFSET);
 
 impl QueueMem {
     pub const fn new() -> QueueMem {
-        const DESC: Desc = Desc {
-            addr: AtomicU64::new(0),
-            len: AtomicU32::new(0),
-            flags: AtomicU16::new(0),
-            next: AtomicU16::new(0),
-        };
-        const USED: UsedElem = UsedElem {
-            id: AtomicU32::new(0),
-            len: AtomicU32::new(0),
-        };
         QueueMem {
-            desc: [DESC; MAX_SIZE],
+            desc: [const {
+                Desc {
+                    addr: AtomicU64::new(0),
+                    len: AtomicU32::new(0),
+                    flags: AtomicU16::new(0),
+                    next: AtomicU16::new(0),
+                }
+            }; MAX_SIZE],
             avail: Avail {
                 flags: AtomicU16::new(0),
                 idx: AtomicU16::new(0),
@@ -86,7 +83,12 @@ impl QueueMem {
             used: Used {
                 flags: AtomicU16::new(0),
                 idx: AtomicU16::new(0),
-                ring: [USED; MAX_SIZE],
+                ring: [const {
+                    UsedElem {
+                        id: AtomicU32::new(0),
+                        len: AtomicU32::new(0),
+                    }
+                }; MAX_SIZE],
                 avail_event: AtomicU16::new(0),
             },
         }
