@@ -7,8 +7,13 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 /// The reason tern's VM stopped running.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExitReason {
-    /// The guest asked for a reset (i8042 reset, triple fault, KVM reset event).
+    /// The guest asked for a reset (i8042 reset, KVM reset event).
     GuestReset,
+    /// A vCPU triple-faulted (what `reboot=t` does, or a guest crash): a reset.
+    GuestTripleFault {
+        /// vCPU index.
+        vcpu: u8,
+    },
     /// The guest powered off or shut down.
     GuestShutdown,
     /// The guest kernel panicked; the text is its panic message.
@@ -43,6 +48,7 @@ impl ExitReason {
     pub fn exit_code(&self) -> i32 {
         match self {
             ExitReason::GuestReset
+            | ExitReason::GuestTripleFault { .. }
             | ExitReason::GuestShutdown
             | ExitReason::ApiShutdown
             | ExitReason::MigratedAway => 0,
@@ -56,6 +62,7 @@ impl std::fmt::Display for ExitReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ExitReason::GuestReset => write!(f, "the guest reset itself"),
+            ExitReason::GuestTripleFault { vcpu } => write!(f, "the guest reset itself (triple fault on vCPU {vcpu})"),
             ExitReason::GuestShutdown => write!(f, "the guest shut down"),
             ExitReason::GuestPanic(msg) => write!(f, "guest kernel panic: {msg}"),
             ExitReason::KvmInternalError {

@@ -81,7 +81,7 @@ fn run_until_stopped(
             Ok(VcpuExit::MmioRead(addr, data)) => io.mmio_read(addr, data),
             Ok(VcpuExit::MmioWrite(addr, data)) => io.mmio_write(addr, data),
             Ok(VcpuExit::Hlt) | Ok(VcpuExit::Intr) | Ok(VcpuExit::IrqWindowOpen) => {}
-            Ok(VcpuExit::Shutdown) => return Some(ExitReason::GuestReset),
+            Ok(VcpuExit::Shutdown) => return Some(ExitReason::GuestTripleFault { vcpu: id }),
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN => return Some(ExitReason::GuestShutdown),
                 KVM_SYSTEM_EVENT_RESET => return Some(ExitReason::GuestReset),
