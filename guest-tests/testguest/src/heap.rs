@@ -2,7 +2,7 @@
 //! stacks and TSSs, page-directory pages, the generation table, and the few
 //! shared structures the CPUs use. Nothing is ever freed.
 
-use core::sync::atomic::AtomicU32;
+use core::sync::atomic::{AtomicU32, AtomicU64};
 
 use tern_workloads::bootdata::layout::Span;
 use tern_workloads::page::Page;
@@ -71,6 +71,14 @@ impl Heap {
         // SAFETY: n zeroed, page-aligned u32s we own for good; zero is a
         // valid AtomicU32.
         Some(unsafe { core::slice::from_raw_parts(at as *const AtomicU32, n) })
+    }
+
+    /// A zeroed `[AtomicU64]` of `n` entries (device memory).
+    pub fn zeroed_u64s(&mut self, n: usize) -> Option<&'static [AtomicU64]> {
+        let at = self.zeroed(n as u64 * 8)?;
+        // SAFETY: n zeroed, page-aligned u64s we own for good; zero is a
+        // valid AtomicU64.
+        Some(unsafe { core::slice::from_raw_parts(at as *const AtomicU64, n) })
     }
 
     /// A stack of `size` bytes; returns its top (16-byte aligned).

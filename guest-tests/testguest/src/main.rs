@@ -13,10 +13,12 @@ mod boot;
 mod bootinfo;
 mod console;
 mod cpu;
+mod devices;
 mod fault;
 mod heap;
 mod kvmclock;
 mod mem;
+mod netdev;
 mod paging;
 mod phys;
 mod platform;
@@ -29,11 +31,10 @@ use tern_workloads::bootdata::layout::{self, Span};
 use tern_workloads::command::Command;
 use tern_workloads::coord::Coordinator;
 use tern_workloads::event::{ClockSource, ErrorKind, MemSource, Ready};
-use tern_workloads::line::{Input, LineReader};
 use tern_workloads::memory::{GenTable, PageSet};
 use tern_workloads::page::PAGE_SIZE;
 use tern_workloads::params::{Config, CpuSet, Workload};
-use tern_workloads::platform::Platform;
+use tern_workloads::poller::CommandPoller;
 use tern_workloads::run::{emit, emit_error, Run};
 
 use crate::bootinfo::BootInfo;
@@ -131,13 +132,7 @@ extern "C" fn bsp_main(start_info_paddr: u64) -> ! {
         (Workload::Dirtier, 1..) => u64::from(config.ws_mib) << 20,
         _ => 0,
     };
-    let ws_pages = (ws_bytes / PAGE_SIZE as u64) as usize;
-    let coord = heap.alloc(Coordinator::new(
-        (busy.count() - usize::from(busy.contains(0))) as u32,
-    ));
-    let platform = heap.alloc(platform);
-    let table = heap.zeroed_u32s(ws_pages);
-    let (Some(coord), Some(platform), Some(table)) = (coord, platform, table) else {
+    let Some(platform) = heap.alloc(platform) else {
         fail(
             &GuestPlatform {
                 tsc_hz: hz,
@@ -149,6 +144,41 @@ extern "C" fn bsp_main(start_info_paddr: u64) -> ! {
         )
     };
     let platform: &'static GuestPlatform = platform;
+    let ready = |ws_bytes: u64| Ready {
+        workload: config.workload,
+        cpus: online as u32,
+        cpus_source: cpus.source,
+        busy,
+        mem_mib: layout::ram_bytes(ram) >> 20,
+        mem_source,
+        ws_mib: (ws_bytes >> 20) as u32,
+        rate: config.rate,
+        pattern: config.pattern,
+        tick_ms: config.tick_ms,
+        gap_us: config.gap_us,
+        clock: if platform.kvmclock {
+            ClockSource::Kvmclock
+        } else {
+            ClockSource::None
+        },
+        tsc_hz: hz,
+        boot_us: tern_workloads::clock::ticks_to_us(cpu::rdtsc() - boot_tsc, hz),
+    };
+    if matches!(config.workload, Workload::Disk | Workload::Net) {
+        // One CPU drives the device; the others have nothing to do.
+        smp::halt_all();
+        emit(platform, &ready(0));
+        devices::run(platform, config, &mut heap, boot.cmdline(), ram)
+    }
+
+    let ws_pages = (ws_bytes / PAGE_SIZE as u64) as usize;
+    let coord = heap.alloc(Coordinator::new(
+        (busy.count() - usize::from(busy.contains(0))) as u32,
+    ));
+    let table = heap.zeroed_u32s(ws_pages);
+    let (Some(coord), Some(table)) = (coord, table) else {
+        fail(platform, ErrorKind::Memory, format_args!("heap exhausted"))
+    };
     let Some(run) = heap.alloc(Run {
         platform,
         config,
@@ -181,30 +211,7 @@ extern "C" fn bsp_main(start_info_paddr: u64) -> ! {
     let run: &'static GuestRun = run;
 
     smp::release(run, busy);
-    let clock = if platform.kvmclock {
-        ClockSource::Kvmclock
-    } else {
-        ClockSource::None
-    };
-    emit(
-        platform,
-        &Ready {
-            workload: config.workload,
-            cpus: online as u32,
-            cpus_source: cpus.source,
-            busy,
-            mem_mib: layout::ram_bytes(ram) >> 20,
-            mem_source,
-            ws_mib: (ws_bytes >> 20) as u32,
-            rate: config.rate,
-            pattern: config.pattern,
-            tick_ms: config.tick_ms,
-            gap_us: config.gap_us,
-            clock,
-            tsc_hz: hz,
-            boot_us: tern_workloads::clock::ticks_to_us(cpu::rdtsc() - boot_tsc, hz),
-        },
-    );
+    emit(platform, &ready(ws_bytes));
     run.controller(0)
 }
 
@@ -225,7 +232,7 @@ fn heap_span(ram: &[Span], image: Span, modules: &[Span]) -> Option<Span> {
 
 /// The guest cannot run its workload: say why, stop the other CPUs and wait
 /// for `reboot`.
-fn fail(platform: &GuestPlatform, kind: ErrorKind, message: fmt::Arguments<'_>) -> ! {
+pub fn fail(platform: &GuestPlatform, kind: ErrorKind, message: fmt::Arguments<'_>) -> ! {
     emit_error(platform, kind, message);
     smp::halt_all();
     let hz = if platform.tsc_hz == 0 {
@@ -233,25 +240,21 @@ fn fail(platform: &GuestPlatform, kind: ErrorKind, message: fmt::Arguments<'_>) 
     } else {
         platform.tsc_hz
     };
-    let mut input = LineReader::<128>::new();
+    let mut commands = CommandPoller::new(hz, 10);
     loop {
-        let mut bytes = [0u8; 16];
-        let n = platform.read_input(&mut bytes);
-        for &b in &bytes[..n] {
-            if let Input::Line(line) = input.push(b) {
-                match Command::parse(line) {
-                    Ok(Command::Reboot) => platform::reboot(hz),
-                    _ => emit_error(
-                        platform,
-                        ErrorKind::Command,
-                        format_args!(
-                            "the guest did not start (see the error before); only reboot works"
-                        ),
+        if commands.due(cpu::rdtsc()) {
+            commands.poll(platform, |command| match command {
+                Command::Reboot => platform::reboot(hz),
+                _ => emit_error(
+                    platform,
+                    ErrorKind::Command,
+                    format_args!(
+                        "the guest did not start (see the error before); only reboot works"
                     ),
-                }
-            }
+                ),
+            });
         }
-        cpu::spin_until(cpu::rdtsc() + hz / 100);
+        core::hint::spin_loop();
     }
 }
 
