@@ -227,6 +227,23 @@ pub fn run(machine: &Arc<Machine>, req: &MigrateRequest, ctl: &MigrationControl)
 
     let stream = Stream::connect(&uri, CONNECT_TIMEOUT).map_err(|e| MigrationError::Connect(format!("{e}: {}", root_cause(&e))))?;
     let mut session = SourceSession::start(stream, &hello(machine), HANDSHAKE_TIMEOUT)?;
+    let result = migrate_guest(machine, req, ctl, &mut session, &mut controller, started);
+    if let Err(e) = &result {
+        // Tell the destination to discard everything (best effort: it may be gone).
+        session.abandon(&e.to_string());
+    }
+    result
+}
+
+/// Everything after the handshake: rounds, switchover, the two-phase end.
+fn migrate_guest(
+    machine: &Arc<Machine>,
+    req: &MigrateRequest,
+    ctl: &MigrationControl,
+    session: &mut SourceSession,
+    controller: &mut Controller,
+    started: Instant,
+) -> Result<(), MigrationError> {
     let set = start_tracking(machine)?;
     let mut harvester = Harvester::new(machine, &set);
     ctl.update(|s| {
@@ -241,19 +258,19 @@ pub fn run(machine: &Arc<Machine>, req: &MigrateRequest, ctl: &MigrationControl)
     'rounds: loop {
         let mut cursor = Cursor::default();
         pacer.restart();
-        let mut iv = Interval::begin(machine, &session, &sender);
+        let mut iv = Interval::begin(machine, session, &sender);
         loop {
-            let done = sender.pass(machine, &set, &mut session, &mut pacer, &mut cursor, Instant::now() + OBSERVE_EVERY, &ctl.cancel)?;
+            let done = sender.pass(machine, &set, session, &mut pacer, &mut cursor, Instant::now() + OBSERVE_EVERY, &ctl.cancel)?;
             if done {
                 break;
             }
             // A long round: let the controller react inside it.
             let h = harvester.harvest(machine, &set)?;
-            let obs = observe(machine, &mut controller, &iv, &session, &sender, &h, &set, round, false, started, machine.devices.drain_status());
+            let obs = observe(machine, controller, &iv, session, &sender, &h, &set, round, false, started, machine.devices.drain_status());
             let d = controller.observe(&obs);
             apply(machine, &d, ctl, round, started);
             session.check_destination()?;
-            iv = Interval::begin(machine, &session, &sender);
+            iv = Interval::begin(machine, session, &sender);
             match d.action {
                 Action::Abort { reason } => return Err(MigrationError::Aborted(reason.to_string())),
                 Action::Force { expected_downtime, .. } => {
@@ -265,7 +282,7 @@ pub fn run(machine: &Arc<Machine>, req: &MigrateRequest, ctl: &MigrationControl)
         }
         let h = harvester.harvest(machine, &set)?;
         session.end_round(round)?;
-        let obs = observe(machine, &mut controller, &iv, &session, &sender, &h, &set, round, true, started, machine.devices.drain_status());
+        let obs = observe(machine, controller, &iv, session, &sender, &h, &set, round, true, started, machine.devices.drain_status());
         let d = controller.observe(&obs);
         apply(machine, &d, ctl, round, started);
         ctl.update(|s| {
@@ -312,12 +329,12 @@ pub fn run(machine: &Arc<Machine>, req: &MigrateRequest, ctl: &MigrationControl)
     let mut cursor = Cursor::default();
     pacer.restart();
     let far = Instant::now() + Duration::from_secs(3600);
-    while !sender.pass(machine, &set, &mut session, &mut pacer, &mut cursor, far, &ctl.cancel)? {}
+    while !sender.pass(machine, &set, session, &mut pacer, &mut cursor, far, &ctl.cancel)? {}
     // Pages written while saving device state (e.g. a completion) go too.
     let devices = machine.devices.save_states().map_err(MigrationError::Device)?;
     harvester.harvest(machine, &set)?;
     let mut cursor = Cursor::default();
-    while !sender.pass(machine, &set, &mut session, &mut pacer, &mut cursor, far, &ctl.cancel)? {}
+    while !sender.pass(machine, &set, session, &mut pacer, &mut cursor, far, &ctl.cancel)? {}
     session.end_round(round + 1)?;
     let vcpus = machine
         .with_vcpus(|v| v.save())

@@ -221,6 +221,12 @@ impl TernVm {
         }
     }
 
+    /// Kills tern (SIGKILL), as a crash would.
+    pub fn wait_exit_or_kill(&mut self) -> Option<ExitStatus> {
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+
     /// Calls the API.
     pub fn api(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
         let sock = self.api.as_ref().expect("started without --api-socket");
@@ -273,4 +279,60 @@ pub fn parse_events(lines: &[String], event: &str) -> Vec<Value> {
         .filter_map(|j| serde_json::from_str::<Value>(j.trim()).ok())
         .filter(|v| event.is_empty() || v["event"] == event)
         .collect()
+}
+
+/// Starts `tern run --incoming URI` and waits until it listens.
+pub fn start_destination(uri: &str, cpus: u32, mem: &str, api: Option<&Path>, extra: &[&str]) -> TernVm {
+    let cpus = cpus.to_string();
+    let mut args: Vec<String> = vec![
+        "--incoming".into(),
+        uri.into(),
+        "--cpus".into(),
+        cpus,
+        "--memory".into(),
+        mem.into(),
+    ];
+    if let Some(a) = api {
+        args.push("--api-socket".into());
+        args.push(a.display().to_string());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let vm = TernVm::start(&argv);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !vm.stderr().contains("waiting for an incoming migration") {
+        assert!(Instant::now() < deadline, "destination did not start listening:\n{}", vm.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    vm
+}
+
+/// Runs `tern migrate --json` against `src_api`; returns the exit code and the statistics.
+pub fn migrate(src_api: &Path, to: &str, extra: &[&str]) -> (i32, Value, String) {
+    let out = Command::new(tern())
+        .args(["migrate", "--api-socket", src_api.to_str().unwrap(), "--to", to, "--json"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let stats = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), stats, stderr)
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Asks the guest to verify every page and returns the verify event.
+pub fn verify(vm: &mut TernVm) -> Value {
+    let n = vm.events("verify").len();
+    vm.send("verify");
+    vm.wait_event("verify", n, Duration::from_secs(30))
+}
+
+/// Asserts the guest's memory verified, naming the first bad page otherwise.
+pub fn assert_verified(v: &Value) {
+    assert_eq!(v["ok"], true, "guest memory did not verify: {v}");
 }

@@ -1,0 +1,87 @@
+//! Live migration between two tern processes with real guests: the guest
+//! keeps running, its memory verifies on the destination, its clocks move on
+//! by about the downtime, and the source exits.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const DIRTIER: &str = "tern.test=dirtier tern.ws=64 tern.rate=20";
+
+/// Migrates a test guest running `cmdline` over `uri` and checks everything
+/// the guest can tell about it. Returns the migration statistics.
+fn migrate_and_check(uri: &str, cmdline: &str, mem: &str, migrate_args: &[&str]) -> Value {
+    let dir = scratch_dir("mig");
+    let src_api = dir.join("src.sock");
+    let mut src = boot_testguest(1, mem, cmdline, Some(&src_api), &[]);
+    src.wait_event("tick", 5, Duration::from_secs(10));
+    let mut dst = start_destination(uri, 1, mem, None, &[]);
+
+    let (code, stats, stderr) = migrate(&src_api, uri, migrate_args);
+    assert_eq!(code, 0, "migration failed: {stderr}\n{stats}");
+    assert_eq!(stats["phase"], "completed", "{stats}");
+    let downtime_ms = stats["downtime_ms"].as_f64().expect("downtime reported");
+
+    // The source lets go of the guest and exits cleanly.
+    let status = src.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{}", src.stderr());
+    assert!(src.stderr().contains("migrated to the destination"), "{}", src.stderr());
+
+    // The guest runs on the destination: its ticks go on.
+    let last_src_tick = src.events("tick").last().cloned().expect("source ticks");
+    let first = dst.wait_event("tick", 0, Duration::from_secs(10));
+    dst.wait_event("tick", 5, Duration::from_secs(10));
+    assert!(dst.running(), "{}", dst.stderr());
+
+    // Clocks: continuous, moved on by about the downtime; no jump, no stall.
+    for t in dst.events("tick").iter().take(5) {
+        assert_eq!(t["clock"], "ok", "clock discontinuity after migration: {t}");
+    }
+    let src_ns = last_src_tick["clock_ns"].as_u64().unwrap();
+    let dst_ns = first["clock_ns"].as_u64().unwrap();
+    assert!(dst_ns > src_ns, "the guest clock went back: {src_ns} -> {dst_ns}");
+    let gap_ms = (dst_ns - src_ns) as f64 / 1e6;
+    // One tick interval, plus the downtime, plus the last source tick that the
+    // source printed before pausing; anything far beyond is a stall or a jump.
+    assert!(gap_ms < 100.0 + downtime_ms + 250.0, "clock gap {gap_ms} ms for a {downtime_ms} ms downtime");
+    let stall_ms = first["max_gap_us"].as_f64().unwrap_or(0.0) / 1e3;
+    assert!(stall_ms < downtime_ms + 250.0, "the guest saw a {stall_ms} ms stall for a {downtime_ms} ms downtime");
+
+    // Memory: every page the guest wrote is there, current and whole.
+    assert_verified(&verify(&mut dst));
+    // The console still takes input and the guest still answers.
+    dst.send("verify");
+    stats
+}
+
+#[test]
+fn idle_guest_migrates_over_tcp() {
+    let _g = serial();
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let stats = migrate_and_check(&uri, "tern.test=dirtier tern.ws=16 tern.rate=0", "256M", &[]);
+    // Mostly zero memory travels as markers.
+    assert!(stats["zero_pages"].as_u64().unwrap() > stats["data_pages"].as_u64().unwrap(), "{stats}");
+}
+
+#[test]
+fn busy_guest_migrates_over_unix_socket() {
+    let _g = serial();
+    let dir = scratch_dir("unix");
+    let uri = format!("unix:{}", dir.join("mig.sock").display());
+    let stats = migrate_and_check(&uri, DIRTIER, "256M", &[]);
+    assert!(stats["downtime_ms"].as_f64().unwrap() <= 300.0 * 1.1, "{stats}");
+}
+
+#[test]
+fn busy_guest_migrates_over_a_capped_link() {
+    let _g = serial();
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    // 64 MiB of live data through a 48 MiB/s cap, guest dirtying 20 MiB/s:
+    // several rounds, all within the downtime limit.
+    let stats = migrate_and_check(&uri, DIRTIER, "256M", &["--max-bandwidth", "48M", "--max-downtime", "200"]);
+    assert!(stats["rounds"].as_u64().unwrap() >= 2, "{stats}");
+    assert!(stats["downtime_ms"].as_f64().unwrap() <= 200.0 * 1.1, "{stats}");
+}
