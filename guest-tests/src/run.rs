@@ -1,0 +1,353 @@
+//! One scenario on one VMM, start to finish:
+//!
+//! 1. (shaped link) create the namespaces and the veth pair;
+//! 2. boot the source, wait for `ready` (a boot that fails is retried once,
+//!    and the failure is kept in the result), then `started`;
+//! 3. start the destination (listening);
+//! 4. wait for the steady state (the guest's `baseline` event and a few
+//!    ticks), then measure the pre-migration window;
+//! 5. migrate with the scenario's limits;
+//! 6. collect the destination's ticks, send `verify` there (or on the
+//!    source, if the guest stayed there), stop everything;
+//! 7. analyse the ticks, judge the evidence, return the [`RunResult`].
+//!
+//! Every process and namespace is owned by a guard, so an error or Ctrl-C at
+//! any step stops the VMMs and deletes the namespaces.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use tern_workloads::command::Command as GuestCommand;
+use tern_workloads::event::{Event, Verified};
+
+use crate::analysis::{self, GuestMetrics, GuestPoint, Side};
+use crate::artifacts::GuestImages;
+use crate::console::{LoggedLine, RunClock};
+use crate::error::{Error, Result};
+use crate::link::{LinkShape, ShapedLink};
+use crate::scenario::Scenario;
+use crate::verifier::{self, Verdict, VerifySummary};
+use crate::vmm::{Endpoint, Hypervisor, MigrationOutcome, VmSpec, VmmKind, VmmProcess};
+
+/// The port a destination listens on inside its own namespace.
+const NETNS_PORT: u16 = 4444;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+const STARTED_TIMEOUT: Duration = Duration::from_secs(120);
+const TICK_TIMEOUT: Duration = Duration::from_secs(15);
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How the source's boot went.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct BootRecord {
+    /// 1, or 2 after a retry.
+    pub attempts: u32,
+    /// Why the first attempt failed, if it did.
+    pub first_failure: Option<String>,
+    /// Host time from spawning the VMM to the `ready` line, ms.
+    pub to_ready_ms: Option<f64>,
+    /// The guest's own count from its first instruction to `ready`, µs.
+    pub guest_boot_us: Option<u64>,
+    /// vCPUs the guest found.
+    pub guest_cpus: Option<u32>,
+}
+
+/// The link a run used.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LinkRecord {
+    pub shape: LinkShape,
+    pub source_netns: String,
+    pub destination_netns: String,
+    /// `tc -s qdisc show` after the migration.
+    pub qdisc_after: Option<String>,
+}
+
+/// The machine the run was on.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HostRecord {
+    pub kernel: String,
+    pub cpu_model: String,
+    pub cpus: usize,
+    pub kvm_pvm: bool,
+}
+
+impl HostRecord {
+    pub fn probe() -> HostRecord {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        HostRecord {
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            cpu_model: cpuinfo
+                .lines()
+                .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_string()))
+                .unwrap_or_default(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            kvm_pvm: crate::artifacts::host_is_kvm_pvm(),
+        }
+    }
+}
+
+/// Everything one run produced.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunResult {
+    pub scenario: Scenario,
+    pub vmm: VmmKind,
+    /// Seconds since the Unix epoch at the start.
+    pub started_unix_s: u64,
+    pub host: HostRecord,
+    pub guest_cmdline: String,
+    pub source_command: String,
+    pub destination_command: String,
+    pub link: Option<LinkRecord>,
+    pub boot: BootRecord,
+    /// When the pre-migration window began, ms on the run clock.
+    pub baseline_from_ms: f64,
+    pub migration: MigrationOutcome,
+    pub guest: GuestMetrics,
+    pub verdict: Verdict,
+    pub timeline: Vec<GuestPoint>,
+    /// Every console line of both VMMs (source until it stopped, then the
+    /// destination).
+    pub console: Vec<LoggedLine>,
+    pub source_stderr: Vec<String>,
+    pub destination_stderr: Vec<String>,
+}
+
+/// Where a run keeps its sockets and disk images.
+pub struct RunContext<'a> {
+    pub images: &'a GuestImages,
+    pub work_dir: &'a Path,
+}
+
+fn wait_ready(vm: &mut VmmProcess, spawned_ms: f64) -> Result<BootRecord> {
+    let (at_ms, ready) = vm.console.wait_for("the ready event", READY_TIMEOUT, |l| match l.event() {
+        Some(Event::Ready(r)) => Some((l.at_ms, *r)),
+        _ => None,
+    })?;
+    Ok(BootRecord {
+        attempts: 1,
+        first_failure: None,
+        to_ready_ms: Some(at_ms - spawned_ms),
+        guest_boot_us: Some(ready.boot_us),
+        guest_cpus: Some(ready.cpus),
+    })
+}
+
+/// Whether a failed boot is worth a retry: not when the guest itself said
+/// what is wrong with its parameters.
+fn retryable(e: &Error) -> bool {
+    !matches!(e, Error::Guest { message, .. } if message.contains("(param)"))
+        && !matches!(e, Error::Interrupted)
+}
+
+/// Boots the source, retrying once; returns the VMM (guest ready).
+pub fn boot_with_retry(
+    hv: &dyn Hypervisor,
+    vm: &VmSpec,
+    netns: Option<&str>,
+    dir: &Path,
+    clock: RunClock,
+) -> Result<(VmmProcess, BootRecord)> {
+    let attempt = || -> Result<(VmmProcess, BootRecord)> {
+        let spawned = clock.now_ms();
+        let mut p = hv.start_source(vm, netns, dir, clock)?;
+        match wait_ready(&mut p, spawned) {
+            Ok(b) => Ok((p, b)),
+            Err(e) => {
+                hv.stop(&mut p);
+                let tail = p.stderr().tail(3);
+                Err(if tail.is_empty() {
+                    e
+                } else {
+                    Error::vm(p.label(), format!("{e} (stderr: {tail})"))
+                })
+            }
+        }
+    };
+    match attempt() {
+        Ok(r) => Ok(r),
+        Err(first) if retryable(&first) => match attempt() {
+            Ok((p, mut b)) => {
+                b.attempts = 2;
+                b.first_failure = Some(first.to_string());
+                Ok((p, b))
+            }
+            Err(retry) => Err(Error::Boot {
+                vm: format!("{} source", hv.kind().label()),
+                first: first.to_string(),
+                retry: retry.to_string(),
+            }),
+        },
+        Err(first) => Err(first),
+    }
+}
+
+fn wait_started(vm: &mut VmmProcess) -> Result<u64> {
+    vm.console.wait_event("the started event", STARTED_TIMEOUT, |e| match e {
+        Event::Started(s) => Some(s.pages),
+        _ => None,
+    })
+}
+
+/// Waits for `n` ticks of the lowest-numbered vCPU that ticks.
+fn wait_ticks(vm: &mut VmmProcess, n: u32) -> Result<()> {
+    let mut cpu = None;
+    for _ in 0..n {
+        vm.console.wait_event("a tick", TICK_TIMEOUT, |e| match e {
+            Event::Tick(t) if *cpu.get_or_insert(t.cpu) == t.cpu => Some(()),
+            _ => None,
+        })?;
+    }
+    Ok(())
+}
+
+/// Sends `verify` and waits for the answer.
+pub fn verify_now(vm: &mut VmmProcess) -> Result<Verified> {
+    vm.console.skip_to_end();
+    vm.send_line(&GuestCommand::Verify.to_string())?;
+    vm.console.wait_event("the verify event", VERIFY_TIMEOUT, |e| match e {
+        Event::Verify(v) => Some(*v),
+        _ => None,
+    })
+}
+
+/// Collects console lines for `d` (ticks keep coming).
+fn collect_for(vm: &mut VmmProcess, d: Duration) -> Result<()> {
+    crate::interrupt::sleep(d)?;
+    vm.console.pump();
+    Ok(())
+}
+
+/// A sparse disk image of `size_mib`.
+fn make_disk(dir: &Path, size_mib: u64) -> Result<PathBuf> {
+    let p = dir.join("disk.img");
+    let f = std::fs::File::create(&p).map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
+    f.set_len(size_mib << 20)
+        .map_err(|e| Error::io(format!("sizing {}", p.display()), e))?;
+    Ok(p)
+}
+
+/// Runs `scenario` on `hv`.
+pub fn run_scenario(hv: &dyn Hypervisor, scenario: &Scenario, ctx: &RunContext<'_>) -> Result<RunResult> {
+    crate::interrupt::check()?;
+    let clock = RunClock::start();
+    let started_unix_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let link = scenario.link.map(ShapedLink::create).transpose()?;
+    let (src_ns, dst_ns) = match &link {
+        Some(l) => (Some(l.source_netns().to_string()), Some(l.destination_netns().to_string())),
+        None => (None, None),
+    };
+    let endpoint = match &link {
+        Some(l) => Endpoint {
+            host: l.destination_addr().to_string(),
+            port: NETNS_PORT,
+        },
+        None => Endpoint::free_loopback()?,
+    };
+    let disk = scenario
+        .disk
+        .as_ref()
+        .map(|d| make_disk(ctx.work_dir, d.size_mib))
+        .transpose()?;
+    let vm = VmSpec {
+        kernel: ctx.images.testguest.clone(),
+        initrd: None,
+        cmdline: scenario.guest.cmdline(),
+        cpus: scenario.cpus,
+        memory_mib: scenario.memory_mib,
+        disk,
+    };
+
+    let (mut src, boot) = boot_with_retry(hv, &vm, src_ns.as_deref(), ctx.work_dir, clock)?;
+    let expected_pages = wait_started(&mut src)?;
+    let mut dst = hv.start_destination(&vm, &endpoint, dst_ns.as_deref(), ctx.work_dir, clock)?;
+    src.console.wait_event("the baseline event", TICK_TIMEOUT, |e| {
+        matches!(e, Event::Baseline(_)).then_some(())
+    })?;
+    wait_ticks(&mut src, scenario.warmup_ticks)?;
+    let baseline_from_ms = clock.now_ms();
+    collect_for(&mut src, Duration::from_secs_f64(scenario.baseline_s))?;
+
+    let mut migration = hv.migrate(&mut src, &mut dst, &endpoint, scenario, clock)?;
+    let completed = migration.status.completed();
+
+    let verify = if completed {
+        // The source has handed over: let it finish (tern exits by itself;
+        // QEMU is told to quit), read its last lines, and join a line the
+        // switchover cut in two.
+        if let Some(note) = hv.finish_source(&mut src)? {
+            migration.notes.push(note);
+        }
+        src.console.drain_until_closed(Duration::from_secs(5))?;
+        if let Some(fragment) = src.console.take_unfinished() {
+            dst.console.prepend_to_first_line(fragment);
+        }
+        dst.console.wait_event("the first tick on the destination", TICK_TIMEOUT, |e| {
+            matches!(e, Event::Tick(_)).then_some(())
+        })?;
+        collect_for(&mut dst, Duration::from_secs_f64(scenario.after_s))?;
+        Some(VerifySummary::new(Side::Destination, &verify_now(&mut dst)?))
+    } else {
+        collect_for(&mut src, Duration::from_secs_f64(scenario.after_s))?;
+        Some(VerifySummary::new(Side::Source, &verify_now(&mut src)?))
+    };
+    hv.stop(&mut dst);
+    hv.stop(&mut src);
+    src.console.pump();
+    dst.console.pump();
+
+    let link_record = link.as_ref().map(|l| LinkRecord {
+        shape: l.shape(),
+        source_netns: l.source_netns().into(),
+        destination_netns: l.destination_netns().into(),
+        qdisc_after: l.qdisc_stats(),
+    });
+    drop(link);
+
+    let src_ticks = analysis::ticks(src.console.lines(), Side::Source);
+    let dst_ticks = analysis::ticks(dst.console.lines(), Side::Destination);
+    let migration_end = migration.ended_at_ms;
+    let (guest, timeline) = analysis::analyse(
+        &src_ticks,
+        &dst_ticks,
+        baseline_from_ms,
+        migration.started_at_ms,
+        migration_end,
+    );
+    // Lines after the verify command are the runner's own doing; the
+    // verifier looks at everything.
+    let verdict = verifier::judge(&verifier::Evidence {
+        source_lines: src.console.lines(),
+        destination_lines: dst.console.lines(),
+        source_ticks: &src_ticks,
+        destination_ticks: &dst_ticks,
+        expected_pages: Some(expected_pages),
+        verify,
+    });
+    let mut console = src.console.logged(0);
+    console.extend(dst.console.logged(0));
+    Ok(RunResult {
+        scenario: scenario.clone(),
+        vmm: hv.kind(),
+        started_unix_s,
+        host: HostRecord::probe(),
+        guest_cmdline: vm.cmdline.clone(),
+        source_command: src.command.display(),
+        destination_command: dst.command.display(),
+        link: link_record,
+        boot,
+        baseline_from_ms,
+        migration,
+        guest,
+        verdict,
+        timeline,
+        console,
+        source_stderr: src.stderr().snapshot(),
+        destination_stderr: dst.stderr().snapshot(),
+    })
+}

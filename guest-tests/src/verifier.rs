@@ -1,0 +1,326 @@
+//! Did the guest survive the migration intact? The verdict combines the
+//! guest's own memory check (the `verify` event after migration: every
+//! page's content against its generation table) with what the host sees in
+//! the event stream:
+//!
+//! - no `error` event and no unreadable `tern-guest:` line on either side;
+//! - the guest did not start over on the destination (no second `ready`);
+//! - each vCPU's tick sequence continues across the switchover with no
+//!   tick lost and none repeated (a repeat would mean the guest ran twice);
+//! - every tick's clock check is `ok` (no TSC or kvmclock going backwards,
+//!   no jump between them).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use tern_workloads::event::{Event, Verified};
+
+use crate::analysis::{Side, TickAt};
+use crate::console::{GuestLine, Parsed};
+
+/// Kind of a problem found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FindingKind {
+    /// The guest's memory check found bad pages.
+    BadPages,
+    /// The memory check did not cover the working set.
+    VerifyIncomplete,
+    /// No answer to `verify`.
+    NoVerify,
+    GuestError,
+    UnreadableLine,
+    /// The guest booted again on the destination.
+    Restarted,
+    TicksLost,
+    TicksRepeated,
+    Clock,
+}
+
+/// One problem.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Finding {
+    pub kind: FindingKind,
+    pub message: String,
+}
+
+/// The guest's own memory check, as reported.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VerifySummary {
+    pub side: Side,
+    pub ok: bool,
+    pub pages: u64,
+    pub bad: u64,
+    pub first_bad_page: Option<u64>,
+    pub first_bad_reason: Option<String>,
+    pub elapsed_us: u64,
+}
+
+impl VerifySummary {
+    pub fn new(side: Side, v: &Verified) -> VerifySummary {
+        VerifySummary {
+            side,
+            ok: v.report.ok(),
+            pages: v.report.pages,
+            bad: v.report.bad,
+            first_bad_page: v.report.first_bad.map(|b| b.page),
+            first_bad_reason: v.report.first_bad.map(|b| b.damage.reason.name().to_string()),
+            elapsed_us: v.elapsed_us,
+        }
+    }
+}
+
+/// The verdict.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Verdict {
+    pub passed: bool,
+    pub verify: Option<VerifySummary>,
+    pub findings: Vec<Finding>,
+}
+
+impl Verdict {
+    /// One line for tables: `pass`, or the first finding.
+    pub fn short(&self) -> String {
+        match self.findings.first() {
+            None => "pass".into(),
+            Some(f) if self.findings.len() == 1 => format!("FAIL: {}", f.message),
+            Some(f) => format!("FAIL: {} (+{} more)", f.message, self.findings.len() - 1),
+        }
+    }
+}
+
+/// What the verifier looks at.
+pub struct Evidence<'a> {
+    pub source_lines: &'a [GuestLine],
+    pub destination_lines: &'a [GuestLine],
+    pub source_ticks: &'a [TickAt],
+    pub destination_ticks: &'a [TickAt],
+    /// Pages in the working set (`started`).
+    pub expected_pages: Option<u64>,
+    /// The answer to the `verify` sent after the migration.
+    pub verify: Option<VerifySummary>,
+}
+
+fn side_name(side: Side) -> &'static str {
+    match side {
+        Side::Source => "source",
+        Side::Destination => "destination",
+    }
+}
+
+fn event_findings(lines: &[GuestLine], side: Side, findings: &mut Vec<Finding>) {
+    let side_name = side_name(side);
+    for l in lines.iter().filter(|l| l.complete) {
+        match &l.parsed {
+            Parsed::Event(Event::Error(e)) => findings.push(Finding {
+                kind: FindingKind::GuestError,
+                message: format!("{side_name}: guest error ({}): {}", e.kind, e.message),
+            }),
+            Parsed::Event(Event::Ready(_)) if side == Side::Destination => findings.push(Finding {
+                kind: FindingKind::Restarted,
+                message: "destination: the guest printed `ready` again (it booted anew)".into(),
+            }),
+            Parsed::Unreadable(why) => findings.push(Finding {
+                kind: FindingKind::UnreadableLine,
+                message: format!("{side_name}: unreadable guest line ({why}): {}", l.text),
+            }),
+            _ => {}
+        }
+    }
+}
+
+fn tick_findings(ticks: impl Iterator<Item = TickAt>, findings: &mut Vec<Finding>) {
+    let mut last: BTreeMap<u32, (u64, Side)> = BTreeMap::new();
+    let mut clock_problems: Vec<String> = Vec::new();
+    for t in ticks {
+        if t.tick.clock.name() != "ok" {
+            clock_problems.push(format!(
+                "{} cpu {} tick {}: clock {} (drift {:?} µs)",
+                side_name(t.side),
+                t.tick.cpu,
+                t.tick.seq,
+                t.tick.clock.name(),
+                t.tick.drift_us
+            ));
+        }
+        if let Some((prev, prev_side)) = last.insert(t.tick.cpu, (t.tick.seq, t.side)) {
+            let across = if prev_side != t.side { " across the switchover" } else { "" };
+            if t.tick.seq > prev + 1 {
+                findings.push(Finding {
+                    kind: FindingKind::TicksLost,
+                    message: format!(
+                        "cpu {}: ticks {}..={} missing{across}",
+                        t.tick.cpu,
+                        prev + 1,
+                        t.tick.seq - 1
+                    ),
+                });
+            } else if t.tick.seq <= prev {
+                findings.push(Finding {
+                    kind: FindingKind::TicksRepeated,
+                    message: format!(
+                        "cpu {}: tick {} after tick {prev}{across} (the guest ran twice?)",
+                        t.tick.cpu, t.tick.seq
+                    ),
+                });
+            }
+        }
+    }
+    if let Some(first) = clock_problems.first() {
+        findings.push(Finding {
+            kind: FindingKind::Clock,
+            message: format!("{} ticks with a clock problem; first: {first}", clock_problems.len()),
+        });
+    }
+}
+
+/// Judges the evidence.
+pub fn judge(e: &Evidence<'_>) -> Verdict {
+    let mut findings = Vec::new();
+    match &e.verify {
+        None => findings.push(Finding {
+            kind: FindingKind::NoVerify,
+            message: "no answer to `verify`".into(),
+        }),
+        Some(v) if !v.ok => findings.push(Finding {
+            kind: FindingKind::BadPages,
+            message: format!(
+                "{} bad pages of {}; first: page {} ({})",
+                v.bad,
+                v.pages,
+                v.first_bad_page.map_or("?".into(), |p| p.to_string()),
+                v.first_bad_reason.as_deref().unwrap_or("?")
+            ),
+        }),
+        Some(v) => {
+            if let Some(expected) = e.expected_pages.filter(|&p| p != v.pages) {
+                findings.push(Finding {
+                    kind: FindingKind::VerifyIncomplete,
+                    message: format!("verify checked {} pages, the working set has {expected}", v.pages),
+                });
+            }
+        }
+    }
+    event_findings(e.source_lines, Side::Source, &mut findings);
+    event_findings(e.destination_lines, Side::Destination, &mut findings);
+    tick_findings(
+        e.source_ticks.iter().chain(e.destination_ticks).cloned(),
+        &mut findings,
+    );
+    Verdict {
+        passed: findings.is_empty(),
+        verify: e.verify.clone(),
+        findings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_workloads::clock::ClockStatus;
+    use tern_workloads::event::Tick;
+
+    fn t(side: Side, cpu: u32, seq: u64, clock: ClockStatus) -> TickAt {
+        TickAt {
+            at_ms: seq as f64,
+            side,
+            tick: Tick {
+                cpu,
+                seq,
+                tsc: 0,
+                clock_ns: None,
+                interval_us: 1,
+                work: 1,
+                pages: 0,
+                dirty_mib_s_x100: 0,
+                max_gap_us: 0,
+                stalled_us: 0,
+                excluded_us: 0,
+                busy_x100: None,
+                rate_x100: None,
+                clock,
+                drift_us: Some(3),
+            },
+        }
+    }
+
+    fn ok_verify(pages: u64) -> Option<VerifySummary> {
+        Some(VerifySummary {
+            side: Side::Destination,
+            ok: true,
+            pages,
+            bad: 0,
+            first_bad_page: None,
+            first_bad_reason: None,
+            elapsed_us: 1,
+        })
+    }
+
+    #[test]
+    fn a_clean_run_passes() {
+        let src = [t(Side::Source, 0, 0, ClockStatus::Ok), t(Side::Source, 0, 1, ClockStatus::Ok)];
+        let dst = [t(Side::Destination, 0, 2, ClockStatus::Ok)];
+        let v = judge(&Evidence {
+            source_lines: &[],
+            destination_lines: &[],
+            source_ticks: &src,
+            destination_ticks: &dst,
+            expected_pages: Some(10),
+            verify: ok_verify(10),
+        });
+        assert!(v.passed, "{v:?}");
+        assert_eq!(v.short(), "pass");
+    }
+
+    #[test]
+    fn lost_and_repeated_ticks_bad_pages_and_clocks_fail() {
+        let src = [t(Side::Source, 0, 0, ClockStatus::Ok), t(Side::Source, 0, 1, ClockStatus::Ok)];
+        let dst = [
+            t(Side::Destination, 0, 4, ClockStatus::Jump),
+            t(Side::Destination, 0, 4, ClockStatus::Ok),
+        ];
+        let mut bad = ok_verify(10).unwrap();
+        bad.ok = false;
+        bad.bad = 1;
+        bad.first_bad_page = Some(7);
+        bad.first_bad_reason = Some("torn".into());
+        let v = judge(&Evidence {
+            source_lines: &[],
+            destination_lines: &[],
+            source_ticks: &src,
+            destination_ticks: &dst,
+            expected_pages: Some(10),
+            verify: Some(bad),
+        });
+        let kinds: Vec<FindingKind> = v.findings.iter().map(|f| f.kind).collect();
+        assert_eq!(
+            kinds,
+            [FindingKind::BadPages, FindingKind::TicksLost, FindingKind::TicksRepeated, FindingKind::Clock]
+        );
+        assert!(v.findings[0].message.contains("page 7 (torn)"));
+        assert!(v.findings[1].message.contains("ticks 2..=3 missing across the switchover"));
+        assert!(v.short().starts_with("FAIL: 1 bad pages"));
+    }
+
+    #[test]
+    fn no_verify_and_a_short_verify_fail() {
+        let v = judge(&Evidence {
+            source_lines: &[],
+            destination_lines: &[],
+            source_ticks: &[],
+            destination_ticks: &[],
+            expected_pages: Some(10),
+            verify: None,
+        });
+        assert_eq!(v.findings[0].kind, FindingKind::NoVerify);
+        let v = judge(&Evidence {
+            source_lines: &[],
+            destination_lines: &[],
+            source_ticks: &[],
+            destination_ticks: &[],
+            expected_pages: Some(10),
+            verify: ok_verify(9),
+        });
+        assert_eq!(v.findings[0].kind, FindingKind::VerifyIncomplete);
+    }
+}
