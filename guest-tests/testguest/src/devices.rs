@@ -9,7 +9,7 @@ use tern_workloads::run::emit;
 use tern_workloads::virtio::blk::{BlkMemory, BlockDevice, VirtioBlk};
 use tern_workloads::virtio::cmdline::{self, MmioDevice};
 use tern_workloads::virtio::queue::QueueMem;
-use tern_workloads::virtio::transport::{self, Transport, ID_BLOCK, ID_NET};
+use tern_workloads::virtio::transport::{self, Transport, ID_BLOCK};
 use tern_workloads::virtio::Dma;
 
 use crate::heap::Heap;

@@ -13,6 +13,8 @@
 //!   cooperate, over a [`platform::Platform`].
 //! - [`disk`]: the disk workload (checked blocks, verify, bench) over a
 //!   block device.
+//! - [`netload`]: the net workload (numbered frames echoed by a peer) over
+//!   a frame device.
 //! - [`virtio`]: polling virtio-mmio drivers (split virtqueues, blk, net).
 //! - [`bootdata`]: parsers for what a VMM hands the test guest (PVH start
 //!   info, memory map, MP table) and its memory plan.
@@ -36,6 +38,7 @@ pub mod json_read;
 pub mod line;
 pub mod memory;
 pub mod meter;
+pub mod netload;
 pub mod pacer;
 pub mod page;
 pub mod params;

@@ -14,6 +14,8 @@ pub struct TestPlatform {
     pub step: u64,
     pub lines: Mutex<Vec<String>>,
     pub input: Mutex<VecDeque<u8>>,
+    /// Lines that arrive once the TSC passes their time.
+    scheduled: Mutex<Vec<(u64, String)>>,
 }
 
 pub const HZ: u64 = 1_000_000_000;
@@ -25,7 +27,13 @@ impl TestPlatform {
             step,
             lines: Mutex::new(Vec::new()),
             input: Mutex::new(VecDeque::new()),
+            scheduled: Mutex::new(Vec::new()),
         }
+    }
+
+    /// `line` arrives when the TSC reaches `tsc`.
+    pub fn send_at(&self, tsc: u64, line: &str) {
+        self.scheduled.lock().unwrap().push((tsc, line.to_string()));
     }
 
     pub fn send(&self, line: &str) {
@@ -66,6 +74,13 @@ impl Platform for TestPlatform {
         self.lines.lock().unwrap().push(line.to_string());
     }
     fn read_input(&self, buf: &mut [u8]) -> usize {
+        let now = self.tsc.load(Relaxed);
+        self.scheduled.lock().unwrap().retain(|(at, line)| {
+            if *at <= now {
+                self.send(line);
+            }
+            *at > now
+        });
         let mut input = self.input.lock().unwrap();
         let n = buf.len().min(input.len());
         for (b, v) in buf.iter_mut().zip(input.drain(..n)) {

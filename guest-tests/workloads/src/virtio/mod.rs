@@ -46,5 +46,61 @@ impl<'a> Dma<'a> {
     }
 }
 
+/// Copies `bytes` into `words` starting at byte `offset` (little endian,
+/// as the device sees memory).
+pub fn write_bytes(words: &[AtomicU64], offset: usize, bytes: &[u8]) {
+    use core::sync::atomic::Ordering::Relaxed;
+    let mut i = 0;
+    while i < bytes.len() {
+        let at = offset + i;
+        let (word, shift) = (at / 8, at % 8);
+        let n = (8 - shift).min(bytes.len() - i);
+        let mut value = words[word].load(Relaxed).to_le_bytes();
+        value[shift..shift + n].copy_from_slice(&bytes[i..i + n]);
+        words[word].store(u64::from_le_bytes(value), Relaxed);
+        i += n;
+    }
+}
+
+/// Copies bytes from `words`, starting at byte `offset`, into `out`.
+pub fn read_bytes(words: &[AtomicU64], offset: usize, out: &mut [u8]) {
+    use core::sync::atomic::Ordering::Relaxed;
+    let mut i = 0;
+    while i < out.len() {
+        let at = offset + i;
+        let (word, shift) = (at / 8, at % 8);
+        let n = (8 - shift).min(out.len() - i);
+        out[i..i + n].copy_from_slice(&words[word].load(Relaxed).to_le_bytes()[shift..shift + n]);
+        i += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_in_and_out_of_words_at_any_offset() {
+        let words: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(u64::MAX)).collect();
+        let data: Vec<u8> = (1..=19).collect();
+        write_bytes(&words, 5, &data);
+        let mut back = [0u8; 19];
+        read_bytes(&words, 5, &mut back);
+        assert_eq!(&back[..], &data[..]);
+        let mut all = [0u8; 32];
+        read_bytes(&words, 0, &mut all);
+        assert_eq!(&all[..5], &[0xff; 5], "bytes before are untouched");
+        assert_eq!(&all[24..], &[0xff; 8], "and after");
+        let d = Dma {
+            words: &words,
+            paddr: 0x1000,
+        };
+        assert_eq!(
+            (d.slice(8, 16).paddr, d.slice(8, 16).words.len(), d.len()),
+            (0x1008, 2, 32)
+        );
+    }
+}
+
 /// Feature bits common to all devices.
 pub const F_VERSION_1: u64 = 1 << 32;

@@ -250,6 +250,26 @@ pub(crate) mod tests {
         pub fn reg(&self, r: u32) -> u32 {
             self.regs.borrow().get(&r).copied().unwrap_or(0)
         }
+
+        /// Queue registers are per queue: keyed by the selected queue too.
+        fn key(&self, offset: u32) -> u32 {
+            const PER_QUEUE: [u32; 9] = [
+                QUEUE_NUM,
+                QUEUE_READY,
+                QUEUE_DESC_LOW,
+                QUEUE_DESC_HIGH,
+                QUEUE_DRIVER_LOW,
+                QUEUE_DRIVER_HIGH,
+                QUEUE_DEVICE_LOW,
+                QUEUE_DEVICE_HIGH,
+                QUEUE_NUM_MAX,
+            ];
+            if PER_QUEUE.contains(&offset) {
+                offset | (self.reg(QUEUE_SEL) << 16)
+            } else {
+                offset
+            }
+        }
     }
 
     impl Transport for &FakeMmio {
@@ -257,7 +277,13 @@ pub(crate) mod tests {
             match offset {
                 DEVICE_FEATURES => (self.offered >> (32 * self.reg(DEVICE_FEATURES_SEL))) as u32,
                 o if o >= CONFIG => self.config[((o - CONFIG) / 4) as usize],
-                o => self.reg(o),
+                QUEUE_NUM_MAX => self
+                    .regs
+                    .borrow()
+                    .get(&self.key(QUEUE_NUM_MAX))
+                    .copied()
+                    .unwrap_or(self.reg(QUEUE_NUM_MAX)),
+                o => self.reg(self.key(o)),
             }
         }
 
@@ -266,7 +292,8 @@ pub(crate) mod tests {
             if offset == STATUS && value & STATUS_FEATURES_OK != 0 && !self.accept_features {
                 value &= !STATUS_FEATURES_OK;
             }
-            self.regs.borrow_mut().insert(offset, value);
+            let key = self.key(offset);
+            self.regs.borrow_mut().insert(key, value);
         }
     }
 
