@@ -154,6 +154,7 @@ fn run_named(cli: &Cli, name: &str, which: WhichVmm, variants: &[QemuVariant], o
         let ctx = RunContext {
             images: &images,
             work_dir: dir.path(),
+            injection: None,
         };
         match run_scenario(hv.as_ref(), &scenario, &ctx) {
             Ok(r) => {

@@ -116,10 +116,33 @@ pub struct RunResult {
     pub destination_stderr: Vec<String>,
 }
 
-/// Where a run keeps its sockets and disk images.
+/// Damage done on purpose before the final verify, to prove the verifier
+/// can fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Injection {
+    /// `corrupt page=N` to the guest, wherever it runs after the migration.
+    CorruptPage(u64),
+}
+
+/// Where a run keeps its sockets and disk images, and what it injects.
 pub struct RunContext<'a> {
     pub images: &'a GuestImages,
     pub work_dir: &'a Path,
+    pub injection: Option<Injection>,
+}
+
+/// Applies `injection` to the guest on `vm` and waits for its answer.
+fn inject(vm: &mut VmmProcess, injection: Injection) -> Result<()> {
+    match injection {
+        Injection::CorruptPage(page) => {
+            vm.console.skip_to_end();
+            let how = tern_workloads::page::Corruption::Torn;
+            vm.send_line(&GuestCommand::Corrupt { page, how }.to_string())?;
+            vm.console.wait_event("the corrupted event", VERIFY_TIMEOUT, |e| {
+                matches!(e, Event::Corrupted(c) if c.page == page).then_some(())
+            })
+        }
+    }
 }
 
 fn wait_ready(vm: &mut VmmProcess, spawned_ms: f64) -> Result<BootRecord> {
@@ -291,9 +314,15 @@ pub fn run_scenario(hv: &dyn Hypervisor, scenario: &Scenario, ctx: &RunContext<'
             matches!(e, Event::Tick(_)).then_some(())
         })?;
         collect_for(&mut dst, Duration::from_secs_f64(scenario.after_s))?;
+        if let Some(i) = ctx.injection {
+            inject(&mut dst, i)?;
+        }
         Some(VerifySummary::new(Side::Destination, &verify_now(&mut dst)?))
     } else {
         collect_for(&mut src, Duration::from_secs_f64(scenario.after_s))?;
+        if let Some(i) = ctx.injection {
+            inject(&mut src, i)?;
+        }
         Some(VerifySummary::new(Side::Source, &verify_now(&mut src)?))
     };
     hv.stop(&mut dst);

@@ -37,11 +37,34 @@ pub enum FindingKind {
     Clock,
 }
 
+/// Whether a finding fails the verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Severity {
+    /// The guest's state or execution is wrong.
+    Fail,
+    /// Worth reporting, not wrong: the guest's two clocks disagreed over an
+    /// interval (one of them jumped), as QEMU's guests see across its
+    /// switchover.
+    Note,
+}
+
 /// One problem.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Finding {
     pub kind: FindingKind,
+    pub severity: Severity,
     pub message: String,
+}
+
+impl Finding {
+    fn fail(kind: FindingKind, message: String) -> Finding {
+        Finding {
+            kind,
+            severity: Severity::Fail,
+            message,
+        }
+    }
 }
 
 /// The guest's own memory check, as reported.
@@ -81,10 +104,13 @@ pub struct Verdict {
 impl Verdict {
     /// One line for tables: `pass`, or the first finding.
     pub fn short(&self) -> String {
-        match self.findings.first() {
-            None => "pass".into(),
-            Some(f) if self.findings.len() == 1 => format!("FAIL: {}", f.message),
-            Some(f) => format!("FAIL: {} (+{} more)", f.message, self.findings.len() - 1),
+        let (fails, notes): (Vec<&Finding>, Vec<&Finding>) =
+            self.findings.iter().partition(|f| f.severity == Severity::Fail);
+        match (fails.first(), notes.first()) {
+            (None, None) => "pass".into(),
+            (None, Some(n)) => format!("pass (note: {})", n.message),
+            (Some(f), _) if self.findings.len() == 1 => format!("FAIL: {}", f.message),
+            (Some(f), _) => format!("FAIL: {} (+{} more)", f.message, self.findings.len() - 1),
         }
     }
 }
@@ -112,18 +138,18 @@ fn event_findings(lines: &[GuestLine], side: Side, findings: &mut Vec<Finding>) 
     let side_name = side_name(side);
     for l in lines.iter().filter(|l| l.complete) {
         match &l.parsed {
-            Parsed::Event(Event::Error(e)) => findings.push(Finding {
-                kind: FindingKind::GuestError,
-                message: format!("{side_name}: guest error ({}): {}", e.kind, e.message),
-            }),
-            Parsed::Event(Event::Ready(_)) if side == Side::Destination => findings.push(Finding {
-                kind: FindingKind::Restarted,
-                message: "destination: the guest printed `ready` again (it booted anew)".into(),
-            }),
-            Parsed::Unreadable(why) => findings.push(Finding {
-                kind: FindingKind::UnreadableLine,
-                message: format!("{side_name}: unreadable guest line ({why}): {}", l.text),
-            }),
+            Parsed::Event(Event::Error(e)) => findings.push(Finding::fail(
+                FindingKind::GuestError,
+                format!("{side_name}: guest error ({}): {}", e.kind, e.message),
+            )),
+            Parsed::Event(Event::Ready(_)) if side == Side::Destination => findings.push(Finding::fail(
+                FindingKind::Restarted,
+                "destination: the guest printed `ready` again (it booted anew)".into(),
+            )),
+            Parsed::Unreadable(why) => findings.push(Finding::fail(
+                FindingKind::UnreadableLine,
+                format!("{side_name}: unreadable guest line ({why}): {}", l.text),
+            )),
             _ => {}
         }
     }
@@ -131,10 +157,14 @@ fn event_findings(lines: &[GuestLine], side: Side, findings: &mut Vec<Finding>) 
 
 fn tick_findings(ticks: impl Iterator<Item = TickAt>, findings: &mut Vec<Finding>) {
     let mut last: BTreeMap<u32, (u64, Side)> = BTreeMap::new();
-    let mut clock_problems: Vec<String> = Vec::new();
+    // Backwards clocks fail the verdict; a jump (the two clocks disagree)
+    // is a note.
+    let (mut backwards, mut jumps): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
     for t in ticks {
-        if t.tick.clock.name() != "ok" {
-            clock_problems.push(format!(
+        let status = t.tick.clock.name();
+        if status != "ok" {
+            let list = if status == "jump" { &mut jumps } else { &mut backwards };
+            list.push(format!(
                 "{} cpu {} tick {}: clock {} (drift {:?} µs)",
                 side_name(t.side),
                 t.tick.cpu,
@@ -146,30 +176,37 @@ fn tick_findings(ticks: impl Iterator<Item = TickAt>, findings: &mut Vec<Finding
         if let Some((prev, prev_side)) = last.insert(t.tick.cpu, (t.tick.seq, t.side)) {
             let across = if prev_side != t.side { " across the switchover" } else { "" };
             if t.tick.seq > prev + 1 {
-                findings.push(Finding {
-                    kind: FindingKind::TicksLost,
-                    message: format!(
+                findings.push(Finding::fail(
+                    FindingKind::TicksLost,
+                    format!(
                         "cpu {}: ticks {}..={} missing{across}",
                         t.tick.cpu,
                         prev + 1,
                         t.tick.seq - 1
                     ),
-                });
+                ));
             } else if t.tick.seq <= prev {
-                findings.push(Finding {
-                    kind: FindingKind::TicksRepeated,
-                    message: format!(
+                findings.push(Finding::fail(
+                    FindingKind::TicksRepeated,
+                    format!(
                         "cpu {}: tick {} after tick {prev}{across} (the guest ran twice?)",
                         t.tick.cpu, t.tick.seq
                     ),
-                });
+                ));
             }
         }
     }
-    if let Some(first) = clock_problems.first() {
+    if let Some(first) = backwards.first() {
+        findings.push(Finding::fail(
+            FindingKind::Clock,
+            format!("{} ticks with a clock going backwards; first: {first}", backwards.len()),
+        ));
+    }
+    if let Some(first) = jumps.first() {
         findings.push(Finding {
             kind: FindingKind::Clock,
-            message: format!("{} ticks with a clock problem; first: {first}", clock_problems.len()),
+            severity: Severity::Note,
+            message: format!("{} ticks where TSC and kvmclock disagreed; first: {first}", jumps.len()),
         });
     }
 }
@@ -178,26 +215,26 @@ fn tick_findings(ticks: impl Iterator<Item = TickAt>, findings: &mut Vec<Finding
 pub fn judge(e: &Evidence<'_>) -> Verdict {
     let mut findings = Vec::new();
     match &e.verify {
-        None => findings.push(Finding {
-            kind: FindingKind::NoVerify,
-            message: "no answer to `verify`".into(),
-        }),
-        Some(v) if !v.ok => findings.push(Finding {
-            kind: FindingKind::BadPages,
-            message: format!(
+        None => findings.push(Finding::fail(
+            FindingKind::NoVerify,
+            "no answer to `verify`".into(),
+        )),
+        Some(v) if !v.ok => findings.push(Finding::fail(
+            FindingKind::BadPages,
+            format!(
                 "{} bad pages of {}; first: page {} ({})",
                 v.bad,
                 v.pages,
                 v.first_bad_page.map_or("?".into(), |p| p.to_string()),
                 v.first_bad_reason.as_deref().unwrap_or("?")
             ),
-        }),
+        )),
         Some(v) => {
             if let Some(expected) = e.expected_pages.filter(|&p| p != v.pages) {
-                findings.push(Finding {
-                    kind: FindingKind::VerifyIncomplete,
-                    message: format!("verify checked {} pages, the working set has {expected}", v.pages),
-                });
+                findings.push(Finding::fail(
+                    FindingKind::VerifyIncomplete,
+                    format!("verify checked {} pages, the working set has {expected}", v.pages),
+                ));
             }
         }
     }
@@ -208,7 +245,7 @@ pub fn judge(e: &Evidence<'_>) -> Verdict {
         &mut findings,
     );
     Verdict {
-        passed: findings.is_empty(),
+        passed: findings.iter().all(|f| f.severity == Severity::Note),
         verify: e.verify.clone(),
         findings,
     }
@@ -297,9 +334,31 @@ mod tests {
             kinds,
             [FindingKind::BadPages, FindingKind::TicksLost, FindingKind::TicksRepeated, FindingKind::Clock]
         );
+        assert_eq!(v.findings[3].severity, Severity::Note);
         assert!(v.findings[0].message.contains("page 7 (torn)"));
         assert!(v.findings[1].message.contains("ticks 2..=3 missing across the switchover"));
         assert!(v.short().starts_with("FAIL: 1 bad pages"));
+    }
+
+    #[test]
+    fn a_clock_jump_is_a_note_and_a_backwards_clock_fails() {
+        let judge_ticks = |clock| {
+            let ticks = [t(Side::Source, 0, 0, ClockStatus::Ok), t(Side::Destination, 0, 1, clock)];
+            judge(&Evidence {
+                source_lines: &[],
+                destination_lines: &[],
+                source_ticks: &ticks[..1],
+                destination_ticks: &ticks[1..],
+                expected_pages: Some(10),
+                verify: ok_verify(10),
+            })
+        };
+        let jump = judge_ticks(ClockStatus::Jump);
+        assert!(jump.passed, "{jump:?}");
+        assert!(jump.short().starts_with("pass (note: 1 ticks where TSC and kvmclock disagreed"));
+        let back = judge_ticks(ClockStatus::ClockBackwards);
+        assert!(!back.passed);
+        assert!(back.findings[0].message.contains("destination cpu 0 tick 1: clock clock_backwards"));
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub fn run(tern: &dyn Hypervisor, qemu: &dyn Hypervisor, runs: usize) -> Result<
             let mut done = Vec::new();
             for _ in 0..runs {
                 let dir = WorkDir::create("bench-migrate")?;
-                let ctx = RunContext { images: &images, work_dir: dir.path() };
+                let ctx = RunContext { images: &images, work_dir: dir.path(), injection: None };
                 match run_scenario(hv, &scenario, &ctx) {
                     Ok(r) if r.migration.status.completed() && r.verdict.passed => done.push(r),
                     Ok(r) => notes.push(format!(

@@ -29,7 +29,7 @@ pub fn run(tern: &dyn Hypervisor, ws_mib: u32) -> Result<String> {
         ],
     )?;
     let dir = WorkDir::create("send-rate")?;
-    let ctx = RunContext { images: &images, work_dir: dir.path() };
+    let ctx = RunContext { images: &images, work_dir: dir.path(), injection: None };
     let r = run_scenario(tern, &scenario, &ctx)?;
     if !r.migration.status.completed() {
         return Err(Error::vm("tern", format!("migration did not complete: {}", r.migration.status.short())));

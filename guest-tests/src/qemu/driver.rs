@@ -198,6 +198,9 @@ impl Hypervisor for Qemu {
         let budget = Duration::from_secs_f64(scenario.limits.budget_s);
         let mut progress = Vec::new();
         let mut cancelled_at: Option<f64> = None;
+        // The last answer with RAM statistics (a cancelled migration's
+        // final answer has none).
+        let mut last_with_ram: Option<Value> = None;
         let info = loop {
             if let Err(e) = interrupt::check() {
                 let _ = qmp.execute("migrate_cancel", json!({}));
@@ -208,6 +211,7 @@ impl Hypervisor for Qemu {
             let status = info.get("status").and_then(Value::as_str).unwrap_or("");
             if info.get("ram").is_some() {
                 progress.push(progress_sample(&info, t_ms, scenario.cpus));
+                last_with_ram = Some(info.clone());
             }
             match status {
                 "completed" | "failed" | "cancelled" => break info,
@@ -244,7 +248,17 @@ impl Hypervisor for Qemu {
             },
         };
         let mut outcome = MigrationOutcome::bare(status, started_at_ms, ended_at_ms);
-        fill_outcome(&mut outcome, &info);
+        match (&outcome.status, last_with_ram) {
+            (MigrationStatus::DidNotConverge { after_s, .. }, Some(last)) => {
+                // What it had done until the cancel.
+                let after_s = *after_s;
+                fill_outcome(&mut outcome, &last);
+                outcome.total_ms = Some(after_s * 1e3);
+                outcome.downtime_ms = None;
+                outcome.vmm_stats = json!({ "final": info, "last_before_cancel": last });
+            }
+            _ => fill_outcome(&mut outcome, &info),
+        }
         outcome.max_throttle_pct = progress
             .iter()
             .flat_map(|p: &ProgressSample| p.throttle_pct.iter().copied())
