@@ -136,10 +136,17 @@ pub fn analyse(
     let first_dest_seq = destination.iter().map(|t| t.tick.seq).min();
     let mut during: Vec<&TickAt> = source
         .iter()
-        .filter(|t| t.at_ms >= migration_start_ms && (t.at_ms <= migration_end_ms || first_dest_seq.is_some()))
+        .filter(|t| {
+            t.at_ms >= migration_start_ms
+                && (t.at_ms <= migration_end_ms || first_dest_seq.is_some())
+        })
         .collect();
     // The first destination interval holds the switchover.
-    during.extend(destination.iter().filter(|t| Some(t.tick.seq) == first_dest_seq));
+    during.extend(
+        destination
+            .iter()
+            .filter(|t| Some(t.tick.seq) == first_dest_seq),
+    );
     let after: Vec<&TickAt> = destination
         .iter()
         .filter(|t| Some(t.tick.seq) != first_dest_seq)
@@ -153,8 +160,14 @@ pub fn analyse(
         _ => None,
     };
     let stall = during.iter().max_by_key(|t| t.tick.max_gap_us);
-    let last_source = source.iter().map(|t| t.at_ms).fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
-    let first_dest = destination.iter().map(|t| t.at_ms).fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.min(a))));
+    let last_source = source
+        .iter()
+        .map(|t| t.at_ms)
+        .fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
+    let first_dest = destination
+        .iter()
+        .map(|t| t.at_ms)
+        .fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.min(a))));
     let metrics = GuestMetrics {
         baseline_work_per_s: baseline.map(|r| r.0),
         baseline_dirty_mib_s: baseline.map(|r| r.1),

@@ -113,7 +113,10 @@ pub fn qemu_binary() -> Result<PathBuf> {
         return if name.is_file() {
             Ok(name)
         } else {
-            Err(Error::Artifact(format!("{} does not exist", name.display())))
+            Err(Error::Artifact(format!(
+                "{} does not exist",
+                name.display()
+            )))
         };
     }
     std::env::var_os("PATH")

@@ -350,5 +350,4 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("tern.test=disk"), "{err}");
     }
-
 }

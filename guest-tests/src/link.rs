@@ -97,8 +97,18 @@ impl ShapedLink {
         ip(&["netns", "add", a])?;
         ip(&["netns", "add", b])?;
         ip(&[
-            "link", "add", SOURCE_DEV, "netns", a, "type", "veth", "peer", "name",
-            DESTINATION_DEV, "netns", b,
+            "link",
+            "add",
+            SOURCE_DEV,
+            "netns",
+            a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            DESTINATION_DEV,
+            "netns",
+            b,
         ])?;
         for (ns, dev, addr) in [
             (a, SOURCE_DEV, self.source_addr),

@@ -19,7 +19,10 @@ use tern_guest_tests::vmm::{Hypervisor, VmmKind};
 use tern_guest_tests::workdir::WorkDir;
 
 #[derive(Parser, Debug)]
-#[command(name = "tern-runner", about = "tern's migration scenario runner and benchmarks")]
+#[command(
+    name = "tern-runner",
+    about = "tern's migration scenario runner and benchmarks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -68,7 +71,12 @@ enum Command {
         #[arg(long, value_enum, default_value = "both")]
         vmm: WhichVmm,
         /// QEMU variants to run (comma-separated).
-        #[arg(long, value_enum, value_delimiter = ',', default_value = "default,autoconverge,dirtylimit")]
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "default,autoconverge,dirtylimit"
+        )]
         qemu_variants: Vec<QemuVariant>,
         /// Override a parameter: KEY=VALUE (repeatable; `list` shows the keys).
         #[arg(long = "set")]
@@ -115,7 +123,11 @@ enum BenchCommand {
     },
 }
 
-fn hypervisors(cli: &Cli, which: WhichVmm, variants: &[QemuVariant]) -> anyhow::Result<Vec<Box<dyn Hypervisor>>> {
+fn hypervisors(
+    cli: &Cli,
+    which: WhichVmm,
+    variants: &[QemuVariant],
+) -> anyhow::Result<Vec<Box<dyn Hypervisor>>> {
     let mut out: Vec<Box<dyn Hypervisor>> = Vec::new();
     if which != WhichVmm::Qemu {
         out.push(Box::new(Tern {
@@ -139,7 +151,14 @@ fn hypervisors(cli: &Cli, which: WhichVmm, variants: &[QemuVariant]) -> anyhow::
     Ok(out)
 }
 
-fn run_named(cli: &Cli, name: &str, which: WhichVmm, variants: &[QemuVariant], overrides: &[String], out: &std::path::Path) -> anyhow::Result<bool> {
+fn run_named(
+    cli: &Cli,
+    name: &str,
+    which: WhichVmm,
+    variants: &[QemuVariant],
+    overrides: &[String],
+    out: &std::path::Path,
+) -> anyhow::Result<bool> {
     let scenario = Scenario::build(name, overrides)?;
     if let Some(dep) = &scenario.depends_on {
         eprintln!("note: {name} depends on {dep}");
@@ -179,7 +198,10 @@ fn run_named(cli: &Cli, name: &str, which: WhichVmm, variants: &[QemuVariant], o
         }
     }
     if reports.len() > 1 {
-        println!("{name}: side by side\n{}", report::summary::side_by_side(&reports));
+        println!(
+            "{name}: side by side\n{}",
+            report::summary::side_by_side(&reports)
+        );
         let done: Vec<_> = reports.iter().filter_map(RunReport::result).collect();
         if !done.is_empty() {
             let svg = out.join(format!("{name}-compare.svg"));
@@ -203,9 +225,18 @@ fn main() -> anyhow::Result<()> {
         Command::List => {
             for name in scenario::NAMES {
                 let s = scenario::named(name)?;
-                let dep = s.depends_on.as_deref().map_or(String::new(), |d| format!(" [needs {d}]"));
+                let dep = s
+                    .depends_on
+                    .as_deref()
+                    .map_or(String::new(), |d| format!(" [needs {d}]"));
                 println!("{name:14} {}{dep}", s.description);
-                println!("{:14} guest: {} | {} vCPU, {} MiB", "", s.guest.cmdline(), s.cpus, s.memory_mib);
+                println!(
+                    "{:14} guest: {} | {} vCPU, {} MiB",
+                    "",
+                    s.guest.cmdline(),
+                    s.cpus,
+                    s.memory_mib
+                );
             }
             println!("\n--set keys: {}", scenario::OVERRIDES);
         }
@@ -234,25 +265,43 @@ fn main() -> anyhow::Result<()> {
             };
             match b {
                 BenchCommand::Boot { runs } => {
-                    println!("{}", bench::boot::run(&Tern { binary: tern()? }, &qemu()?, *runs)?)
+                    println!(
+                        "{}",
+                        bench::boot::run(&Tern { binary: tern()? }, &qemu()?, *runs)?
+                    )
                 }
                 BenchCommand::Memory { runs } => {
                     println!("{}", bench::memory::run(&Tern { binary: tern()? }, *runs)?)
                 }
                 BenchCommand::Migrate { runs } => {
-                    println!("{}", bench::migrate::run(&Tern { binary: tern()? }, &qemu()?, *runs)?)
+                    println!(
+                        "{}",
+                        bench::migrate::run(&Tern { binary: tern()? }, &qemu()?, *runs)?
+                    )
                 }
                 BenchCommand::SendRate { ws } => {
                     println!("{}", bench::send_rate::run(&Tern { binary: tern()? }, *ws)?)
                 }
                 BenchCommand::Loopback { mib } => {
                     let r = bench::loopback::measure(*mib << 20)?;
-                    println!("loopback TCP copy: {:.0} MiB/s ({} MiB in {:.2} s)", r.mib_per_s(), mib, r.seconds);
+                    println!(
+                        "loopback TCP copy: {:.0} MiB/s ({} MiB in {:.2} s)",
+                        r.mib_per_s(),
+                        mib,
+                        r.seconds
+                    );
                 }
             }
         }
         Command::Cleanup => {
-            println!("removed: {}", if stale.is_empty() { "nothing".into() } else { stale.join(", ") });
+            println!(
+                "removed: {}",
+                if stale.is_empty() {
+                    "nothing".into()
+                } else {
+                    stale.join(", ")
+                }
+            );
         }
     }
     Ok(())

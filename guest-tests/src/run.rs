@@ -82,7 +82,11 @@ impl HostRecord {
                 .to_string(),
             cpu_model: cpuinfo
                 .lines()
-                .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_string()))
+                .find_map(|l| {
+                    l.strip_prefix("model name")?
+                        .split_once(':')
+                        .map(|(_, v)| v.trim().to_string())
+                })
                 .unwrap_or_default(),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             kvm_pvm: crate::artifacts::host_is_kvm_pvm(),
@@ -138,18 +142,21 @@ fn inject(vm: &mut VmmProcess, injection: Injection) -> Result<()> {
             vm.console.skip_to_end();
             let how = tern_workloads::page::Corruption::Torn;
             vm.send_line(&GuestCommand::Corrupt { page, how }.to_string())?;
-            vm.console.wait_event("the corrupted event", VERIFY_TIMEOUT, |e| {
-                matches!(e, Event::Corrupted(c) if c.page == page).then_some(())
-            })
+            vm.console
+                .wait_event("the corrupted event", VERIFY_TIMEOUT, |e| {
+                    matches!(e, Event::Corrupted(c) if c.page == page).then_some(())
+                })
         }
     }
 }
 
 fn wait_ready(vm: &mut VmmProcess, spawned_ms: f64) -> Result<BootRecord> {
-    let (at_ms, ready) = vm.console.wait_for("the ready event", READY_TIMEOUT, |l| match l.event() {
-        Some(Event::Ready(r)) => Some((l.at_ms, *r)),
-        _ => None,
-    })?;
+    let (at_ms, ready) =
+        vm.console
+            .wait_for("the ready event", READY_TIMEOUT, |l| match l.event() {
+                Some(Event::Ready(r)) => Some((l.at_ms, *r)),
+                _ => None,
+            })?;
     Ok(BootRecord {
         attempts: 1,
         first_failure: None,
@@ -209,10 +216,11 @@ pub fn boot_with_retry(
 }
 
 fn wait_started(vm: &mut VmmProcess) -> Result<u64> {
-    vm.console.wait_event("the started event", STARTED_TIMEOUT, |e| match e {
-        Event::Started(s) => Some(s.pages),
-        _ => None,
-    })
+    vm.console
+        .wait_event("the started event", STARTED_TIMEOUT, |e| match e {
+            Event::Started(s) => Some(s.pages),
+            _ => None,
+        })
 }
 
 /// Waits for `n` ticks of the lowest-numbered vCPU that ticks.
@@ -231,10 +239,11 @@ fn wait_ticks(vm: &mut VmmProcess, n: u32) -> Result<()> {
 pub fn verify_now(vm: &mut VmmProcess) -> Result<Verified> {
     vm.console.skip_to_end();
     vm.send_line(&GuestCommand::Verify.to_string())?;
-    vm.console.wait_event("the verify event", VERIFY_TIMEOUT, |e| match e {
-        Event::Verify(v) => Some(*v),
-        _ => None,
-    })
+    vm.console
+        .wait_event("the verify event", VERIFY_TIMEOUT, |e| match e {
+            Event::Verify(v) => Some(*v),
+            _ => None,
+        })
 }
 
 /// Collects console lines for `d` (ticks keep coming).
@@ -247,14 +256,19 @@ fn collect_for(vm: &mut VmmProcess, d: Duration) -> Result<()> {
 /// A sparse disk image of `size_mib`.
 fn make_disk(dir: &Path, size_mib: u64) -> Result<PathBuf> {
     let p = dir.join("disk.img");
-    let f = std::fs::File::create(&p).map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
+    let f =
+        std::fs::File::create(&p).map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
     f.set_len(size_mib << 20)
         .map_err(|e| Error::io(format!("sizing {}", p.display()), e))?;
     Ok(p)
 }
 
 /// Runs `scenario` on `hv`.
-pub fn run_scenario(hv: &dyn Hypervisor, scenario: &Scenario, ctx: &RunContext<'_>) -> Result<RunResult> {
+pub fn run_scenario(
+    hv: &dyn Hypervisor,
+    scenario: &Scenario,
+    ctx: &RunContext<'_>,
+) -> Result<RunResult> {
     crate::interrupt::check()?;
     let clock = RunClock::start();
     let started_unix_s = std::time::SystemTime::now()
@@ -262,7 +276,10 @@ pub fn run_scenario(hv: &dyn Hypervisor, scenario: &Scenario, ctx: &RunContext<'
         .map_or(0, |d| d.as_secs());
     let link = scenario.link.map(ShapedLink::create).transpose()?;
     let (src_ns, dst_ns) = match &link {
-        Some(l) => (Some(l.source_netns().to_string()), Some(l.destination_netns().to_string())),
+        Some(l) => (
+            Some(l.source_netns().to_string()),
+            Some(l.destination_netns().to_string()),
+        ),
         None => (None, None),
     };
     let endpoint = match &link {
@@ -289,9 +306,10 @@ pub fn run_scenario(hv: &dyn Hypervisor, scenario: &Scenario, ctx: &RunContext<'
     let (mut src, boot) = boot_with_retry(hv, &vm, src_ns.as_deref(), ctx.work_dir, clock)?;
     let expected_pages = wait_started(&mut src)?;
     let mut dst = hv.start_destination(&vm, &endpoint, dst_ns.as_deref(), ctx.work_dir, clock)?;
-    src.console.wait_event("the baseline event", TICK_TIMEOUT, |e| {
-        matches!(e, Event::Baseline(_)).then_some(())
-    })?;
+    src.console
+        .wait_event("the baseline event", TICK_TIMEOUT, |e| {
+            matches!(e, Event::Baseline(_)).then_some(())
+        })?;
     wait_ticks(&mut src, scenario.warmup_ticks)?;
     let baseline_from_ms = clock.now_ms();
     collect_for(&mut src, Duration::from_secs_f64(scenario.baseline_s))?;
@@ -310,14 +328,18 @@ pub fn run_scenario(hv: &dyn Hypervisor, scenario: &Scenario, ctx: &RunContext<'
         if let Some(fragment) = src.console.take_unfinished() {
             dst.console.prepend_to_first_line(fragment);
         }
-        dst.console.wait_event("the first tick on the destination", TICK_TIMEOUT, |e| {
-            matches!(e, Event::Tick(_)).then_some(())
-        })?;
+        dst.console
+            .wait_event("the first tick on the destination", TICK_TIMEOUT, |e| {
+                matches!(e, Event::Tick(_)).then_some(())
+            })?;
         collect_for(&mut dst, Duration::from_secs_f64(scenario.after_s))?;
         if let Some(i) = ctx.injection {
             inject(&mut dst, i)?;
         }
-        Some(VerifySummary::new(Side::Destination, &verify_now(&mut dst)?))
+        Some(VerifySummary::new(
+            Side::Destination,
+            &verify_now(&mut dst)?,
+        ))
     } else {
         collect_for(&mut src, Duration::from_secs_f64(scenario.after_s))?;
         if let Some(i) = ctx.injection {

@@ -280,7 +280,8 @@ fn optional_mib(key: &str, value: &str) -> Result<Option<f64>> {
 }
 
 /// The keys `--set` takes, for the help text.
-pub const OVERRIDES: &str = "ws, rate, pattern, busy, test, guest.KEY (any tern.KEY), cpus, memory (MiB), \
+pub const OVERRIDES: &str =
+    "ws, rate, pattern, busy, test, guest.KEY (any tern.KEY), cpus, memory (MiB), \
 link (MiB/s|none), downtime (ms), bandwidth (MiB/s|none), budget (s), aggression, max-throttle, \
 no-throttle, qemu-throttle-initial, qemu-throttle-increment, qemu-tailslow, qemu-max-throttle, \
 dirty-limit (MB/s per vCPU), warmup (ticks), baseline (s), after (s), disk (MiB), qd";
@@ -288,9 +289,9 @@ dirty-limit (MB/s per vCPU), warmup (ticks), baseline (s), after (s), disk (MiB)
 impl Scenario {
     /// Applies one `KEY=VALUE` override.
     pub fn apply(&mut self, assignment: &str) -> Result<()> {
-        let (key, value) = assignment.split_once('=').ok_or_else(|| {
-            Error::Scenario(format!("--set {assignment}: expected KEY=VALUE"))
-        })?;
+        let (key, value) = assignment
+            .split_once('=')
+            .ok_or_else(|| Error::Scenario(format!("--set {assignment}: expected KEY=VALUE")))?;
         let (key, value) = (key.trim(), value.trim());
         match key {
             "ws" => self.guest.ws_mib = number(key, value)?,
@@ -407,7 +408,13 @@ mod tests {
     fn overrides_apply_in_order_and_reject_nonsense() {
         let s = Scenario::build(
             "dirty-2x-link",
-            &["ws=16".into(), "rate=40".into(), "link=none".into(), "guest.seed=7".into(), "budget=10".into()],
+            &[
+                "ws=16".into(),
+                "rate=40".into(),
+                "link=none".into(),
+                "guest.seed=7".into(),
+                "budget=10".into(),
+            ],
         )
         .unwrap();
         assert_eq!(s.guest.ws_mib, 16);
@@ -417,7 +424,14 @@ mod tests {
             s.guest.cmdline(),
             "tern.test=dirtier tern.ws=16 tern.rate=40 tern.pattern=seq tern.seed=7"
         );
-        for bad in ["ws=lots", "rate=fast", "nope=1", "cpus=0", "link=-3", "noequals"] {
+        for bad in [
+            "ws=lots",
+            "rate=fast",
+            "nope=1",
+            "cpus=0",
+            "link=-3",
+            "noequals",
+        ] {
             assert!(Scenario::build("idle", &[bad.into()]).is_err(), "{bad}");
         }
         let one = named("one-busy-vcpu").unwrap();

@@ -87,7 +87,10 @@ impl VerifySummary {
             pages: v.report.pages,
             bad: v.report.bad,
             first_bad_page: v.report.first_bad.map(|b| b.page),
-            first_bad_reason: v.report.first_bad.map(|b| b.damage.reason.name().to_string()),
+            first_bad_reason: v
+                .report
+                .first_bad
+                .map(|b| b.damage.reason.name().to_string()),
             elapsed_us: v.elapsed_us,
         }
     }
@@ -104,8 +107,10 @@ pub struct Verdict {
 impl Verdict {
     /// One line for tables: `pass`, or the first finding.
     pub fn short(&self) -> String {
-        let (fails, notes): (Vec<&Finding>, Vec<&Finding>) =
-            self.findings.iter().partition(|f| f.severity == Severity::Fail);
+        let (fails, notes): (Vec<&Finding>, Vec<&Finding>) = self
+            .findings
+            .iter()
+            .partition(|f| f.severity == Severity::Fail);
         match (fails.first(), notes.first()) {
             (None, None) => "pass".into(),
             (None, Some(n)) => format!("pass (note: {})", n.message),
@@ -142,10 +147,12 @@ fn event_findings(lines: &[GuestLine], side: Side, findings: &mut Vec<Finding>) 
                 FindingKind::GuestError,
                 format!("{side_name}: guest error ({}): {}", e.kind, e.message),
             )),
-            Parsed::Event(Event::Ready(_)) if side == Side::Destination => findings.push(Finding::fail(
-                FindingKind::Restarted,
-                "destination: the guest printed `ready` again (it booted anew)".into(),
-            )),
+            Parsed::Event(Event::Ready(_)) if side == Side::Destination => {
+                findings.push(Finding::fail(
+                    FindingKind::Restarted,
+                    "destination: the guest printed `ready` again (it booted anew)".into(),
+                ))
+            }
             Parsed::Unreadable(why) => findings.push(Finding::fail(
                 FindingKind::UnreadableLine,
                 format!("{side_name}: unreadable guest line ({why}): {}", l.text),
@@ -163,7 +170,11 @@ fn tick_findings(ticks: impl Iterator<Item = TickAt>, findings: &mut Vec<Finding
     for t in ticks {
         let status = t.tick.clock.name();
         if status != "ok" {
-            let list = if status == "jump" { &mut jumps } else { &mut backwards };
+            let list = if status == "jump" {
+                &mut jumps
+            } else {
+                &mut backwards
+            };
             list.push(format!(
                 "{} cpu {} tick {}: clock {} (drift {:?} µs)",
                 side_name(t.side),
@@ -174,7 +185,11 @@ fn tick_findings(ticks: impl Iterator<Item = TickAt>, findings: &mut Vec<Finding
             ));
         }
         if let Some((prev, prev_side)) = last.insert(t.tick.cpu, (t.tick.seq, t.side)) {
-            let across = if prev_side != t.side { " across the switchover" } else { "" };
+            let across = if prev_side != t.side {
+                " across the switchover"
+            } else {
+                ""
+            };
             if t.tick.seq > prev + 1 {
                 findings.push(Finding::fail(
                     FindingKind::TicksLost,
@@ -199,14 +214,20 @@ fn tick_findings(ticks: impl Iterator<Item = TickAt>, findings: &mut Vec<Finding
     if let Some(first) = backwards.first() {
         findings.push(Finding::fail(
             FindingKind::Clock,
-            format!("{} ticks with a clock going backwards; first: {first}", backwards.len()),
+            format!(
+                "{} ticks with a clock going backwards; first: {first}",
+                backwards.len()
+            ),
         ));
     }
     if let Some(first) = jumps.first() {
         findings.push(Finding {
             kind: FindingKind::Clock,
             severity: Severity::Note,
-            message: format!("{} ticks where TSC and kvmclock disagreed; first: {first}", jumps.len()),
+            message: format!(
+                "{} ticks where TSC and kvmclock disagreed; first: {first}",
+                jumps.len()
+            ),
         });
     }
 }
@@ -233,7 +254,10 @@ pub fn judge(e: &Evidence<'_>) -> Verdict {
             if let Some(expected) = e.expected_pages.filter(|&p| p != v.pages) {
                 findings.push(Finding::fail(
                     FindingKind::VerifyIncomplete,
-                    format!("verify checked {} pages, the working set has {expected}", v.pages),
+                    format!(
+                        "verify checked {} pages, the working set has {expected}",
+                        v.pages
+                    ),
                 ));
             }
         }
@@ -295,7 +319,10 @@ mod tests {
 
     #[test]
     fn a_clean_run_passes() {
-        let src = [t(Side::Source, 0, 0, ClockStatus::Ok), t(Side::Source, 0, 1, ClockStatus::Ok)];
+        let src = [
+            t(Side::Source, 0, 0, ClockStatus::Ok),
+            t(Side::Source, 0, 1, ClockStatus::Ok),
+        ];
         let dst = [t(Side::Destination, 0, 2, ClockStatus::Ok)];
         let v = judge(&Evidence {
             source_lines: &[],
@@ -311,7 +338,10 @@ mod tests {
 
     #[test]
     fn lost_and_repeated_ticks_bad_pages_and_clocks_fail() {
-        let src = [t(Side::Source, 0, 0, ClockStatus::Ok), t(Side::Source, 0, 1, ClockStatus::Ok)];
+        let src = [
+            t(Side::Source, 0, 0, ClockStatus::Ok),
+            t(Side::Source, 0, 1, ClockStatus::Ok),
+        ];
         let dst = [
             t(Side::Destination, 0, 4, ClockStatus::Jump),
             t(Side::Destination, 0, 4, ClockStatus::Ok),
@@ -332,18 +362,28 @@ mod tests {
         let kinds: Vec<FindingKind> = v.findings.iter().map(|f| f.kind).collect();
         assert_eq!(
             kinds,
-            [FindingKind::BadPages, FindingKind::TicksLost, FindingKind::TicksRepeated, FindingKind::Clock]
+            [
+                FindingKind::BadPages,
+                FindingKind::TicksLost,
+                FindingKind::TicksRepeated,
+                FindingKind::Clock
+            ]
         );
         assert_eq!(v.findings[3].severity, Severity::Note);
         assert!(v.findings[0].message.contains("page 7 (torn)"));
-        assert!(v.findings[1].message.contains("ticks 2..=3 missing across the switchover"));
+        assert!(v.findings[1]
+            .message
+            .contains("ticks 2..=3 missing across the switchover"));
         assert!(v.short().starts_with("FAIL: 1 bad pages"));
     }
 
     #[test]
     fn a_clock_jump_is_a_note_and_a_backwards_clock_fails() {
         let judge_ticks = |clock| {
-            let ticks = [t(Side::Source, 0, 0, ClockStatus::Ok), t(Side::Destination, 0, 1, clock)];
+            let ticks = [
+                t(Side::Source, 0, 0, ClockStatus::Ok),
+                t(Side::Destination, 0, 1, clock),
+            ];
             judge(&Evidence {
                 source_lines: &[],
                 destination_lines: &[],
@@ -355,10 +395,14 @@ mod tests {
         };
         let jump = judge_ticks(ClockStatus::Jump);
         assert!(jump.passed, "{jump:?}");
-        assert!(jump.short().starts_with("pass (note: 1 ticks where TSC and kvmclock disagreed"));
+        assert!(jump
+            .short()
+            .starts_with("pass (note: 1 ticks where TSC and kvmclock disagreed"));
         let back = judge_ticks(ClockStatus::ClockBackwards);
         assert!(!back.passed);
-        assert!(back.findings[0].message.contains("destination cpu 0 tick 1: clock clock_backwards"));
+        assert!(back.findings[0]
+            .message
+            .contains("destination cpu 0 tick 1: clock clock_backwards"));
     }
 
     #[test]

@@ -15,8 +15,17 @@ fn check(kind: VmmKind, name: &str, extra: &[&str]) {
         kind.label(),
         r.migration.status
     );
-    assert!(r.verdict.passed, "{name} on {}: {:?}", kind.label(), r.verdict.findings);
-    assert!(r.guest.ticks_before > 0 && r.guest.ticks_during > 0, "{name}: {:?}", r.guest);
+    assert!(
+        r.verdict.passed,
+        "{name} on {}: {:?}",
+        kind.label(),
+        r.verdict.findings
+    );
+    assert!(
+        r.guest.ticks_before > 0 && r.guest.ticks_during > 0,
+        "{name}: {:?}",
+        r.guest
+    );
     assert!(r.guest.baseline_work_per_s.is_some_and(|w| w > 0.0));
     if r.migration.status.completed() {
         assert!(r.migration.bytes_sent.is_some_and(|b| b > 0));

@@ -28,7 +28,11 @@ fn a_page_corrupted_after_migration_is_named() {
         .iter()
         .find(|f| f.kind == FindingKind::BadPages)
         .expect("a bad-pages finding");
-    assert!(finding.message.contains(&format!("page {page} (torn)")), "{}", finding.message);
+    assert!(
+        finding.message.contains(&format!("page {page} (torn)")),
+        "{}",
+        finding.message
+    );
 }
 
 #[test]

@@ -81,18 +81,24 @@ pub fn targets(images: &GuestImages, qemu: bool) -> Vec<BootTarget> {
 }
 
 /// One boot: ms from spawn to the line, or why not.
-pub fn boot_once(hv: &dyn Hypervisor, t: &BootTarget, dir: &Path) -> Result<std::result::Result<(f64, VmmProcess), String>> {
+pub fn boot_once(
+    hv: &dyn Hypervisor,
+    t: &BootTarget,
+    dir: &Path,
+) -> Result<std::result::Result<(f64, VmmProcess), String>> {
     let clock = RunClock::start();
     let spawned = clock.now_ms();
     let mut vm = hv.start_source(&t.vm, None, dir, clock)?;
     let waited = match t.until_line {
-        Some(needle) => vm
-            .console
-            .wait_for(needle, t.timeout, |l| l.text.contains(needle).then_some(l.at_ms)),
-        None => vm.console.wait_for("ready", t.timeout, |l| match l.event() {
-            Some(Event::Ready(_)) => Some(l.at_ms),
-            _ => None,
+        Some(needle) => vm.console.wait_for(needle, t.timeout, |l| {
+            l.text.contains(needle).then_some(l.at_ms)
         }),
+        None => vm
+            .console
+            .wait_for("ready", t.timeout, |l| match l.event() {
+                Some(Event::Ready(_)) => Some(l.at_ms),
+                _ => None,
+            }),
     };
     match waited {
         Ok(at) => Ok(Ok((at - spawned, vm))),
@@ -100,7 +106,14 @@ pub fn boot_once(hv: &dyn Hypervisor, t: &BootTarget, dir: &Path) -> Result<std:
         Err(e) => {
             let tail = vm.stderr().tail(2);
             hv.stop(&mut vm);
-            Ok(Err(format!("{e}{}", if tail.is_empty() { String::new() } else { format!(" ({tail})") })))
+            Ok(Err(format!(
+                "{e}{}",
+                if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({tail})")
+                }
+            )))
         }
     }
 }
@@ -110,7 +123,15 @@ pub fn run(tern: &dyn Hypervisor, qemu: &dyn Hypervisor, runs: usize) -> Result<
     artifacts::require_kvm()?;
     let images = artifacts::guest_images()?;
     let dir = WorkDir::create("boot")?;
-    let mut table = Table::new(["boot", "vmm", "ok", "median ms", "min ms", "max ms", "tern/qemu"]);
+    let mut table = Table::new([
+        "boot",
+        "vmm",
+        "ok",
+        "median ms",
+        "min ms",
+        "max ms",
+        "tern/qemu",
+    ]);
     let mut failures = Vec::new();
     for index in 0..2 {
         let mut medians = Vec::new();
@@ -123,7 +144,9 @@ pub fn run(tern: &dyn Hypervisor, qemu: &dyn Hypervisor, runs: usize) -> Result<
                         times.push(ms);
                         hv.stop(&mut vm);
                     }
-                    Err(why) => failures.push(format!("{} {}: {why}", hv.kind().label(), target.name)),
+                    Err(why) => {
+                        failures.push(format!("{} {}: {why}", hv.kind().label(), target.name))
+                    }
                 }
             }
             let s = Spread::of(&times);
@@ -135,7 +158,11 @@ pub fn run(tern: &dyn Hypervisor, qemu: &dyn Hypervisor, runs: usize) -> Result<
                 s.map_or("-".into(), |s| format!("{:.1}", s.median)),
                 s.map_or("-".into(), |s| format!("{:.1}", s.min)),
                 s.map_or("-".into(), |s| format!("{:.1}", s.max)),
-                if hv.kind().is_qemu() { ratio(medians[0], medians[1]) } else { String::new() },
+                if hv.kind().is_qemu() {
+                    ratio(medians[0], medians[1])
+                } else {
+                    String::new()
+                },
             ]);
         }
     }

@@ -52,7 +52,12 @@ pub fn measure(bytes: u64) -> Result<Throughput> {
     drop(s);
     let received = reader
         .join()
-        .map_err(|_| Error::io("loopback benchmark", std::io::Error::other("reader panicked")))?
+        .map_err(|_| {
+            Error::io(
+                "loopback benchmark",
+                std::io::Error::other("reader panicked"),
+            )
+        })?
         .map_err(io("read"))?;
     Ok(Throughput {
         bytes: received,

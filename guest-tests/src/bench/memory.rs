@@ -36,7 +36,10 @@ pub fn split_smaps(smaps: &str, guest_kib: u64) -> Resident {
     let mut size = None;
     for line in smaps.lines() {
         let mut words = line.split_whitespace();
-        match (words.next(), words.next().and_then(|v| v.parse::<u64>().ok())) {
+        match (
+            words.next(),
+            words.next().and_then(|v| v.parse::<u64>().ok()),
+        ) {
             (Some("Size:"), Some(kib)) => size = Some(kib),
             (Some("Rss:"), Some(kib)) => {
                 total += kib;
@@ -56,7 +59,8 @@ pub fn split_smaps(smaps: &str, guest_kib: u64) -> Resident {
 /// Reads `/proc/PID/smaps`.
 pub fn resident(pid: u32, guest_mib: u64) -> Result<Resident> {
     let path = format!("/proc/{pid}/smaps");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(format!("reading {path}"), e))?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| Error::io(format!("reading {path}"), e))?;
     Ok(split_smaps(&text, guest_mib * 1024))
 }
 
@@ -65,8 +69,22 @@ pub fn run_for(vmms: &[&dyn Hypervisor], runs: usize) -> Result<String> {
     artifacts::require_kvm()?;
     let images = artifacts::guest_images()?;
     let dir = WorkDir::create("memory")?;
-    let cases = [("idle, 1 GiB", "tern.test=idle", 1024u64), ("dirtier 256 MiB set, 1 GiB", "tern.test=dirtier tern.ws=256 tern.rate=20", 1024)];
-    let mut table = Table::new(["guest", "vmm", "ok", "RSS MiB", "guest touched MiB", "VMM overhead MiB (min–max)"]);
+    let cases = [
+        ("idle, 1 GiB", "tern.test=idle", 1024u64),
+        (
+            "dirtier 256 MiB set, 1 GiB",
+            "tern.test=dirtier tern.ws=256 tern.rate=20",
+            1024,
+        ),
+    ];
+    let mut table = Table::new([
+        "guest",
+        "vmm",
+        "ok",
+        "RSS MiB",
+        "guest touched MiB",
+        "VMM overhead MiB (min–max)",
+    ]);
     for (name, cmdline, mem) in cases {
         for hv in vmms {
             let vm = VmSpec {
@@ -83,9 +101,12 @@ pub fn run_for(vmms: &[&dyn Hypervisor], runs: usize) -> Result<String> {
                 let mut p = hv.start_source(&vm, None, dir.path(), RunClock::start())?;
                 let measured = (|| -> Result<Resident> {
                     let t = Duration::from_secs(20);
-                    p.console.wait_event("started", t, |e| matches!(e, Event::Started(_)).then_some(()))?;
+                    p.console.wait_event("started", t, |e| {
+                        matches!(e, Event::Started(_)).then_some(())
+                    })?;
                     for _ in 0..5 {
-                        p.console.wait_event("tick", t, |e| matches!(e, Event::Tick(_)).then_some(()))?;
+                        p.console
+                            .wait_event("tick", t, |e| matches!(e, Event::Tick(_)).then_some(()))?;
                     }
                     resident(p.pid(), mem)
                 })();
@@ -97,10 +118,21 @@ pub fn run_for(vmms: &[&dyn Hypervisor], runs: usize) -> Result<String> {
                 }
             }
             let mib = |f: &dyn Fn(&Resident) -> u64| -> Option<Spread> {
-                Spread::of(&samples.iter().map(|r| f(r) as f64 / 1024.0).collect::<Vec<_>>())
+                Spread::of(
+                    &samples
+                        .iter()
+                        .map(|r| f(r) as f64 / 1024.0)
+                        .collect::<Vec<_>>(),
+                )
             };
             let show = |s: Option<Spread>, full: bool| {
-                s.map_or("-".into(), |s| if full { s.show(1) } else { format!("{:.1}", s.median) })
+                s.map_or("-".into(), |s| {
+                    if full {
+                        s.show(1)
+                    } else {
+                        format!("{:.1}", s.median)
+                    }
+                })
             };
             table.row([
                 name.to_string(),
@@ -143,7 +175,13 @@ mod tests {
                      5500-5600 r-xp 00000000 08:01 12 /usr/bin/tern\nSize:               2048 kB\nRss:                1500 kB\n\
                      7e00-7e01 rw-p 00000000 00:00 0 [heap]\nSize:                512 kB\nRss:                 300 kB\n";
         let r = split_smaps(smaps, 1024 * 1024);
-        assert_eq!(r, Resident { total_kib: 67336, guest_kib: 65536 });
+        assert_eq!(
+            r,
+            Resident {
+                total_kib: 67336,
+                guest_kib: 65536
+            }
+        );
         assert_eq!(r.overhead_kib(), 1800);
     }
 }

@@ -28,7 +28,9 @@ pub fn cases() -> Vec<(&'static str, &'static str, Vec<String>)> {
 }
 
 fn medians(results: &[RunResult]) -> [Option<Spread>; 3] {
-    let pick = |f: &dyn Fn(&RunResult) -> Option<f64>| Spread::of(&results.iter().filter_map(f).collect::<Vec<_>>());
+    let pick = |f: &dyn Fn(&RunResult) -> Option<f64>| {
+        Spread::of(&results.iter().filter_map(f).collect::<Vec<_>>())
+    };
     [
         pick(&|r| r.migration.total_ms),
         pick(&|r| r.migration.downtime_ms),
@@ -49,7 +51,11 @@ pub fn run(tern: &dyn Hypervisor, qemu: &dyn Hypervisor, runs: usize) -> Result<
             let mut done = Vec::new();
             for _ in 0..runs {
                 let dir = WorkDir::create("bench-migrate")?;
-                let ctx = RunContext { images: &images, work_dir: dir.path(), injection: None };
+                let ctx = RunContext {
+                    images: &images,
+                    work_dir: dir.path(),
+                    injection: None,
+                };
                 match run_scenario(hv, &scenario, &ctx) {
                     Ok(r) if r.migration.status.completed() && r.verdict.passed => done.push(r),
                     Ok(r) => notes.push(format!(

@@ -29,10 +29,17 @@ pub fn run(tern: &dyn Hypervisor, ws_mib: u32) -> Result<String> {
         ],
     )?;
     let dir = WorkDir::create("send-rate")?;
-    let ctx = RunContext { images: &images, work_dir: dir.path(), injection: None };
+    let ctx = RunContext {
+        images: &images,
+        work_dir: dir.path(),
+        injection: None,
+    };
     let r = run_scenario(tern, &scenario, &ctx)?;
     if !r.migration.status.completed() {
-        return Err(Error::vm("tern", format!("migration did not complete: {}", r.migration.status.short())));
+        return Err(Error::vm(
+            "tern",
+            format!("migration did not complete: {}", r.migration.status.short()),
+        ));
     }
     let copy = loopback::measure(u64::from(ws_mib.max(1024)) << 20)?;
     let m = &r.migration;
@@ -42,14 +49,35 @@ pub fn run(tern: &dyn Hypervisor, ws_mib: u32) -> Result<String> {
         _ => None,
     };
     let mut t = Table::key_value();
-    t.row(["guest".to_string(), format!("{memory} MiB, {ws_mib} MiB of non-zero pages")]);
-    t.row(["data pages".to_string(), m.data_pages.map_or("-".into(), |p| p.to_string())]);
-    t.row(["zero pages".to_string(), m.zero_pages.map_or("-".into(), |p| p.to_string())]);
-    t.row(["sent MiB".to_string(), num(m.bytes_sent.map(|b| b as f64 / 1048576.0), 1)]);
-    t.row(["total ms (setup excluded)".to_string(), num(seconds.map(|s| s * 1e3), 0)]);
+    t.row([
+        "guest".to_string(),
+        format!("{memory} MiB, {ws_mib} MiB of non-zero pages"),
+    ]);
+    t.row([
+        "data pages".to_string(),
+        m.data_pages.map_or("-".into(), |p| p.to_string()),
+    ]);
+    t.row([
+        "zero pages".to_string(),
+        m.zero_pages.map_or("-".into(), |p| p.to_string()),
+    ]);
+    t.row([
+        "sent MiB".to_string(),
+        num(m.bytes_sent.map(|b| b as f64 / 1048576.0), 1),
+    ]);
+    t.row([
+        "total ms (setup excluded)".to_string(),
+        num(seconds.map(|s| s * 1e3), 0),
+    ]);
     t.row(["tern send rate MiB/s".to_string(), num(rate, 0)]);
-    t.row(["loopback TCP copy MiB/s".to_string(), num(Some(copy.mib_per_s()), 0)]);
-    t.row(["tern / loopback".to_string(), num(rate.map(|r| r / copy.mib_per_s() * 100.0), 1) + " %"]);
+    t.row([
+        "loopback TCP copy MiB/s".to_string(),
+        num(Some(copy.mib_per_s()), 0),
+    ]);
+    t.row([
+        "tern / loopback".to_string(),
+        num(rate.map(|r| r / copy.mib_per_s() * 100.0), 1) + " %",
+    ]);
     t.row(["verify".to_string(), r.verdict.short()]);
     Ok(t.render())
 }

@@ -86,9 +86,29 @@ impl Qemu {
             "kvm"
         };
         let mut c = CommandSpec::new(self.binary.display().to_string())
-            .args(["-M", "microvm,acpi=off", "-accel", accel, "-cpu", &self.cpu_model])
-            .args(["-smp", &vm.cpus.to_string(), "-m", &format!("{}M", vm.memory_mib)])
-            .args(["-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"])
+            .args([
+                "-M",
+                "microvm,acpi=off",
+                "-accel",
+                accel,
+                "-cpu",
+                &self.cpu_model,
+            ])
+            .args([
+                "-smp",
+                &vm.cpus.to_string(),
+                "-m",
+                &format!("{}M", vm.memory_mib),
+            ])
+            .args([
+                "-display",
+                "none",
+                "-monitor",
+                "none",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+            ])
             .arg("-kernel")
             .arg(vm.kernel.display().to_string());
         if let Some(i) = &vm.initrd {
@@ -151,7 +171,13 @@ impl Hypervisor for Qemu {
         self.variant
     }
 
-    fn start_source(&self, vm: &VmSpec, netns: Option<&str>, dir: &Path, clock: RunClock) -> Result<VmmProcess> {
+    fn start_source(
+        &self,
+        vm: &VmSpec,
+        netns: Option<&str>,
+        dir: &Path,
+        clock: RunClock,
+    ) -> Result<VmmProcess> {
         let qmp = Self::socket(dir, "source");
         let spec = self.spec(vm, &qmp, None).in_netns(netns);
         VmmProcess::spawn("source", self.variant, spec, qmp, clock)
@@ -272,7 +298,9 @@ impl Hypervisor for Qemu {
             let _ = qmp.execute("cancel-vcpu-dirty-limit", json!({}));
         }
         if let Some(v) = number(&info, &["cpu-throttle-percentage"]) {
-            outcome.notes.push(format!("final cpu-throttle-percentage {v}"));
+            outcome
+                .notes
+                .push(format!("final cpu-throttle-percentage {v}"));
         }
         Ok(outcome)
     }
@@ -304,8 +332,14 @@ mod tests {
         assert_eq!(p.throttle_pct, vec![30.0, 30.0]);
         let mut o = MigrationOutcome::bare(MigrationStatus::Completed, 0.0, 1.0);
         fill_outcome(&mut o, &info);
-        assert_eq!((o.total_ms, o.downtime_ms, o.rounds), (Some(1234.0), Some(12.0), Some(7)));
-        assert_eq!((o.data_pages, o.zero_pages, o.bytes_sent), (Some(200), Some(50000), Some(1000)));
+        assert_eq!(
+            (o.total_ms, o.downtime_ms, o.rounds),
+            (Some(1234.0), Some(12.0), Some(7))
+        );
+        assert_eq!(
+            (o.data_pages, o.zero_pages, o.bytes_sent),
+            (Some(200), Some(50000), Some(1000))
+        );
         let bare = progress_sample(&json!({"status":"setup"}), 0.0, 1);
         assert_eq!(bare.remaining_bytes, None);
     }

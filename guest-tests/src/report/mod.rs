@@ -21,7 +21,8 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
 
 /// The files of one run in `dir`: `<scenario>-<vmm>.json`, `.svg`, `.txt`.
 pub fn write_run(dir: &Path, r: &RunResult) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let stem = format!("{}-{}", r.scenario.name, r.vmm.label());
     let json = dir.join(format!("{stem}.json"));
     let svg = dir.join(format!("{stem}.svg"));

@@ -33,10 +33,15 @@ fn lines(r: &RunResult) -> Lines {
     let p = &r.migration.progress;
     let at = |t_ms: f64| t_ms / 1e3;
     let collect = |f: &dyn Fn(&crate::vmm::ProgressSample) -> Option<f64>| -> Series {
-        p.iter().filter_map(|s| f(s).map(|v| (at(s.t_ms), v))).collect()
+        p.iter()
+            .filter_map(|s| f(s).map(|v| (at(s.t_ms), v)))
+            .collect()
     };
     let guest = |f: &dyn Fn(&GuestPoint) -> Option<f64>| -> Series {
-        r.timeline.iter().filter_map(|g| f(g).map(|v| (g.t_s, v))).collect()
+        r.timeline
+            .iter()
+            .filter_map(|g| f(g).map(|v| (g.t_s, v)))
+            .collect()
     };
     Lines {
         remaining: collect(&|s| s.remaining_bytes.map(|b| b as f64 / MIB)),
@@ -100,12 +105,19 @@ fn panel(
             .draw_series(LineSeries::new(data.iter().copied(), color.stroke_width(2)))
             .map_err(|e| e.to_string())?
             .label(*label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
     }
     if let Some((label, v)) = hline {
         let grey = RGBColor(120, 120, 120);
         chart
-            .draw_series(DashedLineSeries::new(vec![(x.0, v), (x.1, v)], 6, 4, grey.into()))
+            .draw_series(DashedLineSeries::new(
+                vec![(x.0, v), (x.1, v)],
+                6,
+                4,
+                grey.into(),
+            ))
             .map_err(|e| e.to_string())?
             .label(label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], grey));
@@ -146,7 +158,12 @@ fn column(area: &Area<'_>, r: &RunResult) -> std::result::Result<(), String> {
         .fold(end_s, f64::max)
         .min(end_s + r.scenario.after_s + 1.0)
         + 0.2;
-    let title = format!("{} on {}: {}", r.scenario.name, r.vmm.label(), r.migration.status.short());
+    let title = format!(
+        "{} on {}: {}",
+        r.scenario.name,
+        r.vmm.label(),
+        r.migration.status.short()
+    );
     let area = area
         .titled(&title, ("sans-serif", 18))
         .map_err(|e| e.to_string())?;
@@ -172,7 +189,10 @@ fn column(area: &Area<'_>, r: &RunResult) -> std::result::Result<(), String> {
         "rates",
         "MiB/s",
         (x0, x1),
-        top(&[&l.transfer, &l.dirty_vmm, &l.dirty_guest], link.unwrap_or(1.0)),
+        top(
+            &[&l.transfer, &l.dirty_vmm, &l.dirty_guest],
+            link.unwrap_or(1.0),
+        ),
         end_s,
         &[
             ("transfer (VMM)", &l.transfer, blue),
@@ -188,7 +208,10 @@ fn column(area: &Area<'_>, r: &RunResult) -> std::result::Result<(), String> {
         (x0, x1),
         top(&[&l.throttle, &l.work], 100.0),
         end_s,
-        &[("max vCPU throttle", &l.throttle, purple), ("guest work vs baseline", &l.work, green)],
+        &[
+            ("max vCPU throttle", &l.throttle, purple),
+            ("guest work vs baseline", &l.work, green),
+        ],
         None,
     )?;
     Ok(())

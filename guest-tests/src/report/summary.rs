@@ -8,7 +8,11 @@ use crate::vmm::VmmKind;
 /// A run, or why it could not be carried out.
 pub enum RunReport {
     Done(Box<RunResult>),
-    Error { vmm: VmmKind, scenario: String, error: String },
+    Error {
+        vmm: VmmKind,
+        scenario: String,
+        error: String,
+    },
 }
 
 impl RunReport {
@@ -36,13 +40,21 @@ pub fn detail(r: &RunResult) -> String {
     let m = &r.migration;
     let g = &r.guest;
     let mut t = Table::key_value();
-    let link = r
-        .scenario
-        .link
-        .map_or("loopback".to_string(), |l| format!("shaped, {:.0} MiB/s", l.rate_mib_s()));
-    t.row(["scenario".to_string(), format!("{} — {}", r.scenario.name, r.scenario.description)]);
+    let link = r.scenario.link.map_or("loopback".to_string(), |l| {
+        format!("shaped, {:.0} MiB/s", l.rate_mib_s())
+    });
+    t.row([
+        "scenario".to_string(),
+        format!("{} — {}", r.scenario.name, r.scenario.description),
+    ]);
     t.row(["vmm".to_string(), r.vmm.label().to_string()]);
-    t.row(["guest".to_string(), format!("{} vCPU, {} MiB: {}", r.scenario.cpus, r.scenario.memory_mib, r.guest_cmdline)]);
+    t.row([
+        "guest".to_string(),
+        format!(
+            "{} vCPU, {} MiB: {}",
+            r.scenario.cpus, r.scenario.memory_mib, r.guest_cmdline
+        ),
+    ]);
     t.row(["link".to_string(), link]);
     t.row([
         "boot".to_string(),
@@ -57,16 +69,28 @@ pub fn detail(r: &RunResult) -> String {
         ),
     ]);
     t.row(["result".to_string(), m.status.short()]);
-    t.row(["total time (s)".to_string(), num(m.total_ms.map(|t| t / 1e3), 2)]);
+    t.row([
+        "total time (s)".to_string(),
+        num(m.total_ms.map(|t| t / 1e3), 2),
+    ]);
     t.row(["downtime (ms)".to_string(), num(m.downtime_ms, 1)]);
     t.row(["setup (ms)".to_string(), num(m.setup_ms, 1)]);
     t.row(["sent (MiB)".to_string(), mib(m.bytes_sent)]);
-    t.row(["rounds".to_string(), m.rounds.map_or("-".into(), |r| r.to_string())]);
+    t.row([
+        "rounds".to_string(),
+        m.rounds.map_or("-".into(), |r| r.to_string()),
+    ]);
     t.row(["max throttle (%)".to_string(), num(m.max_throttle_pct, 0)]);
     t.row(["work retained (%)".to_string(), num(g.work_retained_pct, 1)]);
     t.row(["work after (%)".to_string(), num(g.after_work_pct, 1)]);
-    t.row(["max guest stall (ms)".to_string(), num(ms(g.max_stall_us), 1)]);
-    t.row(["switchover gap (ms)".to_string(), num(g.switchover_gap_ms, 1)]);
+    t.row([
+        "max guest stall (ms)".to_string(),
+        num(ms(g.max_stall_us), 1),
+    ]);
+    t.row([
+        "switchover gap (ms)".to_string(),
+        num(g.switchover_gap_ms, 1),
+    ]);
     t.row([
         "guest dirty (MiB/s)".to_string(),
         format!(
@@ -125,7 +149,11 @@ pub fn side_by_side(reports: &[RunReport]) -> String {
                     m.rounds.map_or("-".into(), |r| r.to_string()),
                     num(m.max_throttle_pct, 0),
                     num(r.guest.switchover_gap_ms, 0),
-                    if r.verdict.passed { "pass".into() } else { "FAIL".into() },
+                    if r.verdict.passed {
+                        "pass".into()
+                    } else {
+                        "FAIL".into()
+                    },
                 ]);
             }
             RunReport::Error { vmm, error, .. } => {
@@ -133,9 +161,15 @@ pub fn side_by_side(reports: &[RunReport]) -> String {
             }
         }
     }
-    let tern = reports.iter().find_map(|r| r.result().filter(|r| r.vmm == VmmKind::Tern));
+    let tern = reports
+        .iter()
+        .find_map(|r| r.result().filter(|r| r.vmm == VmmKind::Tern));
     if let Some(tern) = tern {
-        for q in reports.iter().filter_map(RunReport::result).filter(|r| r.vmm.is_qemu()) {
+        for q in reports
+            .iter()
+            .filter_map(RunReport::result)
+            .filter(|r| r.vmm.is_qemu())
+        {
             let both = tern.migration.status.completed() && q.migration.status.completed();
             let when = |a: Option<f64>, b: Option<f64>| if both { ratio(a, b) } else { "-".into() };
             let tm = &tern.migration;
@@ -147,7 +181,10 @@ pub fn side_by_side(reports: &[RunReport]) -> String {
                 when(tm.downtime_ms, qm.downtime_ms),
                 ratio(ms(tern.guest.max_stall_us), ms(q.guest.max_stall_us)),
                 ratio(tern.guest.work_retained_pct, q.guest.work_retained_pct),
-                when(tm.bytes_sent.map(|b| b as f64), qm.bytes_sent.map(|b| b as f64)),
+                when(
+                    tm.bytes_sent.map(|b| b as f64),
+                    qm.bytes_sent.map(|b| b as f64),
+                ),
             ]);
         }
     }
@@ -165,6 +202,9 @@ mod tests {
             scenario: "idle".into(),
             error: "boom".into(),
         }]);
-        assert!(s.lines().nth(2).unwrap().starts_with("tern  ERROR: boom"), "{s}");
+        assert!(
+            s.lines().nth(2).unwrap().starts_with("tern  ERROR: boom"),
+            "{s}"
+        );
     }
 }

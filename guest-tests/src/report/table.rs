@@ -80,7 +80,13 @@ impl Table {
         if !self.headers.is_empty() {
             out.push_str(&line(&self.headers));
             out.push('\n');
-            out.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+            out.push_str(
+                &widths
+                    .iter()
+                    .map(|w| "-".repeat(*w))
+                    .collect::<Vec<_>>()
+                    .join("  "),
+            );
             out.push('\n');
         }
         for r in &self.rows {
@@ -107,7 +113,9 @@ pub fn mib(bytes: Option<u64>) -> String {
 /// `a / b` as a ratio like `0.42x`, or `-` when either is missing or b is 0.
 pub fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
-        (Some(a), Some(b)) if b != 0.0 && a.is_finite() && b.is_finite() => format!("{:.2}x", a / b),
+        (Some(a), Some(b)) if b != 0.0 && a.is_finite() && b.is_finite() => {
+            format!("{:.2}x", a / b)
+        }
         _ => "-".into(),
     }
 }

@@ -53,7 +53,12 @@ pub fn parse_response(raw: &[u8]) -> std::result::Result<Response, String> {
     });
     let body = match length {
         Some(n) if n <= body.len() => body[..n].to_string(),
-        Some(n) => return Err(format!("body shorter ({}) than Content-Length {n}", body.len())),
+        Some(n) => {
+            return Err(format!(
+                "body shorter ({}) than Content-Length {n}",
+                body.len()
+            ))
+        }
         None => body.to_string(),
     };
     Ok(Response { status, body })
@@ -89,7 +94,12 @@ pub fn request(socket: &Path, method: &str, path: &str, body: Option<&str>) -> R
 }
 
 /// Like [`request`], but a non-2xx answer is an error carrying the body.
-pub fn call(socket: &Path, method: &str, path: &str, body: Option<&str>) -> Result<serde_json::Value> {
+pub fn call(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<serde_json::Value> {
     let r = request(socket, method, path, body)?;
     let fail = |message: String| Error::Api {
         request: format!("{method} {path}"),
@@ -111,7 +121,9 @@ mod tests {
         let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}extra").unwrap();
         assert_eq!((r.status, r.body.as_str()), (200, "{}"));
         assert!(r.ok());
-        let r = parse_response(b"HTTP/1.1 409 Conflict\r\ncontent-length: 13\r\n\r\n{\"error\":\"x\"}").unwrap();
+        let r =
+            parse_response(b"HTTP/1.1 409 Conflict\r\ncontent-length: 13\r\n\r\n{\"error\":\"x\"}")
+                .unwrap();
         assert_eq!(r.status, 409);
         assert_eq!(r.json().unwrap()["error"], "x");
         let r = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();

@@ -57,7 +57,12 @@ impl Tern {
     }
 
     /// The `tern migrate` command for `scenario`.
-    pub fn migrate_command(&self, api_socket: &Path, to: &Endpoint, scenario: &Scenario) -> CommandSpec {
+    pub fn migrate_command(
+        &self,
+        api_socket: &Path,
+        to: &Endpoint,
+        scenario: &Scenario,
+    ) -> CommandSpec {
         let l = &scenario.limits;
         let mut c = CommandSpec::new(self.binary.display().to_string())
             .arg("migrate")
@@ -93,7 +98,13 @@ impl Hypervisor for Tern {
         VmmKind::Tern
     }
 
-    fn start_source(&self, vm: &VmSpec, netns: Option<&str>, dir: &Path, clock: RunClock) -> Result<VmmProcess> {
+    fn start_source(
+        &self,
+        vm: &VmSpec,
+        netns: Option<&str>,
+        dir: &Path,
+        clock: RunClock,
+    ) -> Result<VmmProcess> {
         let socket = Self::socket(dir, "source")?;
         let mut spec = CommandSpec::new(self.binary.display().to_string())
             .arg("run")
@@ -210,10 +221,14 @@ impl Hypervisor for Tern {
     fn finish_source(&self, source: &mut VmmProcess) -> Result<Option<String>> {
         match source.wait_exit(Duration::from_secs(10))? {
             Some(status) if status == "exit status: 0" => Ok(None),
-            Some(status) => Ok(Some(format!("source tern ended with {status} after the migration"))),
+            Some(status) => Ok(Some(format!(
+                "source tern ended with {status} after the migration"
+            ))),
             None => {
                 self.stop(source);
-                Ok(Some("source tern did not exit within 10 s after the migration".into()))
+                Ok(Some(
+                    "source tern did not exit within 10 s after the migration".into(),
+                ))
             }
         }
     }

@@ -51,7 +51,11 @@ pub fn outcome(
                 if exit_ok { "0" } else { "non-zero" },
                 stdout.trim()
             );
-            return MigrationOutcome::bare(MigrationStatus::Failed { reason }, started_at_ms, ended_at_ms);
+            return MigrationOutcome::bare(
+                MigrationStatus::Failed { reason },
+                started_at_ms,
+                ended_at_ms,
+            );
         }
     };
     let stats: Stats = serde_json::from_value(value.clone()).unwrap_or_default();
@@ -137,11 +141,17 @@ mod tests {
     fn aborted_is_not_converged_and_garbage_is_a_failure() {
         let aborted = r#"{"phase":"aborted","total_ms":60000.0,"reason":"no convergence: dirty rate above link","error":"timeout"}"#;
         let o = outcome(aborted, false, 60.0, 0.0, 1.0);
-        assert!(matches!(o.status, MigrationStatus::DidNotConverge { after_s, ref reason } if after_s == 60.0 && reason == "timeout"));
+        assert!(
+            matches!(o.status, MigrationStatus::DidNotConverge { after_s, ref reason } if after_s == 60.0 && reason == "timeout")
+        );
         let o = outcome("tern: error: cannot connect", false, 60.0, 0.0, 1.0);
-        assert!(matches!(o.status, MigrationStatus::Failed { ref reason } if reason.contains("cannot connect")));
+        assert!(
+            matches!(o.status, MigrationStatus::Failed { ref reason } if reason.contains("cannot connect"))
+        );
         let failed = r#"{"phase":"failed","error":"cannot connect to tcp:127.0.0.1:1"}"#;
         let o = outcome(failed, false, 60.0, 0.0, 1.0);
-        assert!(matches!(o.status, MigrationStatus::Failed { ref reason } if reason.contains("cannot connect")));
+        assert!(
+            matches!(o.status, MigrationStatus::Failed { ref reason } if reason.contains("cannot connect"))
+        );
     }
 }

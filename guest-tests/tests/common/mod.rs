@@ -10,6 +10,13 @@ use tern_guest_tests::scenario::Scenario;
 use tern_guest_tests::vmm::{Hypervisor, VmmKind};
 use tern_guest_tests::workdir::WorkDir;
 
+/// Tests that boot guests run one at a time, whatever `--test-threads`
+/// says: on a 2-core machine parallel VMs only make each other late.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Small and short: seconds per scenario. The full sizes are for the
 /// benchmark modes and the docs.
 pub const SHORT: [&str; 6] = [
@@ -36,7 +43,12 @@ pub fn qemu(variant: VmmKind) -> Qemu {
 
 /// Runs `name` with the short settings, a shaped link only if the scenario
 /// has one, then `extra` overrides.
-pub fn run(hv: &dyn Hypervisor, name: &str, extra: &[&str], injection: Option<Injection>) -> RunResult {
+pub fn run(
+    hv: &dyn Hypervisor,
+    name: &str,
+    extra: &[&str],
+    injection: Option<Injection>,
+) -> RunResult {
     let images = images();
     let base = Scenario::build(name, &[]).expect("scenario");
     let overrides: Vec<String> = SHORT
