@@ -146,7 +146,11 @@ impl<'a, P: Platform, D: BlockDevice> DiskRun<'a, P, D> {
         match self.config.disk_mode {
             DiskMode::Write => {
                 let passes = self.config.passes;
-                while (passes == 0 || self.generation < passes) && !self.write_pass().stopped {}
+                // A stop seen during a pass (its header included) ends the
+                // passes; that pass's `disk_written` says `stopped`.
+                while (passes == 0 || self.generation < passes) && !self.engine.stop_requested {
+                    self.write_pass();
+                }
             }
             DiskMode::Verify => self.verify_from_disk(),
             DiskMode::Bench => self.bench(),
@@ -163,7 +167,7 @@ impl<'a, P: Platform, D: BlockDevice> DiskRun<'a, P, D> {
             Command::Verify => self.verify_from_disk(),
             Command::Corrupt { page, how } => self.corrupt(page, how),
             Command::Stop => match self.last_written {
-                Some(w) => emit(p, &w),
+                Some(w) => emit(p, &DiskWritten { stopped: true, ..w }),
                 None => emit_error(
                     p,
                     ErrorKind::Disk,
@@ -271,6 +275,7 @@ impl<'a, P: Platform, D: BlockDevice> DiskRun<'a, P, D> {
             blocks: pumped.issued,
             cursor,
             complete: pumped.issued == self.blocks,
+            stopped: self.engine.stop_requested,
             errors,
             elapsed_ms: pumped.elapsed_us(hz) / 1000,
             mib_s_x100: pumped.mib_s_x100(hz),

@@ -215,7 +215,10 @@ fn stop_mid_pass_leaves_a_header_that_verifies() {
     assert!(run.write_pass().stopped);
     let w = run.last_written.unwrap();
     assert_eq!(w.generation, 2);
-    assert!(!w.complete && w.cursor < 257, "{w:?}");
+    assert!(!w.complete && w.stopped && w.cursor < 257, "{w:?}");
+    // With passes left, a stopped run starts no other.
+    run.start();
+    assert_eq!(run.last_written.unwrap().generation, 2);
 
     let p2 = TestPlatform::new(1000);
     let t2 = table();

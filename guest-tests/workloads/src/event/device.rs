@@ -96,6 +96,8 @@ pub struct DiskWritten {
     /// Blocks before this one hold this generation, the rest the one before.
     pub cursor: u64,
     pub complete: bool,
+    /// This is the answer to `stop`: no pass follows.
+    pub stopped: bool,
     pub errors: u64,
     pub elapsed_ms: u64,
     pub mib_s_x100: u64,
@@ -108,6 +110,7 @@ impl EventBody for DiskWritten {
             .u64("blocks", self.blocks)
             .u64("cursor", self.cursor)
             .bool("complete", self.complete)
+            .bool("stopped", self.stopped)
             .u64("errors", self.errors)
             .u64("elapsed_ms", self.elapsed_ms)
             .hundredths("mib_s", self.mib_s_x100 as i64);
