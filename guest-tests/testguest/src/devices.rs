@@ -31,7 +31,7 @@ impl MmioWindow {
     fn new(device: &MmioDevice, ram: &[Span]) -> Option<MmioWindow> {
         let end = device.base.checked_add(device.size)?;
         let in_hole =
-            MMIO_HOLE.start <= device.base && end <= MMIO_HOLE.end && device.base % 4 == 0;
+            MMIO_HOLE.start <= device.base && end <= MMIO_HOLE.end && device.base.is_multiple_of(4);
         let in_ram = ram.iter().any(|r| device.base < r.end && r.start < end);
         (in_hole && !in_ram).then_some(MmioWindow { base: device.base })
     }

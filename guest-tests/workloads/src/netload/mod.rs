@@ -47,7 +47,7 @@ impl<'a, P: Platform, D: FrameDevice> NetRun<'a, P, D> {
             p,
             config,
             dev,
-            run_id: mix(p.boot_tsc() ^ mix(config.seed ^ 0x6e65_74)),
+            run_id: mix(p.boot_tsc() ^ mix(config.seed ^ u64::from_be_bytes(*b"\0\0\0\0\0net"))),
             counts: NetCounts::default(),
             returned: SeqWindow::new(),
             peer_next: None,

@@ -75,6 +75,9 @@ pub fn read_bytes(words: &[AtomicU64], offset: usize, out: &mut [u8]) {
     }
 }
 
+/// Feature bits common to all devices.
+pub const F_VERSION_1: u64 = 1 << 32;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +104,3 @@ mod tests {
         );
     }
 }
-
-/// Feature bits common to all devices.
-pub const F_VERSION_1: u64 = 1 << 32;
