@@ -48,7 +48,7 @@ tern_ap_boot:
 .global tern_bsp_tss
 tern_bsp_tss:
     .long 0
-    .quad tern_bsp_rsp0_top     /* RSP0: service calls */
+    .quad tern_bsp_rsp0_top     /* RSP0: unused, every gate switches to IST1 */
     .quad 0, 0, 0
     .quad tern_bsp_ist_top      /* IST1: exceptions */
     .quad 0, 0, 0, 0, 0, 0, 0

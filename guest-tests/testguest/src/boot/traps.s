@@ -3,8 +3,13 @@
  * An exception does not get handled in ring 0: fault_common saves what the
  * CPU pushed (plus CR2) as a FaultRecord at the top of this CPU's IST stack
  * and "returns" to the Rust reporter in ring 3 (fault.rs), which prints the
- * error event and halts. The service call (int $0x80, the only gate ring 3
- * may use) does the few things ring 3 cannot: wrmsr, hlt, a triple fault. */
+ * error event and halts.
+ *
+ * The service call does the few things ring 3 cannot: port I/O, the guest's
+ * cpuid, wrmsr, hlt, a triple fault. kvm_pvm turns `int n` from ring 3 into
+ * #UD (and `syscall` is broken) but delivers exceptions faithfully, so a
+ * service call is a `ud2` with SERVICE_MAGIC in %r11 (boot/service.rs);
+ * any other #UD is a fault like the rest. */
 
 .pushsection .text.boot, "ax"
 .code64
