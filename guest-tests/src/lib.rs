@@ -22,5 +22,6 @@ pub mod tern;
 pub mod verifier;
 pub mod vmm;
 pub mod workdir;
+pub mod workload;
 
 pub use error::{Error, Result};

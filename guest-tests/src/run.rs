@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tern_workloads::command::Command as GuestCommand;
-use tern_workloads::event::{Event, Verified};
+use tern_workloads::event::Event;
 
 use crate::analysis::{self, GuestMetrics, GuestPoint, Side};
 use crate::artifacts::GuestImages;
@@ -27,15 +27,14 @@ use crate::console::{LoggedLine, RunClock};
 use crate::error::{Error, Result};
 use crate::link::{LinkShape, ShapedLink};
 use crate::scenario::Scenario;
-use crate::verifier::{self, Verdict, VerifySummary};
+use crate::verifier::{self, Verdict};
 use crate::vmm::{Endpoint, Hypervisor, MigrationOutcome, VmSpec, VmmKind, VmmProcess};
+use crate::workload::WorkloadKind;
 
 /// The port a destination listens on inside its own namespace.
 const NETNS_PORT: u16 = 4444;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
-const STARTED_TIMEOUT: Duration = Duration::from_secs(120);
-const TICK_TIMEOUT: Duration = Duration::from_secs(15);
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How the source's boot went.
@@ -126,6 +125,9 @@ pub struct RunResult {
 pub enum Injection {
     /// `corrupt page=N` to the guest, wherever it runs after the migration.
     CorruptPage(u64),
+    /// Flip every byte of disk block N in the disk image, from the host,
+    /// after the guest stopped writing and before it verifies.
+    CorruptDiskBlock(u64),
 }
 
 /// Where a run keeps its sockets and disk images, and what it injects.
@@ -135,9 +137,16 @@ pub struct RunContext<'a> {
     pub injection: Option<Injection>,
 }
 
-/// Applies `injection` to the guest on `vm` and waits for its answer.
-fn inject(vm: &mut VmmProcess, injection: Injection) -> Result<()> {
+/// Applies `injection` to the guest on `vm` (or to its disk image) and
+/// waits for its answer.
+fn inject(vm: &mut VmmProcess, injection: Injection, disk: Option<&Path>) -> Result<()> {
     match injection {
+        Injection::CorruptDiskBlock(block) => {
+            let disk = disk.ok_or_else(|| {
+                Error::Scenario("CorruptDiskBlock needs a scenario with a disk".into())
+            })?;
+            crate::workload::corrupt_disk_block(disk, block)
+        }
         Injection::CorruptPage(page) => {
             vm.console.skip_to_end();
             let how = tern_workloads::page::Corruption::Torn;
@@ -215,37 +224,6 @@ pub fn boot_with_retry(
     }
 }
 
-fn wait_started(vm: &mut VmmProcess) -> Result<u64> {
-    vm.console
-        .wait_event("the started event", STARTED_TIMEOUT, |e| match e {
-            Event::Started(s) => Some(s.pages),
-            _ => None,
-        })
-}
-
-/// Waits for `n` ticks of the lowest-numbered vCPU that ticks.
-fn wait_ticks(vm: &mut VmmProcess, n: u32) -> Result<()> {
-    let mut cpu = None;
-    for _ in 0..n {
-        vm.console.wait_event("a tick", TICK_TIMEOUT, |e| match e {
-            Event::Tick(t) if *cpu.get_or_insert(t.cpu) == t.cpu => Some(()),
-            _ => None,
-        })?;
-    }
-    Ok(())
-}
-
-/// Sends `verify` and waits for the answer.
-pub fn verify_now(vm: &mut VmmProcess) -> Result<Verified> {
-    vm.console.skip_to_end();
-    vm.send_line(&GuestCommand::Verify.to_string())?;
-    vm.console
-        .wait_event("the verify event", VERIFY_TIMEOUT, |e| match e {
-            Event::Verify(v) => Some(*v),
-            _ => None,
-        })
-}
-
 /// Collects console lines for `d` (ticks keep coming).
 fn collect_for(vm: &mut VmmProcess, d: Duration) -> Result<()> {
     crate::interrupt::sleep(d)?;
@@ -303,18 +281,16 @@ pub fn run_scenario(
         disk,
     };
 
+    let workload = WorkloadKind::of(&scenario.guest.test);
     let (mut src, boot) = boot_with_retry(hv, &vm, src_ns.as_deref(), ctx.work_dir, clock)?;
-    let expected_pages = wait_started(&mut src)?;
+    let expected_pages = workload.wait_running(&mut src)?;
     let mut dst = hv.start_destination(&vm, &endpoint, dst_ns.as_deref(), ctx.work_dir, clock)?;
-    src.console
-        .wait_event("the baseline event", TICK_TIMEOUT, |e| {
-            matches!(e, Event::Baseline(_)).then_some(())
-        })?;
-    wait_ticks(&mut src, scenario.warmup_ticks)?;
+    workload.wait_ticks(&mut src, scenario.warmup_ticks)?;
     let baseline_from_ms = clock.now_ms();
     collect_for(&mut src, Duration::from_secs_f64(scenario.baseline_s))?;
 
     let mut migration = hv.migrate(&mut src, &mut dst, &endpoint, scenario, clock)?;
+    let vm_disk = vm.disk.as_deref();
     let completed = migration.status.completed();
 
     let verify = if completed {
@@ -328,24 +304,22 @@ pub fn run_scenario(
         if let Some(fragment) = src.console.take_unfinished() {
             dst.console.prepend_to_first_line(fragment);
         }
-        dst.console
-            .wait_event("the first tick on the destination", TICK_TIMEOUT, |e| {
-                matches!(e, Event::Tick(_)).then_some(())
-            })?;
+        workload.wait_ticks(&mut dst, 1)?;
         collect_for(&mut dst, Duration::from_secs_f64(scenario.after_s))?;
-        if let Some(i) = ctx.injection {
-            inject(&mut dst, i)?;
-        }
-        Some(VerifySummary::new(
-            Side::Destination,
-            &verify_now(&mut dst)?,
-        ))
+        Some(
+            workload.check(&mut dst, Side::Destination, |vm| match ctx.injection {
+                Some(i) => inject(vm, i, vm_disk),
+                None => Ok(()),
+            })?,
+        )
     } else {
         collect_for(&mut src, Duration::from_secs_f64(scenario.after_s))?;
-        if let Some(i) = ctx.injection {
-            inject(&mut src, i)?;
-        }
-        Some(VerifySummary::new(Side::Source, &verify_now(&mut src)?))
+        Some(
+            workload.check(&mut src, Side::Source, |vm| match ctx.injection {
+                Some(i) => inject(vm, i, vm_disk),
+                None => Ok(()),
+            })?,
+        )
     };
     hv.stop(&mut dst);
     hv.stop(&mut src);
@@ -360,8 +334,14 @@ pub fn run_scenario(
     });
     drop(link);
 
-    let src_ticks = analysis::ticks(src.console.lines(), Side::Source);
-    let dst_ticks = analysis::ticks(dst.console.lines(), Side::Destination);
+    let tick_ms = scenario
+        .guest
+        .extra
+        .get("tick_ms")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(100);
+    let src_ticks = workload.ticks(src.console.lines(), Side::Source, tick_ms);
+    let dst_ticks = workload.ticks(dst.console.lines(), Side::Destination, tick_ms);
     let migration_end = migration.ended_at_ms;
     let (guest, timeline) = analysis::analyse(
         &src_ticks,

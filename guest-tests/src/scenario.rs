@@ -43,7 +43,7 @@ impl GuestSpec {
     /// The kernel command line.
     pub fn cmdline(&self) -> String {
         let mut words = vec![format!("tern.test={}", self.test)];
-        if self.test != "idle" {
+        if self.test == "dirtier" {
             words.push(format!("tern.ws={}", self.ws_mib));
             words.push(format!("tern.rate={}", self.rate));
             words.push(format!("tern.pattern={}", self.pattern));
@@ -217,22 +217,21 @@ pub fn named(name: &str) -> Result<Scenario> {
             )
         },
         "disk-qd32" => {
-            let mut guest = GuestSpec::dirtier(64, "20", "seq");
+            let mut guest = GuestSpec::dirtier(0, "0", "seq");
             guest.test = "disk".into();
-            guest.extra.insert("qd".into(), "32".into());
+            // Write passes until `stop`, 32 requests in flight, over the
+            // whole disk area.
+            for (k, v) in [("qd", "32"), ("passes", "0"), ("disk_mib", "256")] {
+                guest.extra.insert(k.into(), v.into());
+            }
             Scenario {
                 disk: Some(DiskSpec {
-                    size_mib: 256,
+                    size_mib: 257,
                     queue_depth: 32,
                 }),
-                depends_on: Some(
-                    "the test guest's virtio-blk workload (tern.test=disk tern.qd=N, with \
-                     disk-verify) — not in the test guest yet"
-                        .into(),
-                ),
                 ..base(
                     "disk-qd32",
-                    "virtio-blk writes at queue depth 32 plus steady memory writes",
+                    "virtio-blk checked block writes at queue depth 32 (disk image shared by both ends), loopback",
                     guest,
                 )
             }
@@ -322,10 +321,15 @@ impl Scenario {
             "baseline" => self.baseline_s = number(key, value)?,
             "after" => self.after_s = number(key, value)?,
             "disk" => {
-                let size_mib = number(key, value)?;
+                // The image is one MiB larger than the area the workload
+                // writes (its header block comes first).
+                let size_mib: u64 = number(key, value)?;
                 let queue_depth = self.disk.as_ref().map_or(32, |d| d.queue_depth);
+                self.guest
+                    .extra
+                    .insert("disk_mib".into(), size_mib.to_string());
                 self.disk = Some(DiskSpec {
-                    size_mib,
+                    size_mib: size_mib + 1,
                     queue_depth,
                 });
             }
@@ -446,8 +450,17 @@ mod tests {
         let s = Scenario::build("one-busy-vcpu", &["dirty-limit=5".into()]).unwrap();
         assert_eq!(s.qemu_dirty_limit(), 5);
         assert_eq!(named("idle").unwrap().qemu_dirty_limit(), 32);
-        let d = Scenario::build("disk-qd32", &["qd=8".into()]).unwrap();
-        assert_eq!(d.disk.unwrap().queue_depth, 8);
-        assert!(d.guest.cmdline().contains("tern.qd=8"));
+        let d = Scenario::build("disk-qd32", &["qd=8".into(), "disk=16".into()]).unwrap();
+        assert_eq!(
+            d.guest.cmdline(),
+            "tern.test=disk tern.disk_mib=16 tern.passes=0 tern.qd=8"
+        );
+        assert_eq!(
+            d.disk.unwrap(),
+            DiskSpec {
+                size_mib: 17,
+                queue_depth: 8
+            }
+        );
     }
 }

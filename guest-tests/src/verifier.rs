@@ -13,7 +13,8 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use tern_workloads::event::{Event, Verified};
+use tern_workloads::event::Event;
+use tern_workloads::verify::VerifyReport;
 
 use crate::analysis::{Side, TickAt};
 use crate::console::{GuestLine, Parsed};
@@ -67,7 +68,8 @@ impl Finding {
     }
 }
 
-/// The guest's own memory check, as reported.
+/// The guest's own check, as reported: of memory pages, or, for the disk
+/// workload, of disk blocks (`pages` then counts blocks).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct VerifySummary {
     pub side: Side,
@@ -80,18 +82,16 @@ pub struct VerifySummary {
 }
 
 impl VerifySummary {
-    pub fn new(side: Side, v: &Verified) -> VerifySummary {
+    /// From a `verify` (pages) or `disk_verify` (blocks) report.
+    pub fn from_report(side: Side, report: &VerifyReport, elapsed_us: u64) -> VerifySummary {
         VerifySummary {
             side,
-            ok: v.report.ok(),
-            pages: v.report.pages,
-            bad: v.report.bad,
-            first_bad_page: v.report.first_bad.map(|b| b.page),
-            first_bad_reason: v
-                .report
-                .first_bad
-                .map(|b| b.damage.reason.name().to_string()),
-            elapsed_us: v.elapsed_us,
+            ok: report.ok(),
+            pages: report.pages,
+            bad: report.bad,
+            first_bad_page: report.first_bad.map(|b| b.page),
+            first_bad_reason: report.first_bad.map(|b| b.damage.reason.name().to_string()),
+            elapsed_us,
         }
     }
 }

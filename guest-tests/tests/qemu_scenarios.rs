@@ -62,3 +62,8 @@ fn one_busy_vcpu() {
 fn burst_with_a_dirty_limit() {
     check(VmmKind::QemuDirtyLimit, "burst", &["ws=32"]);
 }
+
+#[test]
+fn disk_qd32() {
+    check(VmmKind::Qemu, "disk-qd32", &["disk=16"]);
+}

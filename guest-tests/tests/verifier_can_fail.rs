@@ -42,3 +42,22 @@ fn the_same_run_without_damage_passes() {
     assert!(r.verdict.passed, "{:?}", r.verdict);
     assert_eq!(r.verdict.verify.as_ref().map(|v| v.pages), Some(16 * 256));
 }
+
+#[test]
+fn a_disk_block_corrupted_in_the_image_is_named() {
+    // The guest writes checked blocks during the migration; after it stops
+    // on the destination, the host flips block 77 in the image file, then
+    // the guest verifies every block it wrote.
+    let block = 77;
+    let r = common::run(
+        &common::qemu(VmmKind::Qemu),
+        "disk-qd32",
+        &["disk=8"],
+        Some(Injection::CorruptDiskBlock(block)),
+    );
+    assert!(r.migration.status.completed(), "{:?}", r.migration.status);
+    let verify = r.verdict.verify.as_ref().expect("a disk_verify answer");
+    assert!(!r.verdict.passed, "{:?}", r.verdict);
+    assert_eq!(verify.first_bad_page, Some(block), "{verify:?}");
+    assert_eq!(verify.bad, 1, "{verify:?}");
+}

@@ -120,7 +120,10 @@ impl Qemu {
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp.display()));
         if let Some(d) = &vm.disk {
+            // microvm's virtio-mmio is legacy (version 1) unless told
+            // otherwise; the test guest and tern speak virtio 1.x only.
             c = c
+                .args(["-global", "virtio-mmio.force-legacy=false"])
                 .arg("-drive")
                 .arg(format!("file={},format=raw,if=none,id=disk0", d.display()))
                 .args(["-device", "virtio-blk-device,drive=disk0"]);
