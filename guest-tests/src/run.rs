@@ -27,7 +27,7 @@ use crate::console::{LoggedLine, RunClock};
 use crate::error::{Error, Result};
 use crate::link::{LinkShape, ShapedLink};
 use crate::scenario::Scenario;
-use crate::verifier::{self, Verdict};
+use crate::verifier::{self, Verdict, VerifySummary};
 use crate::vmm::{Endpoint, Hypervisor, MigrationOutcome, VmSpec, VmmKind, VmmProcess};
 use crate::workload::WorkloadKind;
 
@@ -293,7 +293,17 @@ pub fn run_scenario(
     let vm_disk = vm.disk.as_deref();
     let completed = migration.status.completed();
 
-    let verify = if completed {
+    // After the migration, a guest that does not answer is a finding of
+    // the run (with everything collected so far), not an abort.
+    let after = |vm: &mut VmmProcess, side: Side| -> Result<VerifySummary> {
+        workload.wait_ticks(vm, 1)?;
+        collect_for(vm, Duration::from_secs_f64(scenario.after_s))?;
+        workload.check(vm, side, |vm| match ctx.injection {
+            Some(i) => inject(vm, i, vm_disk),
+            None => Ok(()),
+        })
+    };
+    let checked = if completed {
         // The source has handed over: let it finish (tern exits by itself;
         // QEMU is told to quit), read its last lines, and join a line the
         // switchover cut in two.
@@ -304,22 +314,14 @@ pub fn run_scenario(
         if let Some(fragment) = src.console.take_unfinished() {
             dst.console.prepend_to_first_line(fragment);
         }
-        workload.wait_ticks(&mut dst, 1)?;
-        collect_for(&mut dst, Duration::from_secs_f64(scenario.after_s))?;
-        Some(
-            workload.check(&mut dst, Side::Destination, |vm| match ctx.injection {
-                Some(i) => inject(vm, i, vm_disk),
-                None => Ok(()),
-            })?,
-        )
+        after(&mut dst, Side::Destination)
     } else {
-        collect_for(&mut src, Duration::from_secs_f64(scenario.after_s))?;
-        Some(
-            workload.check(&mut src, Side::Source, |vm| match ctx.injection {
-                Some(i) => inject(vm, i, vm_disk),
-                None => Ok(()),
-            })?,
-        )
+        after(&mut src, Side::Source)
+    };
+    let (verify, run_problems) = match checked {
+        Ok(v) => (Some(v), Vec::new()),
+        Err(Error::Interrupted) => return Err(Error::Interrupted),
+        Err(e) => (None, vec![format!("after the migration: {e}")]),
     };
     hv.stop(&mut dst);
     hv.stop(&mut src);
@@ -359,6 +361,7 @@ pub fn run_scenario(
         destination_ticks: &dst_ticks,
         expected_pages: Some(expected_pages),
         verify,
+        run_problems,
     });
     let mut console = src.console.logged(0);
     console.extend(dst.console.logged(0));

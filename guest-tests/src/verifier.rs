@@ -29,6 +29,8 @@ pub enum FindingKind {
     VerifyIncomplete,
     /// No answer to `verify`.
     NoVerify,
+    /// A step of the run failed after the migration.
+    RunStep,
     GuestError,
     UnreadableLine,
     /// The guest booted again on the destination.
@@ -130,6 +132,9 @@ pub struct Evidence<'a> {
     pub expected_pages: Option<u64>,
     /// The answer to the `verify` sent after the migration.
     pub verify: Option<VerifySummary>,
+    /// Steps of the run that failed after the migration (the guest did not
+    /// tick or answer on the destination).
+    pub run_problems: Vec<String>,
 }
 
 fn side_name(side: Side) -> &'static str {
@@ -234,7 +239,11 @@ fn tick_findings(ticks: impl Iterator<Item = TickAt>, findings: &mut Vec<Finding
 
 /// Judges the evidence.
 pub fn judge(e: &Evidence<'_>) -> Verdict {
-    let mut findings = Vec::new();
+    let mut findings: Vec<Finding> = e
+        .run_problems
+        .iter()
+        .map(|p| Finding::fail(FindingKind::RunStep, p.clone()))
+        .collect();
     match &e.verify {
         None => findings.push(Finding::fail(
             FindingKind::NoVerify,
@@ -331,6 +340,7 @@ mod tests {
             destination_ticks: &dst,
             expected_pages: Some(10),
             verify: ok_verify(10),
+            run_problems: Vec::new(),
         });
         assert!(v.passed, "{v:?}");
         assert_eq!(v.short(), "pass");
@@ -358,6 +368,7 @@ mod tests {
             destination_ticks: &dst,
             expected_pages: Some(10),
             verify: Some(bad),
+            run_problems: Vec::new(),
         });
         let kinds: Vec<FindingKind> = v.findings.iter().map(|f| f.kind).collect();
         assert_eq!(
@@ -391,6 +402,7 @@ mod tests {
                 destination_ticks: &ticks[1..],
                 expected_pages: Some(10),
                 verify: ok_verify(10),
+                run_problems: Vec::new(),
             })
         };
         let jump = judge_ticks(ClockStatus::Jump);
@@ -414,8 +426,10 @@ mod tests {
             destination_ticks: &[],
             expected_pages: Some(10),
             verify: None,
+            run_problems: vec!["after the migration: no tick".into()],
         });
-        assert_eq!(v.findings[0].kind, FindingKind::NoVerify);
+        assert_eq!(v.findings[0].kind, FindingKind::RunStep);
+        assert_eq!(v.findings[1].kind, FindingKind::NoVerify);
         let v = judge(&Evidence {
             source_lines: &[],
             destination_lines: &[],
@@ -423,6 +437,7 @@ mod tests {
             destination_ticks: &[],
             expected_pages: Some(10),
             verify: ok_verify(9),
+            run_problems: Vec::new(),
         });
         assert_eq!(v.findings[0].kind, FindingKind::VerifyIncomplete);
     }

@@ -65,5 +65,5 @@ fn burst_with_a_dirty_limit() {
 
 #[test]
 fn disk_qd32() {
-    check(VmmKind::Qemu, "disk-qd32", &["disk=16"]);
+    check(VmmKind::Qemu, "disk-qd32", &["disk=64"]);
 }

@@ -52,7 +52,7 @@ fn a_disk_block_corrupted_in_the_image_is_named() {
     let r = common::run(
         &common::qemu(VmmKind::Qemu),
         "disk-qd32",
-        &["disk=8"],
+        &["disk=64"],
         Some(Injection::CorruptDiskBlock(block)),
     );
     assert!(r.migration.status.completed(), "{:?}", r.migration.status);
