@@ -12,6 +12,8 @@
 //!                 alone, a read-only disk, the benchmark
 //!   disk-migrate  writes in flight across a live migration, verified after it
 //!   net           virtio-net: frames echoed by a peer on the host, loss and RTT
+//!   share         the guest's CPU share against the host's account of its vCPU
+//!                 thread, unthrottled and under cgroup duty cycles
 //! options: --kernel PATH (default: resources/build-testguest.sh), --smp N (1),
 //!          --mem SIZE (512M), --cpu MODEL (host,-arch-capabilities), --seconds S (3)
 //! ```
@@ -22,6 +24,7 @@
 mod disk;
 mod memory;
 mod net;
+mod share;
 mod vm;
 
 use vm::{Options, Result};
@@ -35,8 +38,9 @@ fn scenario(o: &Options) -> Result<()> {
         "disk" => disk::disk(o),
         "disk-migrate" => disk::disk_migrate(o),
         "net" => net::net(o),
+        "share" => share::share(o),
         s => Err(format!(
-            "unknown scenario {s:?} (smoke, migrate, dirty-log, fault, disk, disk-migrate, net)"
+            "unknown scenario {s:?} (smoke, migrate, dirty-log, fault, disk, disk-migrate, net, share)"
         )),
     }
 }

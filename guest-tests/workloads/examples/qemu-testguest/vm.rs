@@ -135,6 +135,8 @@ impl Vm {
             "stdio",
             "-no-reboot",
         ])
+        // Named threads ("CPU 0/KVM"), so the share scenario finds the vCPU.
+        .args(["-name", &format!("{name},debug-threads=on")])
         // Modern virtio-mmio devices (version 2), as tern has; QEMU's default is legacy.
         .args(["-global", "virtio-mmio.force-legacy=false", "-kernel"])
         .arg(&o.kernel)
