@@ -134,13 +134,15 @@ pub fn analyse(
         .filter(|t| t.at_ms >= baseline_from_ms && t.at_ms < migration_start_ms)
         .collect();
     let first_dest_seq = destination.iter().map(|t| t.tick.seq).min();
-    let mut during: Vec<&TickAt> = source
-        .iter()
-        .filter(|t| {
-            t.at_ms >= migration_start_ms
-                && (t.at_ms <= migration_end_ms || first_dest_seq.is_some())
-        })
-        .collect();
+    // A source tick belongs to the migration if its interval overlaps it
+    // (a tick that ends after the end still counts when it began before:
+    // a vCPU held through the end reports that stall only then). When the
+    // guest moved, every source tick after the start does.
+    let during_source = |t: &&TickAt| {
+        let began_ms = t.at_ms - t.tick.interval_us as f64 / 1e3;
+        t.at_ms >= migration_start_ms && (first_dest_seq.is_some() || began_ms < migration_end_ms)
+    };
+    let mut during: Vec<&TickAt> = source.iter().filter(during_source).collect();
     // The first destination interval holds the switchover.
     during.extend(
         destination
@@ -272,6 +274,23 @@ mod tests {
         assert_eq!(points.len(), 12);
         assert_eq!(points[0].t_s, -0.5);
         assert_eq!(points[11].side, Side::Destination);
+    }
+
+    #[test]
+    fn a_stall_reported_after_an_unfinished_migration_still_counts() {
+        let mut src: Vec<TickAt> = (0..10)
+            .map(|seq| tick(Side::Source, seq as f64 * 100.0, 0, seq, 1000, 10))
+            .collect();
+        // Held from 1000 ms to past the end (3000 ms), reported at 3500 ms.
+        let mut held = tick(Side::Source, 3500.0, 0, 10, 100, 2_400_000);
+        held.tick.interval_us = 2_500_000;
+        src.push(held);
+        // A tick entirely after the end does not count.
+        src.push(tick(Side::Source, 3700.0, 0, 11, 1000, 10));
+        let (m, _) = analyse(&src, &[], 0.0, 500.0, 3000.0);
+        assert_eq!(m.max_stall_us, Some(2_400_000));
+        assert_eq!(m.ticks_during, 6);
+        assert!(m.work_retained_pct.unwrap() < 20.0, "{m:?}");
     }
 
     #[test]
