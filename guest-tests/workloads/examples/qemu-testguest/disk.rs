@@ -79,6 +79,25 @@ fn disk_verify(vm: &mut Vm) -> Result<DiskVerified> {
     })
 }
 
+/// Boots in verify mode on `dev`: what the disk alone says.
+fn verify_after_reboot(o: &Options, dev: &[String]) -> Result<(Vm, DiskVerified)> {
+    let vm = boot(
+        o,
+        "verify-after-reboot",
+        &["tern.disk_mode=verify"],
+        dev,
+        None,
+    )?;
+    let v = vm.next("disk_verify", |_, e| {
+        if let Event::DiskVerify(v) = e {
+            Some(*v)
+        } else {
+            None
+        }
+    })?;
+    Ok((vm, v))
+}
+
 fn reboot(vm: &mut Vm) -> Result<()> {
     vm.send(GuestCommand::Reboot)?;
     vm.wait_exit()
@@ -128,20 +147,7 @@ pub fn disk(o: &Options) -> Result<()> {
     }
     reboot(&mut vm)?;
 
-    let mut after = boot(
-        o,
-        "verify-after-reboot",
-        &["tern.disk_mode=verify"],
-        &dev,
-        None,
-    )?;
-    let v = after.next("disk_verify", |_, e| {
-        if let Event::DiskVerify(v) = e {
-            Some(*v)
-        } else {
-            None
-        }
-    })?;
+    let (mut after, v) = verify_after_reboot(o, &dev)?;
     println!(
         "after reboot, from the disk alone: source={} ok={} blocks={} bad={} first={:?}",
         v.source,
@@ -297,20 +303,7 @@ pub fn disk_migrate(o: &Options) -> Result<()> {
     reboot(&mut dst)?;
     drop(src);
     let begin = Instant::now();
-    let after = boot(
-        o,
-        "verify-after-reboot",
-        &["tern.disk_mode=verify"],
-        &dev,
-        None,
-    )?;
-    let v = after.next("disk_verify", |_, e| {
-        if let Event::DiskVerify(v) = e {
-            Some(*v)
-        } else {
-            None
-        }
-    })?;
+    let (_after, v) = verify_after_reboot(o, &dev)?;
     println!(
         "and from the disk alone after a reboot: ok={} blocks={} ({:.1} s)",
         v.report.ok(),

@@ -103,9 +103,41 @@ fn table() -> Vec<AtomicU32> {
     (0..1024).map(|_| AtomicU32::new(0)).collect()
 }
 
+fn blank_disk() -> Vec<AtomicU64> {
+    (0..DISK_WORDS).map(|_| AtomicU64::new(0)).collect()
+}
+
+/// The `disk_verify` among `events`.
+fn verified(events: Vec<Event>) -> DiskVerified {
+    events
+        .into_iter()
+        .find_map(|e| {
+            if let Event::DiskVerify(v) = e {
+                Some(v)
+            } else {
+                None
+            }
+        })
+        .expect("a disk_verify event")
+}
+
+/// What a fresh boot in verify mode finds on `disk`.
+fn verify_after_reboot(disk: &[AtomicU64]) -> DiskVerified {
+    let p = TestPlatform::new(1000);
+    let t = table();
+    let mut after = DiskRun::new(
+        &p,
+        config("tern.disk_mode=verify"),
+        MemDisk::new(disk, 4, 4096),
+        &t,
+    );
+    after.start();
+    verified(p.take_events())
+}
+
 #[test]
 fn writes_verify_from_memory_and_from_the_disk_alone() {
-    let disk: Vec<AtomicU64> = (0..DISK_WORDS).map(|_| AtomicU64::new(0)).collect();
+    let disk = blank_disk();
     let p = TestPlatform::new(1000);
     let t = table();
     let mut run = DiskRun::new(
@@ -140,13 +172,7 @@ fn writes_verify_from_memory_and_from_the_disk_alone() {
     );
 
     run.execute(Command::Verify);
-    let Some(Event::DiskVerify(v)) = p
-        .take_events()
-        .into_iter()
-        .find(|e| matches!(e, Event::DiskVerify(_)))
-    else {
-        panic!()
-    };
+    let v = verified(p.take_events());
     assert_eq!(
         (v.source, v.report.pages, v.report.ok(), v.generation),
         (VerifySource::Memory, 256, true, 2)
@@ -161,12 +187,7 @@ fn writes_verify_from_memory_and_from_the_disk_alone() {
     assert!(events
         .iter()
         .any(|e| matches!(e, Event::Corrupted(c) if c.page == 17)));
-    let Some(Event::DiskVerify(v)) = events
-        .into_iter()
-        .find(|e| matches!(e, Event::DiskVerify(_)))
-    else {
-        panic!()
-    };
+    let v = verified(events);
     let bad = v.report.first_bad.unwrap();
     assert_eq!(
         (v.report.bad, bad.page, bad.damage.reason, bad.damage.line),
@@ -174,22 +195,7 @@ fn writes_verify_from_memory_and_from_the_disk_alone() {
     );
 
     // "Reboot": a new run that only has the disk.
-    let p2 = TestPlatform::new(1000);
-    let t2 = table();
-    let mut after = DiskRun::new(
-        &p2,
-        config("tern.disk_mode=verify"),
-        MemDisk::new(&disk, 4, 4096),
-        &t2,
-    );
-    after.start();
-    let Some(Event::DiskVerify(v)) = p2
-        .take_events()
-        .into_iter()
-        .find(|e| matches!(e, Event::DiskVerify(_)))
-    else {
-        panic!()
-    };
+    let v = verify_after_reboot(&disk);
     assert_eq!(
         (v.source, v.generation, v.report.pages, v.report.bad),
         (VerifySource::Disk, 2, 256, 1)
@@ -199,7 +205,7 @@ fn writes_verify_from_memory_and_from_the_disk_alone() {
 
 #[test]
 fn stop_mid_pass_leaves_a_header_that_verifies() {
-    let disk: Vec<AtomicU64> = (0..DISK_WORDS).map(|_| AtomicU64::new(0)).collect();
+    let disk = blank_disk();
     // 0.1 ms per TSC read and a 1 ms poll: the stop is seen early in the
     // second pass.
     let p = TestPlatform::new(100_000);
@@ -220,22 +226,7 @@ fn stop_mid_pass_leaves_a_header_that_verifies() {
     run.start();
     assert_eq!(run.last_written.unwrap().generation, 2);
 
-    let p2 = TestPlatform::new(1000);
-    let t2 = table();
-    let mut after = DiskRun::new(
-        &p2,
-        config("tern.disk_mode=verify"),
-        MemDisk::new(&disk, 4, 4096),
-        &t2,
-    );
-    after.start();
-    let Some(Event::DiskVerify(v)) = p2
-        .take_events()
-        .into_iter()
-        .find(|e| matches!(e, Event::DiskVerify(_)))
-    else {
-        panic!()
-    };
+    let v = verify_after_reboot(&disk);
     assert!(v.report.ok(), "{v:?}");
     assert_eq!(
         v.report.pages, 256,
@@ -245,7 +236,7 @@ fn stop_mid_pass_leaves_a_header_that_verifies() {
 
 #[test]
 fn a_read_only_disk_reports_its_failed_writes() {
-    let disk: Vec<AtomicU64> = (0..DISK_WORDS).map(|_| AtomicU64::new(0)).collect();
+    let disk = blank_disk();
     let p = TestPlatform::new(1000);
     let t = table();
     let mut dev = MemDisk::new(&disk, 4, 4096);
@@ -276,19 +267,13 @@ fn a_read_only_disk_reports_its_failed_writes() {
     assert_eq!(w.errors, 256 + 1, "every block and the header");
     // Nothing was acknowledged, so nothing is expected.
     run.execute(Command::Verify);
-    let Some(Event::DiskVerify(v)) = p
-        .take_events()
-        .into_iter()
-        .find(|e| matches!(e, Event::DiskVerify(_)))
-    else {
-        panic!()
-    };
+    let v = verified(p.take_events());
     assert_eq!(v.report.pages, 0);
 }
 
 #[test]
 fn verify_without_a_header_is_an_error() {
-    let disk: Vec<AtomicU64> = (0..DISK_WORDS).map(|_| AtomicU64::new(0)).collect();
+    let disk = blank_disk();
     let p = TestPlatform::new(1000);
     let t = table();
     let mut run = DiskRun::new(
@@ -305,7 +290,7 @@ fn verify_without_a_header_is_an_error() {
 
 #[test]
 fn bench_reports_every_phase() {
-    let disk: Vec<AtomicU64> = (0..DISK_WORDS).map(|_| AtomicU64::new(0)).collect();
+    let disk = blank_disk();
     let p = TestPlatform::new(10_000);
     let t = table();
     let mut run = DiskRun::new(
