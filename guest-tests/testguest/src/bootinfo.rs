@@ -10,6 +10,8 @@ use crate::phys;
 const CMDLINE_MAX: usize = 4096;
 const MAX_RAM_RANGES: usize = 32;
 const MAX_MODULES: usize = 4;
+/// Memory map entries read at most (real maps have a handful).
+const MAX_MEMMAP_ENTRIES: u32 = 1024;
 
 /// Problems found reading the boot data; the guest reports them and carries
 /// on with what it has.
@@ -19,6 +21,7 @@ pub enum BootIssue {
     Unreadable(&'static str, u64),
     CmdlineNotUtf8 { valid_up_to: usize },
     TooManyRamRanges,
+    MemmapTooLong(u32),
 }
 
 impl core::fmt::Display for BootIssue {
@@ -29,6 +32,10 @@ impl core::fmt::Display for BootIssue {
             BootIssue::CmdlineNotUtf8 { valid_up_to } => write!(
                 f,
                 "command line is not UTF-8 after byte {valid_up_to}; ignoring the rest"
+            ),
+            BootIssue::MemmapTooLong(n) => write!(
+                f,
+                "memory map claims {n} entries; reading the first {MAX_MEMMAP_ENTRIES}"
             ),
             BootIssue::TooManyRamRanges => write!(
                 f,
@@ -121,7 +128,10 @@ impl BootInfo {
     }
 
     fn read_memmap(&mut self, paddr: u64, entries: u32) {
-        for i in 0..u64::from(entries) {
+        if entries > MAX_MEMMAP_ENTRIES {
+            self.note(BootIssue::MemmapTooLong(entries));
+        }
+        for i in 0..u64::from(entries.min(MAX_MEMMAP_ENTRIES)) {
             let mut raw = [0u8; pvh::MEMMAP_ENTRY_SIZE];
             let at = paddr + i * pvh::MEMMAP_ENTRY_SIZE as u64;
             let Some(entry) = phys::read(at, &mut raw).and_then(|_| MemmapEntry::parse(&raw))
