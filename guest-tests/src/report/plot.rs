@@ -18,6 +18,23 @@ use crate::run::RunResult;
 
 const MIB: f64 = 1048576.0;
 
+/// A gap between guest ticks longer than this breaks the line.
+const GAP_S: f64 = 1.0;
+
+/// `data` split at its NaN points into lines.
+fn segments(data: &Series) -> Vec<Series> {
+    let mut out = vec![Vec::new()];
+    for &(x, y) in data {
+        if y.is_nan() {
+            out.push(Vec::new());
+        } else if let Some(last) = out.last_mut() {
+            last.push((x, y));
+        }
+    }
+    out.retain(|s| !s.is_empty());
+    out
+}
+
 type Series = Vec<(f64, f64)>;
 
 struct Lines {
@@ -37,11 +54,22 @@ fn lines(r: &RunResult) -> Lines {
             .filter_map(|s| f(s).map(|v| (at(s.t_ms), v)))
             .collect()
     };
+    // A NaN point breaks the line: between source and destination, and
+    // where ticks stopped coming for a while.
     let guest = |f: &dyn Fn(&GuestPoint) -> Option<f64>| -> Series {
-        r.timeline
-            .iter()
-            .filter_map(|g| f(g).map(|v| (g.t_s, v)))
-            .collect()
+        let mut out: Series = Vec::new();
+        let mut last: Option<&GuestPoint> = None;
+        for g in &r.timeline {
+            let Some(v) = f(g) else { continue };
+            if let Some(prev) = last {
+                if prev.side != g.side || g.t_s - prev.t_s > GAP_S {
+                    out.push((g.t_s, f64::NAN));
+                }
+            }
+            out.push((g.t_s, v));
+            last = Some(g);
+        }
+        out
     };
     Lines {
         remaining: collect(&|s| s.remaining_bytes.map(|b| b as f64 / MIB)),
@@ -101,8 +129,15 @@ fn panel(
             continue;
         }
         let color = *color;
+        let mut lines = segments(data).into_iter();
+        let Some(first) = lines.next() else { continue };
+        for more in lines {
+            chart
+                .draw_series(LineSeries::new(more, color.stroke_width(2)))
+                .map_err(|e| e.to_string())?;
+        }
         chart
-            .draw_series(LineSeries::new(data.iter().copied(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(first, color.stroke_width(2)))
             .map_err(|e| e.to_string())?
             .label(*label)
             .legend(move |(x, y)| {
@@ -232,4 +267,19 @@ pub fn render(path: &Path, runs: &[&RunResult]) -> Result<()> {
     }
     root.present().map_err(|e| fail(e.to_string()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nan_points_break_lines() {
+        let data = vec![(0.0, 1.0), (1.0, 2.0), (1.5, f64::NAN), (2.0, 3.0)];
+        assert_eq!(
+            segments(&data),
+            vec![vec![(0.0, 1.0), (1.0, 2.0)], vec![(2.0, 3.0)]]
+        );
+        assert!(segments(&vec![(0.0, f64::NAN)]).is_empty());
+    }
 }
