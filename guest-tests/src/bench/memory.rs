@@ -1,8 +1,8 @@
 //! The VMM's own memory: resident set minus the guest memory it touched.
 //!
-//! The guest's share is the resident part of the mapping(s) exactly the
-//! size of guest RAM (tern maps RAM below 3 GiB as one region; QEMU as one
-//! RAM block) in `/proc/PID/smaps`; everything else resident is the VMM's.
+//! The guest's share is the resident part of the mapping(s) the size of
+//! guest RAM (tern maps RAM below 3 GiB as one region; QEMU as one RAM
+//! block) in `/proc/PID/smaps`; everything else resident is the VMM's.
 
 use std::time::Duration;
 
@@ -29,8 +29,9 @@ impl Resident {
     }
 }
 
-/// Splits the mappings in `smaps` text: those of exactly `guest_kib` size
-/// count as guest RAM.
+/// Splits the mappings in `smaps` text: those the size of guest RAM (up
+/// to 4 MiB more: QEMU over-allocates its RAM block for alignment) count
+/// as guest RAM.
 pub fn split_smaps(smaps: &str, guest_kib: u64) -> Resident {
     let (mut total, mut guest) = (0, 0);
     let mut size = None;
@@ -43,7 +44,7 @@ pub fn split_smaps(smaps: &str, guest_kib: u64) -> Resident {
             (Some("Size:"), Some(kib)) => size = Some(kib),
             (Some("Rss:"), Some(kib)) => {
                 total += kib;
-                if size == Some(guest_kib) {
+                if size.is_some_and(|s| (guest_kib..=guest_kib + 4096).contains(&s)) {
                     guest += kib;
                 }
             }

@@ -188,7 +188,16 @@ pub fn side_by_side(reports: &[RunReport]) -> String {
             ]);
         }
     }
-    t.render()
+    let mut out = t.render();
+    for r in reports.iter().filter_map(RunReport::result) {
+        if let Some(first) = &r.boot.first_failure {
+            out.push_str(&format!(
+                "note: {}: the first boot failed, the retry worked: {first}\n",
+                r.vmm.label()
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
