@@ -29,6 +29,8 @@ tern_pvh_entry32:
     mov %eax, tern_boot_tsc
     mov %edx, tern_boot_tsc + 4
     mov %ebx, tern_start_info_paddr
+    /* The PVH ABI gives no stack: the far return below needs one. */
+    mov $tern_bsp_rsp0_top, %esp
     mov $bsp_long_mode, %esi
     /* fall through */
 
@@ -61,6 +63,9 @@ tern_ap_entry32:
     mov %eax, %ds
     mov %eax, %es
     mov %eax, %ss
+    /* After INIT-SIPI %esp is 0: use the ring-0 stack the BSP prepared
+     * (below 4 GiB; the far return below needs a stack). */
+    mov tern_ap_boot + 0, %esp
     mov $ap_long_mode, %esi
     jmp enter_long_mode
 
