@@ -198,10 +198,12 @@ pub fn boot_with_retry(
             Err(e) => {
                 hv.stop(&mut p);
                 let tail = p.stderr().tail(3);
-                Err(if tail.is_empty() {
-                    e
-                } else {
-                    Error::vm(p.label(), format!("{e} (stderr: {tail})"))
+                Err(match e {
+                    _ if tail.is_empty() => e,
+                    Error::Vm { message, .. } => {
+                        Error::vm(p.label(), format!("{message} (stderr: {tail})"))
+                    }
+                    e => Error::vm(p.label(), format!("{e} (stderr: {tail})")),
                 })
             }
         }
