@@ -156,8 +156,8 @@ pub fn side_by_side(reports: &[RunReport]) -> String {
                     },
                 ]);
             }
-            RunReport::Error { vmm, error, .. } => {
-                t.row([vmm.label().to_string(), format!("ERROR: {error}")]);
+            RunReport::Error { vmm, .. } => {
+                t.row([vmm.label().to_string(), "ERROR (below)".to_string()]);
             }
         }
     }
@@ -189,6 +189,11 @@ pub fn side_by_side(reports: &[RunReport]) -> String {
         }
     }
     let mut out = t.render();
+    for r in reports {
+        if let RunReport::Error { vmm, error, .. } = r {
+            out.push_str(&format!("error: {}: {error}\n", vmm.label()));
+        }
+    }
     for r in reports.iter().filter_map(RunReport::result) {
         if let Some(first) = &r.boot.first_failure {
             out.push_str(&format!(
@@ -212,7 +217,11 @@ mod tests {
             error: "boom".into(),
         }]);
         assert!(
-            s.lines().nth(2).unwrap().starts_with("tern  ERROR: boom"),
+            s.lines().nth(2).unwrap().starts_with("tern  ERROR (below)"),
+            "{s}"
+        );
+        assert!(
+            s.lines().nth(3).unwrap().starts_with("error: tern: boom"),
             "{s}"
         );
     }
