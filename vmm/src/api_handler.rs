@@ -38,6 +38,7 @@ impl ApiHandler for MachineApi {
                         use std::sync::atomic::Ordering::Relaxed;
                         json!({
                             "throttle_pct": c.throttle() * 100.0,
+                            "throttle_period_ms": c.throttle_period().as_secs_f64() * 1e3,
                             "run_ns": c.counters.run_ns.load(Relaxed),
                             "throttled_ns": c.counters.throttled_ns.load(Relaxed),
                             "exits": c.counters.exits.load(Relaxed),
@@ -80,6 +81,14 @@ impl ApiHandler for MachineApi {
                 }
                 if let Some(bad) = t.percent.iter().find(|p| !(0.0..=99.0).contains(*p)) {
                     return Response::error(400, format!("throttle {bad} is outside 0..99 percent"));
+                }
+                if let Some(ms) = t.period_ms {
+                    if !(1.0..=1000.0).contains(&ms) {
+                        return Response::error(400, format!("period {ms} ms is outside 1..1000 ms"));
+                    }
+                    for c in &m.controls {
+                        c.set_throttle_period(std::time::Duration::from_secs_f64(ms / 1e3));
+                    }
                 }
                 for (i, c) in m.controls.iter().enumerate() {
                     let p = if t.percent.len() == 1 { t.percent[0] } else { t.percent[i] };

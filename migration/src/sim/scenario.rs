@@ -24,7 +24,7 @@ pub enum Workload {
     MemStress,
     /// QEMU's report: one vCPU touching 600 MB per 50 ms of CPU (12 GB/s) over 4 GiB.
     Qemu600,
-    /// Two vCPUs rewriting 512 MiB per CPU slice, whatever the slice length.
+    /// Two vCPUs rewriting 1 GiB per CPU slice, whatever the slice length.
     Burst,
 }
 
@@ -59,7 +59,7 @@ impl Workload {
             Workload::Analytics => "2 vCPUs writing 1.5 GB/s over 8 GiB each; all others 100 % busy computing without writes",
             Workload::MemStress => "4 vCPUs writing 4 GB/s over 256 MiB each (stress -m 4 --vm-bytes 256M); others idle",
             Workload::Qemu600 => "1 vCPU writing 12 GB/s of CPU time (600 MB per 50 ms) over 4 GiB; others idle",
-            Workload::Burst => "2 vCPUs 20 % busy rewriting 512 MiB per CPU slice; others 50 % busy computing",
+            Workload::Burst => "2 vCPUs 20 % busy rewriting 1 GiB per CPU slice; others 50 % busy computing",
         }
     }
 
@@ -97,10 +97,8 @@ impl Workload {
             Workload::Burst if i < 2 => VcpuWorkload {
                 busy_fraction: 0.2,
                 write_bytes_per_sec: 0.0,
-                working_set_bytes: 512 * MIB,
-                scaling: CpuScaling::Burst {
-                    bytes_per_slice: 512 * MIB,
-                },
+                working_set_bytes: GIB,
+                scaling: CpuScaling::Burst { bytes_per_slice: GIB },
                 pattern: WritePattern::Uniform,
             },
             Workload::Burst => VcpuWorkload::compute(0.5),

@@ -76,6 +76,9 @@ fn default_sample_s() -> f64 {
 pub struct ThrottleRequest {
     /// One value per vCPU, or a single value for all.
     pub percent: Vec<f64>,
+    /// Duty-cycle period, ms (1–1000; default 10).
+    #[serde(default)]
+    pub period_ms: Option<f64>,
 }
 
 /// `PUT /devices/{id}/fault`: the block backend's fault-injection hook.

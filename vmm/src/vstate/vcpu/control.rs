@@ -69,6 +69,8 @@ pub struct VcpuControl {
     kick_pending: AtomicBool,
     /// Throttle in parts per 10 000 (0 = none, 9900 = 99 %).
     throttle_bp: AtomicU32,
+    /// Duty-cycle period in microseconds.
+    period_us: AtomicU32,
     /// Counters.
     pub counters: VcpuCounters,
 }
@@ -90,6 +92,7 @@ impl VcpuControl {
             changed: Condvar::new(),
             kick_pending: AtomicBool::new(false),
             throttle_bp: AtomicU32::new(0),
+            period_us: AtomicU32::new(migration::throttle::DEFAULT_PERIOD.as_micros() as u32),
             counters: VcpuCounters::default(),
         }
     }
@@ -142,6 +145,17 @@ impl VcpuControl {
             0.0
         };
         self.throttle_bp.store((f * 10_000.0).round() as u32, Ordering::Relaxed);
+    }
+
+    /// The duty-cycle period.
+    pub fn throttle_period(&self) -> Duration {
+        Duration::from_micros(u64::from(self.period_us.load(Ordering::Relaxed)))
+    }
+
+    /// Sets the duty-cycle period (1 ms to 1 s).
+    pub fn set_throttle_period(&self, period: Duration) {
+        let us = period.as_micros().clamp(1_000, 1_000_000) as u32;
+        self.period_us.store(us, Ordering::Relaxed);
     }
 
     /// Sleeps until `until` unless a request (pause, exit, command) arrives first.

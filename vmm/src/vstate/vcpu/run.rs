@@ -8,7 +8,7 @@ use kvm_bindings::KVM_EXIT_DIRTY_RING_FULL;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use super::control::{Target, VcpuCommand, VcpuControl, VcpuReply};
-use super::duty_cycle::{DutyCycle, DEFAULT_PERIOD};
+use super::duty_cycle::DutyCycleRunner;
 use super::{kick, state, IoHandler, VcpuContext};
 use crate::exit::ExitReason;
 
@@ -29,7 +29,7 @@ pub fn vcpu_loop(mut fd: VcpuFd, id: u8, ctx: Arc<VcpuContext>) {
     // Precise sleeps for the duty cycle.
     // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000u64, 0, 0, 0) };
-    let reason = match DutyCycle::new(DEFAULT_PERIOD) {
+    let reason = match DutyCycleRunner::new() {
         Ok(mut duty) => run_until_stopped(&mut fd, id, &ctx, &control, &mut duty),
         Err(e) => Some(ExitReason::VcpuFailed {
             vcpu: id,
@@ -52,7 +52,7 @@ fn run_until_stopped(
     id: u8,
     ctx: &VcpuContext,
     control: &VcpuControl,
-    duty: &mut DutyCycle,
+    duty: &mut DutyCycleRunner,
 ) -> Option<ExitReason> {
     loop {
         fd.set_kvm_immediate_exit(0);
