@@ -173,11 +173,18 @@ impl Vm {
 #[derive(Clone, Serialize, Deserialize)]
 pub struct VmState {
     /// PIC master, PIC slave, IOAPIC.
+    #[serde(deserialize_with = "bounded_irqchips")]
     pub irqchips: Vec<kvm_irqchip>,
     /// The PIT.
     pub pit: kvm_pit_state2,
     /// The KVM clock (ns).
     pub clock: kvm_clock_data,
+}
+
+/// At most the three saved chips: an uncapped count would let a state blob
+/// decode to gigabytes (see `migrate::guest_state::bounded_vec`).
+fn bounded_irqchips<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<kvm_irqchip>, D::Error> {
+    crate::migrate::guest_state::bounded_vec(d, 3)
 }
 
 impl std::fmt::Debug for VmState {
