@@ -394,14 +394,22 @@ impl Controller {
 
     /// Whether every dirtier that dirties ran at maximum throttle in the last round.
     fn all_at_max(&self, min_share: f64) -> bool {
-        let at_max = |m: &DirtierModel| {
+        let measured_at_max = |m: &DirtierModel| {
             m.last()
                 .is_none_or(|s| s.bytes_per_sec <= 0.0 || s.share <= min_share + AT_MAX_SLACK)
         };
+        // A vCPU already commanded to the maximum throttle is at the maximum even if it
+        // measured a higher share: on a busy host a throttled vCPU is also descheduled,
+        // which makes its share look higher than the throttle allows.
+        let commanded_at_max =
+            |i: usize| self.commanded.get(i).is_some_and(|&p| p >= self.config.max_throttle - AT_MAX_SLACK);
         if self.attributed {
-            self.vcpus.iter().all(at_max)
+            self.vcpus
+                .iter()
+                .enumerate()
+                .all(|(i, m)| measured_at_max(m) || commanded_at_max(i))
         } else {
-            at_max(&self.aggregate)
+            measured_at_max(&self.aggregate) || (0..self.config.vcpus).all(commanded_at_max)
         }
     }
 

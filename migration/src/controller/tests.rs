@@ -43,6 +43,9 @@ struct Toy {
     attributed: bool,
     throttles: Vec<f64>,
     devices: Option<DeviceStatus>,
+    /// Fraction of each throttle the vCPUs report having run with (1.0: exactly; less: a
+    /// busy host deschedules them too, so they look less throttled than commanded).
+    reported_throttle: f64,
 }
 
 impl Toy {
@@ -57,6 +60,7 @@ impl Toy {
             attributed: true,
             throttles: vec![0.0; n],
             devices: None,
+            reported_throttle: 1.0,
         }
     }
 
@@ -82,7 +86,7 @@ impl Toy {
             vcpu_dirtied_pages: self.attributed.then(|| per.clone()),
             remaining_pages: total,
             page_size: PAGE,
-            vcpu_throttle_fractions: self.throttles.clone(),
+            vcpu_throttle_fractions: self.throttles.iter().map(|p| p * self.reported_throttle).collect(),
             devices: self.devices,
         };
         self.remaining = (total * PAGE) as f64;
@@ -651,4 +655,28 @@ fn garbage_observations_never_panic_or_produce_nan() {
             }
         }
     }
+}
+
+#[test]
+fn saturated_writer_stuck_at_max_throttle_on_a_busy_host_is_recognised() {
+    // Two vCPUs rewrite their 16 MiB working sets every round whatever their share (the set
+    // never shrinks), the user caps the throttle at 50 %, and a busy host makes the vCPUs
+    // report only 30 % of throttle: the controller must still see "stuck at maximum".
+    let cap = 16.0 * 1024.0 * 1024.0;
+    let mut toy = Toy::new(vec![W::Burst(8.0 * GB, cap), W::Burst(8.0 * GB, cap)], 256.0 * 1024.0 * 1024.0);
+    toy.link = 16.0 * 1024.0 * 1024.0;
+    toy.reported_throttle = 0.6;
+    let mut ctl = Controller::new(ControllerConfig {
+        max_throttle: 0.5,
+        ..ControllerConfig::new(2)
+    })
+    .unwrap();
+    let decisions = toy.run(&mut ctl);
+    let last = decisions.last().unwrap();
+    assert!(
+        matches!(&last.action, Action::Abort { reason: StopReason::NoConvergence { .. } }),
+        "{:?}",
+        last.action
+    );
+    assert!(decisions.len() <= 4, "recognised after {} rounds", decisions.len());
 }

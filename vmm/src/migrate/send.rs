@@ -26,6 +26,19 @@ pub struct Cursor {
     word: usize,
 }
 
+impl Cursor {
+    /// Pages of the set's address space the pass has walked past.
+    pub fn pages_behind(&self, set: &DirtySet) -> u64 {
+        let whole: u64 = (0..self.region.min(set.regions())).map(|r| set.region_pages(r)).sum();
+        let here = if self.region < set.regions() {
+            (self.word as u64 * 64).min(set.region_pages(self.region))
+        } else {
+            0
+        };
+        whole + here
+    }
+}
+
 /// Caps the send rate at `max_bandwidth` by sleeping when ahead.
 pub struct Pacer {
     bytes_per_sec: Option<f64>,

@@ -92,8 +92,22 @@ pub struct TernVm {
 impl TernVm {
     /// Starts `tern run ARGS`.
     pub fn start(args: &[&str]) -> TernVm {
+        Self::start_in(None, args)
+    }
+
+    /// Starts `tern run ARGS` inside network namespace `netns` (`ip netns
+    /// exec`, which execs tern: the child is tern itself), or here.
+    pub fn start_in(netns: Option<&str>, args: &[&str]) -> TernVm {
         require_kvm();
-        let mut child = Command::new(tern())
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(tern());
+                c
+            }
+            None => Command::new(tern()),
+        };
+        let mut child = cmd
             .arg("run")
             .args(args)
             .stdin(Stdio::piped())
@@ -248,6 +262,18 @@ impl Drop for TernVm {
 
 /// Boots the ring-3 test guest with `cmdline`, retrying a failed early boot once.
 pub fn boot_testguest(cpus: u32, mem: &str, cmdline: &str, api: Option<&Path>, extra: &[&str]) -> TernVm {
+    boot_testguest_in(None, cpus, mem, cmdline, api, extra)
+}
+
+/// As `boot_testguest`, with tern inside network namespace `netns`.
+pub fn boot_testguest_in(
+    netns: Option<&str>,
+    cpus: u32,
+    mem: &str,
+    cmdline: &str,
+    api: Option<&Path>,
+    extra: &[&str],
+) -> TernVm {
     let guest = artifact("testguest");
     let cpus = cpus.to_string();
     let mut args: Vec<String> = vec![
@@ -266,7 +292,7 @@ pub fn boot_testguest(cpus: u32, mem: &str, cmdline: &str, api: Option<&Path>, e
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let vm = TernVm::start(&argv);
+    let vm = TernVm::start_in(netns, &argv);
     vm.wait_event("ready", 0, Duration::from_secs(30));
     vm
 }
@@ -283,6 +309,18 @@ pub fn parse_events(lines: &[String], event: &str) -> Vec<Value> {
 
 /// Starts `tern run --incoming URI` and waits until it listens.
 pub fn start_destination(uri: &str, cpus: u32, mem: &str, api: Option<&Path>, extra: &[&str]) -> TernVm {
+    start_destination_in(None, uri, cpus, mem, api, extra)
+}
+
+/// As `start_destination`, with tern inside network namespace `netns`.
+pub fn start_destination_in(
+    netns: Option<&str>,
+    uri: &str,
+    cpus: u32,
+    mem: &str,
+    api: Option<&Path>,
+    extra: &[&str],
+) -> TernVm {
     let cpus = cpus.to_string();
     let mut args: Vec<String> = vec![
         "--incoming".into(),
@@ -298,7 +336,7 @@ pub fn start_destination(uri: &str, cpus: u32, mem: &str, api: Option<&Path>, ex
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let vm = TernVm::start(&argv);
+    let vm = TernVm::start_in(netns, &argv);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !vm.stderr().contains("waiting for an incoming migration") {
         assert!(Instant::now() < deadline, "destination did not start listening:\n{}", vm.stderr());
