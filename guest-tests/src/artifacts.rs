@@ -2,8 +2,9 @@
 //!
 //! Guest images come from `resources/build-guest.sh` (it builds what is
 //! missing into its cache and prints `NAME=PATH` lines). The tern binary is
-//! `$TERN_BIN`, else `release/tern` under `$CARGO_TARGET_DIR`, else under the
-//! workspace's `target/`. QEMU is `$TERN_QEMU` or `qemu-system-x86_64`.
+//! `--tern PATH`, else `$TERN_BIN`, else `release/tern` then `debug/tern`
+//! under `$CARGO_TARGET_DIR` and the workspace's `target/`. QEMU is
+//! `$TERN_QEMU` or `qemu-system-x86_64`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -83,10 +84,16 @@ pub fn tern_binary(explicit: Option<&Path>) -> Result<PathBuf> {
     } else if let Some(p) = std::env::var_os("TERN_BIN") {
         candidates.push(PathBuf::from(p));
     } else {
+        // Release builds first; the debug build is what `cargo test
+        // --workspace` leaves (tern-vmm's own tests build it).
+        let mut targets = Vec::new();
         if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-            candidates.push(PathBuf::from(dir).join("release/tern"));
+            targets.push(PathBuf::from(dir));
         }
-        candidates.push(workspace_root().join("target/release/tern"));
+        targets.push(workspace_root().join("target"));
+        for profile in ["release", "debug"] {
+            candidates.extend(targets.iter().map(|t| t.join(profile).join("tern")));
+        }
     }
     candidates
         .iter()

@@ -59,9 +59,9 @@ pub fn run(tern: &dyn Hypervisor, qemu: &dyn Hypervisor, runs: usize) -> Result<
                 match run_scenario(hv, &scenario, &ctx) {
                     Ok(r) if r.migration.status.completed() && r.verdict.passed => done.push(r),
                     Ok(r) => notes.push(format!(
-                        "{label} {}: {}; verify {}",
+                        "{label} {}: {:?}; verify {}",
                         hv.kind().label(),
-                        r.migration.status.short(),
+                        r.migration.status,
                         r.verdict.short()
                     )),
                     Err(Error::Interrupted) => return Err(Error::Interrupted),
