@@ -126,7 +126,15 @@ extern "C" fn bsp_main(start_info_paddr: u64) -> ! {
         );
     }
     let online = smp::start_aps(&mut cpus, limit, &mut heap, hz, platform.kvmclock);
-    let busy = config.busy_cpus(CpuSet::all_below(online));
+    // A device workload runs on CPU 0; the other CPUs run the stall meter
+    // alone, so a pause of the whole guest (a migration's switchover, a hung
+    // VMM) shows in their ticks while CPU 0 waits on the device.
+    let device_workload = matches!(config.workload, Workload::Disk | Workload::Net);
+    let busy = if device_workload {
+        CpuSet(CpuSet::all_below(online).0 & !1)
+    } else {
+        config.busy_cpus(CpuSet::all_below(online))
+    };
 
     let ws_bytes = match (config.workload, busy.count()) {
         (Workload::Dirtier, 1..) => u64::from(config.ws_mib) << 20,
@@ -164,8 +172,8 @@ extern "C" fn bsp_main(start_info_paddr: u64) -> ! {
         tsc_hz: hz,
         boot_us: tern_workloads::clock::ticks_to_us(cpu::rdtsc() - boot_tsc, hz),
     };
-    if matches!(config.workload, Workload::Disk | Workload::Net) {
-        // One CPU drives the device; the others have nothing to do.
+    if device_workload && busy.count() == 0 {
+        // One CPU, and it drives the device.
         smp::halt_all();
         emit(platform, &ready(0));
         devices::run(platform, config, &mut heap, boot.cmdline(), ram)
@@ -212,6 +220,10 @@ extern "C" fn bsp_main(start_info_paddr: u64) -> ! {
 
     smp::release(run, busy);
     emit(platform, &ready(ws_bytes));
+    if device_workload {
+        run.start_meters();
+        devices::run(platform, config, &mut heap, boot.cmdline(), ram)
+    }
     run.controller(0)
 }
 

@@ -143,6 +143,15 @@ impl<'a, P: Platform> Run<'a, P> {
         self.work(cpu, None);
     }
 
+    /// CPU 0 when it drives a device itself: lets the other CPUs' stall
+    /// meters start (their working set is empty), then returns.
+    pub fn start_meters(&self) {
+        while !self.coord.all_filled() {
+            core::hint::spin_loop();
+        }
+        self.coord.start();
+    }
+
     /// CPU 0: fill, start everybody, run and serve commands. Only `reboot`
     /// ends it.
     pub fn controller(&self, cpu: usize) -> ! {

@@ -6,6 +6,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 /// Largest request head and body accepted.
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 1024 * 1024;
+/// Largest response body the client reads (migration statistics with a long history).
+const MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
 
 /// A parsed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,14 +90,14 @@ fn read_head<R: BufRead>(r: &mut R) -> Result<Vec<u8>, HttpError> {
     }
 }
 
-fn content_length(headers: &[httparse::Header<'_>]) -> Result<usize, HttpError> {
+fn content_length(headers: &[httparse::Header<'_>], max: usize) -> Result<usize, HttpError> {
     for h in headers {
         if h.name.eq_ignore_ascii_case("content-length") {
             let v = std::str::from_utf8(h.value)
                 .ok()
                 .and_then(|s| s.trim().parse::<usize>().ok())
                 .ok_or_else(|| HttpError::Malformed("bad Content-Length".into()))?;
-            if v > MAX_BODY {
+            if v > max {
                 return Err(HttpError::TooLarge);
             }
             return Ok(v);
@@ -118,7 +120,7 @@ pub fn read_request<S: Read>(stream: S) -> Result<Request, HttpError> {
     let method = req.method.unwrap_or_default().to_string();
     let full = req.path.unwrap_or("/");
     let path = full.split('?').next().unwrap_or("/").to_string();
-    let len = content_length(req.headers)?;
+    let len = content_length(req.headers, MAX_BODY)?;
     let mut body = vec![0u8; len];
     r.read_exact(&mut body)?;
     Ok(Request { method, path, body })
@@ -163,7 +165,7 @@ pub fn roundtrip<S: Read + Write>(mut stream: S, method: &str, path: &str, body:
         _ => return Err(HttpError::Malformed("bad response head".into())),
     }
     let status = resp.code.unwrap_or(0);
-    let len = content_length(resp.headers)?;
+    let len = content_length(resp.headers, MAX_RESPONSE_BODY)?;
     let mut body = vec![0u8; len];
     r.read_exact(&mut body)?;
     let value = if body.iter().all(u8::is_ascii_whitespace) {

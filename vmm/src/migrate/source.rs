@@ -27,6 +27,13 @@ use crate::machine::Machine;
 use crate::vstate::vcpu::PAUSE_TIMEOUT;
 use crate::vstate::vm::DirtyTracking;
 
+/// Shortest round: when there is little to send (a small dirty set, devices
+/// being drained), rounds would otherwise spin, costing a core and flooding
+/// the statistics without learning anything new.
+const MIN_ROUND: Duration = Duration::from_millis(20);
+/// Most progress points kept; older ones are thinned out, keeping the shape.
+const MAX_HISTORY: usize = 2000;
+
 /// How often a long round reports to the controller.
 const OBSERVE_EVERY: Duration = Duration::from_millis(500);
 /// How long the destination may take to restore, and to resume.
@@ -262,6 +269,15 @@ fn apply(machine: &Machine, d: &Decision, ctl: &MigrationControl, round: u32, st
         expected_downtime_ms: s.expected_downtime_ms,
     };
     s.history.push(point);
+    if s.history.len() > MAX_HISTORY {
+        // Keep every other point of the older half.
+        let half = s.history.len() / 2;
+        let mut i = 0;
+        s.history.retain(|_| {
+            i += 1;
+            i > half || i % 2 == 0
+        });
+    }
 }
 
 /// Runs a whole outgoing migration. `Ok` means the guest runs on the
@@ -330,6 +346,10 @@ fn migrate_guest(
                 }
                 _ => {}
             }
+        }
+        let round_time = iv.start.elapsed();
+        if round_time < MIN_ROUND {
+            std::thread::sleep(MIN_ROUND - round_time);
         }
         let h = harvester.harvest(machine, &set)?;
         session.end_round(round)?;
