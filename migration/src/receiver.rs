@@ -107,7 +107,9 @@ pub fn receive<R: Read, W: Write, H: DestinationHost>(
         // Tell the source why, if it can still hear; it resumes its guest either way.
         let msg = match e {
             ReceiveError::Refused(reason) => DestMessage::Refuse(reason.clone()),
-            ReceiveError::Protocol(ProtocolError::VersionMismatch { .. }) => DestMessage::Refuse(e.to_string()),
+            ReceiveError::Protocol(ProtocolError::VersionMismatch { .. }) => {
+                DestMessage::Refuse(e.to_string())
+            }
             other => DestMessage::Error(other.to_string()),
         };
         let _ = send(&mut out, &msg);
@@ -165,7 +167,8 @@ fn run<R: Read, W: Write, H: DestinationHost>(
                 ReceiverState::Memory
             }
             (ReceiverState::Memory, SourceMessage::Pages(run)) => {
-                host.write_pages(&run).map_err(host_err("writing guest memory"))?;
+                host.write_pages(&run)
+                    .map_err(host_err("writing guest memory"))?;
                 let zeros = (0..run.count).filter(|&i| run.is_zero(i)).count() as u64;
                 report.zero_pages += zeros;
                 report.data_pages += u64::from(run.count) - zeros;
@@ -181,7 +184,8 @@ fn run<R: Read, W: Write, H: DestinationHost>(
             }
             (ReceiverState::StateReceived, SourceMessage::Complete) => {
                 let blob = guest_state.take().unwrap_or_default();
-                host.restore(&blob).map_err(host_err("restoring the guest state"))?;
+                host.restore(&blob)
+                    .map_err(host_err("restoring the guest state"))?;
                 send(out, &DestMessage::Ready)?;
                 ReceiverState::Ready
             }

@@ -43,7 +43,9 @@ pub enum SendError {
 impl From<std::io::Error> for SendError {
     fn from(e: std::io::Error) -> Self {
         match e.kind() {
-            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => SendError::PeerGone,
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
+                SendError::PeerGone
+            }
             _ => SendError::Protocol(ProtocolError::Io(e)),
         }
     }
@@ -71,7 +73,8 @@ fn page_is_zero(page: &[u8]) -> bool {
     // OR 64-byte blocks together (the compiler vectorises the fold) and stop
     // at the first non-zero block: most data pages are rejected in the first one.
     let mut blocks = page.chunks_exact(64);
-    blocks.all(|b| b.iter().fold(0u8, |acc, &x| acc | x) == 0) && blocks.remainder().iter().all(|&x| x == 0)
+    blocks.all(|b| b.iter().fold(0u8, |acc, &x| acc | x) == 0)
+        && blocks.remainder().iter().all(|&x| x == 0)
 }
 
 impl SourceSession {
@@ -81,7 +84,12 @@ impl SourceSession {
     }
 
     /// As `start`, claiming protocol `version` (for tests of version handling).
-    pub fn start_with_version(stream: Stream, hello: &Hello, timeout: Duration, version: u32) -> Result<Self, SendError> {
+    pub fn start_with_version(
+        stream: Stream,
+        hello: &Hello,
+        timeout: Duration,
+        version: u32,
+    ) -> Result<Self, SendError> {
         let input = stream.try_clone()?;
         let output = stream.try_clone()?;
         let (tx, inbox) = mpsc::channel();
@@ -124,7 +132,9 @@ impl SourceSession {
         match self.inbox.recv_timeout(timeout) {
             Ok(Ok(DestMessage::Error(m))) => Err(SendError::DestinationFailed(m)),
             Ok(Ok(m)) => Ok(m),
-            Ok(Err(ProtocolError::PeerClosed)) | Err(RecvTimeoutError::Disconnected) => Err(SendError::PeerGone),
+            Ok(Err(ProtocolError::PeerClosed)) | Err(RecvTimeoutError::Disconnected) => {
+                Err(SendError::PeerGone)
+            }
             Ok(Err(e)) => Err(e.into()),
             Err(RecvTimeoutError::Timeout) => Err(SendError::Timeout(timeout, what)),
         }
@@ -137,14 +147,21 @@ impl SourceSession {
             Err(TryRecvError::Empty) => Ok(()),
             Ok(Ok(DestMessage::Error(m))) => Err(SendError::DestinationFailed(m)),
             Ok(Ok(m)) => Err(SendError::Unexpected(m)),
-            Ok(Err(ProtocolError::PeerClosed)) | Err(TryRecvError::Disconnected) => Err(SendError::PeerGone),
+            Ok(Err(ProtocolError::PeerClosed)) | Err(TryRecvError::Disconnected) => {
+                Err(SendError::PeerGone)
+            }
             Ok(Err(e)) => Err(e.into()),
         }
     }
 
     /// Sends `pages` (a whole number of pages, at most `MAX_RUN_PAGES`)
     /// starting at page `first_page` of `region`; zero pages go as markers.
-    pub fn send_run(&mut self, region: u32, first_page: u64, pages: &[u8]) -> Result<RunCounts, SendError> {
+    pub fn send_run(
+        &mut self,
+        region: u32,
+        first_page: u64,
+        pages: &[u8],
+    ) -> Result<RunCounts, SendError> {
         let count = (pages.len() / PAGE_SIZE) as u32;
         debug_assert!(pages.len() % PAGE_SIZE == 0 && count > 0 && count <= MAX_RUN_PAGES);
         self.zero_map.clear();
@@ -172,7 +189,8 @@ impl SourceSession {
 
     /// Ends round `round`: flushes, and fails if the destination reported an error.
     pub fn end_round(&mut self, round: u32) -> Result<(), SendError> {
-        self.out.write_frame(kind::ROUND_END, &[&encode_round_end(round)])?;
+        self.out
+            .write_frame(kind::ROUND_END, &[&encode_round_end(round)])?;
         self.out.flush()?;
         self.check_destination()
     }
@@ -205,7 +223,9 @@ impl SourceSession {
 
     /// Tells the destination to discard everything (best effort).
     pub fn abandon(&mut self, reason: &str) {
-        let _ = self.out.write_frame(kind::ABANDON, &[&encode_abandon(reason)]);
+        let _ = self
+            .out
+            .write_frame(kind::ABANDON, &[&encode_abandon(reason)]);
         let _ = self.out.flush();
     }
 }

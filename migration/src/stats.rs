@@ -31,7 +31,10 @@ impl MigrationPhase {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            MigrationPhase::Completed | MigrationPhase::Failed | MigrationPhase::Cancelled | MigrationPhase::Aborted
+            MigrationPhase::Completed
+                | MigrationPhase::Failed
+                | MigrationPhase::Cancelled
+                | MigrationPhase::Aborted
         )
     }
 }

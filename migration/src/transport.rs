@@ -53,7 +53,8 @@ impl Stream {
         match uri {
             MigrationUri::Tcp { host, port } => {
                 let addrs = (host.as_str(), *port).to_socket_addrs().map_err(err)?;
-                let mut last = io::Error::new(io::ErrorKind::NotFound, "the host name has no address");
+                let mut last =
+                    io::Error::new(io::ErrorKind::NotFound, "the host name has no address");
                 for addr in addrs {
                     match TcpStream::connect_timeout(&addr, timeout) {
                         Ok(s) => {
@@ -152,7 +153,10 @@ impl Listener {
                 let _ = s.set_nodelay(true);
                 Ok(Stream::Tcp(s))
             }
-            Listener::Unix(l, _) => l.accept().map(|(s, _)| Stream::Unix(s)).map_err(TransportError::Accept),
+            Listener::Unix(l, _) => l
+                .accept()
+                .map(|(s, _)| Stream::Unix(s))
+                .map_err(TransportError::Accept),
         }
     }
 }

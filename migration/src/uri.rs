@@ -40,7 +40,9 @@ impl FromStr for MigrationUri {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Some(rest) = s.strip_prefix("tcp:") {
-            let (host, port) = rest.rsplit_once(':').ok_or_else(|| UriError::Port(s.into()))?;
+            let (host, port) = rest
+                .rsplit_once(':')
+                .ok_or_else(|| UriError::Port(s.into()))?;
             let port: u16 = port.parse().map_err(|_| UriError::Port(s.into()))?;
             if port == 0 {
                 return Err(UriError::Port(s.into()));
@@ -67,7 +69,9 @@ impl FromStr for MigrationUri {
 impl fmt::Display for MigrationUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            MigrationUri::Tcp { host, port } if host.contains(':') => write!(f, "tcp:[{host}]:{port}"),
+            MigrationUri::Tcp { host, port } if host.contains(':') => {
+                write!(f, "tcp:[{host}]:{port}")
+            }
             MigrationUri::Tcp { host, port } => write!(f, "tcp:{host}:{port}"),
             MigrationUri::Unix(p) => write!(f, "unix:{}", p.display()),
         }
@@ -80,7 +84,12 @@ mod tests {
 
     #[test]
     fn parses_and_prints() {
-        for s in ["tcp:127.0.0.1:4444", "tcp:[::1]:80", "unix:/tmp/m.sock", "tcp:dst.example:9"] {
+        for s in [
+            "tcp:127.0.0.1:4444",
+            "tcp:[::1]:80",
+            "unix:/tmp/m.sock",
+            "tcp:dst.example:9",
+        ] {
             let u: MigrationUri = s.parse().unwrap();
             assert_eq!(u.to_string(), s);
         }
@@ -88,11 +97,29 @@ mod tests {
 
     #[test]
     fn rejects_bad_uris() {
-        assert!(matches!("http://x".parse::<MigrationUri>(), Err(UriError::Scheme(_))));
-        assert!(matches!("tcp:host".parse::<MigrationUri>(), Err(UriError::Port(_))));
-        assert!(matches!("tcp:host:0".parse::<MigrationUri>(), Err(UriError::Port(_))));
-        assert!(matches!("tcp:host:99999".parse::<MigrationUri>(), Err(UriError::Port(_))));
-        assert!(matches!("tcp::80".parse::<MigrationUri>(), Err(UriError::Host(_))));
-        assert!(matches!("unix:".parse::<MigrationUri>(), Err(UriError::Path(_))));
+        assert!(matches!(
+            "http://x".parse::<MigrationUri>(),
+            Err(UriError::Scheme(_))
+        ));
+        assert!(matches!(
+            "tcp:host".parse::<MigrationUri>(),
+            Err(UriError::Port(_))
+        ));
+        assert!(matches!(
+            "tcp:host:0".parse::<MigrationUri>(),
+            Err(UriError::Port(_))
+        ));
+        assert!(matches!(
+            "tcp:host:99999".parse::<MigrationUri>(),
+            Err(UriError::Port(_))
+        ));
+        assert!(matches!(
+            "tcp::80".parse::<MigrationUri>(),
+            Err(UriError::Host(_))
+        ));
+        assert!(matches!(
+            "unix:".parse::<MigrationUri>(),
+            Err(UriError::Path(_))
+        ));
     }
 }

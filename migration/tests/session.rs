@@ -33,8 +33,13 @@ impl DestinationHost for FakeGuest {
     fn write_pages(&mut self, run: &PageRun<'_>) -> Result<(), String> {
         let mut data = run.data.chunks_exact(PAGE_SIZE);
         for i in 0..run.count {
-            let page = if run.is_zero(i) { vec![0; PAGE_SIZE] } else { data.next().unwrap().to_vec() };
-            self.pages.insert((run.region, run.first_page + u64::from(i)), page);
+            let page = if run.is_zero(i) {
+                vec![0; PAGE_SIZE]
+            } else {
+                data.next().unwrap().to_vec()
+            };
+            self.pages
+                .insert((run.region, run.first_page + u64::from(i)), page);
         }
         Ok(())
     }
@@ -55,15 +60,27 @@ fn hello(vcpus: u32) -> Hello {
     Hello {
         tern_version: "test".into(),
         page_size: 4096,
-        memory: vec![MemoryRange { guest_addr: 0, size: 1 << 20 }],
+        memory: vec![MemoryRange {
+            guest_addr: 0,
+            size: 1 << 20,
+        }],
         vcpus,
-        devices: vec![DeviceSummary { kind: "serial".into(), id: "com1".into(), settings: vec![] }],
+        devices: vec![DeviceSummary {
+            kind: "serial".into(),
+            id: "com1".into(),
+            settings: vec![],
+        }],
     }
 }
 
-fn destination(mut guest: FakeGuest, sock: UnixStream) -> thread::JoinHandle<(FakeGuest, Result<(), String>)> {
+fn destination(
+    mut guest: FakeGuest,
+    sock: UnixStream,
+) -> thread::JoinHandle<(FakeGuest, Result<(), String>)> {
     thread::spawn(move || {
-        let r = receive(&sock, &sock, &mut guest).map(|_| ()).map_err(|e| e.to_string());
+        let r = receive(&sock, &sock, &mut guest)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
         (guest, r)
     })
 }
@@ -100,7 +117,10 @@ fn configuration_mismatch_is_refused_with_the_reason() {
     let (a, b) = UnixStream::pair().unwrap();
     let dst = destination(FakeGuest::default(), b);
     let e = session(&a, &hello(4)).err().unwrap();
-    assert!(matches!(&e, SendError::Refused(r) if r.contains("4 vCPUs")), "{e}");
+    assert!(
+        matches!(&e, SendError::Refused(r) if r.contains("4 vCPUs")),
+        "{e}"
+    );
     let (g, r) = dst.join().unwrap();
     assert!(!g.resumed);
     assert!(r.unwrap_err().contains("refused"));
@@ -110,7 +130,9 @@ fn configuration_mismatch_is_refused_with_the_reason() {
 fn version_mismatch_is_refused() {
     let (a, b) = UnixStream::pair().unwrap();
     let dst = destination(FakeGuest::default(), b);
-    let e = SourceSession::start_with_version(Stream::Unix(a), &hello(2), T, 99).err().unwrap();
+    let e = SourceSession::start_with_version(Stream::Unix(a), &hello(2), T, 99)
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("version"), "{e}");
     let (g, r) = dst.join().unwrap();
     assert!(!g.resumed);
@@ -157,12 +179,18 @@ fn abandon_discards() {
 #[test]
 fn destination_failure_reaches_the_source() {
     let (a, b) = UnixStream::pair().unwrap();
-    let guest = FakeGuest { fail_restore: true, ..Default::default() };
+    let guest = FakeGuest {
+        fail_restore: true,
+        ..Default::default()
+    };
     let dst = destination(guest, b);
     let mut s = session(&a, &hello(2)).unwrap();
     s.send_state(b"x").unwrap();
     let e = s.complete(T).unwrap_err();
-    assert!(matches!(&e, SendError::DestinationFailed(m) if m.contains("device state invalid")), "{e}");
+    assert!(
+        matches!(&e, SendError::DestinationFailed(m) if m.contains("device state invalid")),
+        "{e}"
+    );
     let (g, _) = dst.join().unwrap();
     assert!(!g.resumed);
 }
@@ -174,7 +202,10 @@ fn out_of_order_messages_are_rejected() {
     let mut s = session(&a, &hello(2)).unwrap();
     // Commit before Complete.
     let e = s.commit(T).unwrap_err();
-    assert!(matches!(e, SendError::DestinationFailed(ref m) if m.contains("unexpected Commit")), "{e}");
+    assert!(
+        matches!(e, SendError::DestinationFailed(ref m) if m.contains("unexpected Commit")),
+        "{e}"
+    );
     let (g, r) = dst.join().unwrap();
     assert!(!g.resumed);
     assert!(r.is_err());

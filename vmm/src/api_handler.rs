@@ -21,7 +21,9 @@ pub struct MachineApi {
 
 fn lifecycle_error(e: LifecycleError) -> Response {
     match e {
-        LifecycleError::WrongState(_) | LifecycleError::Migrating => Response::error(409, e.to_string()),
+        LifecycleError::WrongState(_) | LifecycleError::Migrating => {
+            Response::error(409, e.to_string())
+        }
         LifecycleError::Vcpu(_) => Response::error(500, e.to_string()),
     }
 }
@@ -60,7 +62,9 @@ impl ApiHandler for MachineApi {
                 }))
             }
             ApiRequest::Pause => match m.pause() {
-                Ok(took) => Response::ok(json!({"state": "paused", "pause_us": took.as_micros() as u64})),
+                Ok(took) => {
+                    Response::ok(json!({"state": "paused", "pause_us": took.as_micros() as u64}))
+                }
                 Err(e) => lifecycle_error(e),
             },
             ApiRequest::Resume => match m.resume() {
@@ -77,21 +81,34 @@ impl ApiHandler for MachineApi {
                 }
                 let n = m.controls.len();
                 if t.percent.len() != 1 && t.percent.len() != n {
-                    return Response::error(400, format!("give 1 or {n} throttle values, not {}", t.percent.len()));
+                    return Response::error(
+                        400,
+                        format!("give 1 or {n} throttle values, not {}", t.percent.len()),
+                    );
                 }
                 if let Some(bad) = t.percent.iter().find(|p| !(0.0..=99.0).contains(*p)) {
-                    return Response::error(400, format!("throttle {bad} is outside 0..99 percent"));
+                    return Response::error(
+                        400,
+                        format!("throttle {bad} is outside 0..99 percent"),
+                    );
                 }
                 if let Some(ms) = t.period_ms {
                     if !(1.0..=1000.0).contains(&ms) {
-                        return Response::error(400, format!("period {ms} ms is outside 1..1000 ms"));
+                        return Response::error(
+                            400,
+                            format!("period {ms} ms is outside 1..1000 ms"),
+                        );
                     }
                     for c in &m.controls {
                         c.set_throttle_period(std::time::Duration::from_secs_f64(ms / 1e3));
                     }
                 }
                 for (i, c) in m.controls.iter().enumerate() {
-                    let p = if t.percent.len() == 1 { t.percent[0] } else { t.percent[i] };
+                    let p = if t.percent.len() == 1 {
+                        t.percent[0]
+                    } else {
+                        t.percent[i]
+                    };
                     c.set_throttle(p / 100.0);
                 }
                 m.with_vcpus(|v| {
@@ -106,7 +123,9 @@ impl ApiHandler for MachineApi {
             ApiRequest::CancelMigration => self.migrations.cancel(),
             ApiRequest::Estimate(req) => self.migrations.estimate(m.clone(), req),
             ApiRequest::DeviceFault { id, fault } => match m.devices.set_fault(&id, &fault) {
-                Ok(()) => Response::ok(json!({"device": id, "delay_ms": fault.delay_ms, "hold": fault.hold})),
+                Ok(()) => Response::ok(
+                    json!({"device": id, "delay_ms": fault.delay_ms, "hold": fault.hold}),
+                ),
                 Err(e) => Response::error(404, e),
             },
         }

@@ -75,10 +75,19 @@ pub struct MachineParts {
 }
 
 /// Creates memory, the VM and `cpus` vCPUs.
-pub fn create(host: &KvmHost, mem_bytes: u64, cpus: u8, tracking: DirtyTrackingChoice) -> Result<VmParts, BuildError> {
+pub fn create(
+    host: &KvmHost,
+    mem_bytes: u64,
+    cpus: u8,
+    tracking: DirtyTrackingChoice,
+) -> Result<VmParts, BuildError> {
     let mem = create_guest_memory(mem_bytes)?;
     let vm = Vm::new(host, &mem, tracking)?;
-    let dirty = Arc::new(DirtyTracker::new(vm.tracking, vm.memory.slots().to_vec(), cpus as usize));
+    let dirty = Arc::new(DirtyTracker::new(
+        vm.tracking,
+        vm.memory.slots().to_vec(),
+        cpus as usize,
+    ));
     let mut vcpu_fds = Vec::with_capacity(cpus as usize);
     for id in 0..cpus {
         let fd = vm
@@ -99,7 +108,9 @@ pub fn create(host: &KvmHost, mem_bytes: u64, cpus: u8, tracking: DirtyTrackingC
         machine: MachineParts {
             mem,
             vm: Arc::new(vm),
-            controls: (0..cpus).map(|_| Arc::new(VcpuControl::new(Target::Run))).collect(),
+            controls: (0..cpus)
+                .map(|_| Arc::new(VcpuControl::new(Target::Run)))
+                .collect(),
             dirty,
             cpuid,
             msr_indices,

@@ -54,7 +54,10 @@ pub fn parse_size(flag: &'static str, value: &str) -> Result<u64, ConfigError> {
         value: value.to_string(),
     };
     let v = value.trim();
-    let v = v.strip_suffix("iB").or_else(|| v.strip_suffix('B')).unwrap_or(v);
+    let v = v
+        .strip_suffix("iB")
+        .or_else(|| v.strip_suffix('B'))
+        .unwrap_or(v);
     let (digits, shift) = match v.chars().last() {
         Some('K' | 'k') => (&v[..v.len() - 1], 10),
         Some('M' | 'm') => (&v[..v.len() - 1], 20),
@@ -149,8 +152,11 @@ pub fn readable_file(flag: &'static str, path: &Path) -> Result<PathBuf, ConfigE
     Ok(path.to_owned())
 }
 
+/// A device option string split up: the leading value (if it has no `=`) and the pairs.
+pub type SplitOptions<'a> = (Option<&'a str>, Vec<(&'a str, &'a str)>);
+
 /// Splits `a,k=v,k2=v2` into the leading value (if it has no `=`) and the pairs.
-pub fn split_options<'a>(flag: &'static str, s: &'a str) -> Result<(Option<&'a str>, Vec<(&'a str, &'a str)>), ConfigError> {
+pub fn split_options<'a>(flag: &'static str, s: &'a str) -> Result<SplitOptions<'a>, ConfigError> {
     let mut lead = None;
     let mut pairs = Vec::new();
     for (i, part) in s.split(',').enumerate() {
@@ -271,10 +277,12 @@ pub fn parse_net(s: &str) -> Result<NetConfig, ConfigError> {
             }
         }
     }
-    let tap = tap.filter(|t| !t.is_empty() && t.len() < 16).ok_or_else(|| ConfigError::BadOption {
-        flag: "--net",
-        why: "tap=NAME is required (at most 15 characters)".into(),
-    })?;
+    let tap = tap
+        .filter(|t| !t.is_empty() && t.len() < 16)
+        .ok_or_else(|| ConfigError::BadOption {
+            flag: "--net",
+            why: "tap=NAME is required (at most 15 characters)".into(),
+        })?;
     Ok(NetConfig { tap, mac })
 }
 
@@ -309,10 +317,12 @@ pub fn parse_vsock(s: &str) -> Result<VsockConfig, ConfigError> {
             }
         }
     }
-    let cid = cid.filter(|&c| (3..u64::from(u32::MAX)).contains(&c)).ok_or_else(|| ConfigError::BadOption {
-        flag: "--vsock",
-        why: "cid=N with N ≥ 3 is required".into(),
-    })?;
+    let cid = cid
+        .filter(|&c| (3..u64::from(u32::MAX)).contains(&c))
+        .ok_or_else(|| ConfigError::BadOption {
+            flag: "--vsock",
+            why: "cid=N with N ≥ 3 is required".into(),
+        })?;
     let socket = socket.ok_or_else(|| ConfigError::BadOption {
         flag: "--vsock",
         why: "socket=PATH is required".into(),
@@ -368,7 +378,11 @@ pub struct VmConfig {
 
 /// Builds the kernel command line: the user's (or the default), plus the
 /// kvm_pvm workarounds when they apply.
-pub fn kernel_cmdline(user: Option<&str>, workarounds: PvmWorkarounds, host_is_pvm: bool) -> String {
+pub fn kernel_cmdline(
+    user: Option<&str>,
+    workarounds: PvmWorkarounds,
+    host_is_pvm: bool,
+) -> String {
     let mut s = user.unwrap_or(DEFAULT_CMDLINE).trim().to_string();
     let add = match workarounds {
         PvmWorkarounds::Auto => host_is_pvm,
@@ -402,7 +416,10 @@ mod tests {
 
     #[test]
     fn memory_limits() {
-        assert!(validate_memory(0, None).unwrap_err().to_string().contains("too small"));
+        assert!(validate_memory(0, None)
+            .unwrap_err()
+            .to_string()
+            .contains("too small"));
         assert!(validate_memory(1 << 40, Some(24 << 30))
             .unwrap_err()
             .to_string()

@@ -71,8 +71,12 @@ mod tests {
         let panic = Arc::new(Mutex::new(None));
         let mut c = ConsoleOutput::new(Vec::new(), panic.clone());
         c.write_all(b"[ 29.97] Kernel panic - not sy").unwrap();
-        c.write_all(b"ncing: VFS: Unable to mount root fs\r\n[ 30.0] Rebooting\n").unwrap();
-        assert_eq!(panic.lock().unwrap().as_deref(), Some("VFS: Unable to mount root fs"));
+        c.write_all(b"ncing: VFS: Unable to mount root fs\r\n[ 30.0] Rebooting\n")
+            .unwrap();
+        assert_eq!(
+            panic.lock().unwrap().as_deref(),
+            Some("VFS: Unable to mount root fs")
+        );
         assert!(c.inner.starts_with(b"[ 29.97] Kernel panic"));
     }
 
@@ -80,7 +84,8 @@ mod tests {
     fn ordinary_output_is_not_a_panic() {
         let panic = Arc::new(Mutex::new(None));
         let mut c = ConsoleOutput::new(Vec::new(), panic.clone());
-        c.write_all(b"tern-guest: {\"event\":\"ready\"}\npanic=1 on the cmdline\n").unwrap();
+        c.write_all(b"tern-guest: {\"event\":\"ready\"}\npanic=1 on the cmdline\n")
+            .unwrap();
         assert!(panic.lock().unwrap().is_none());
     }
 }

@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::layout::{
-    FIRST_DEVICE_IRQ, I8042_DATA_PORT, LAST_DEVICE_IRQ, SERIAL_IRQ, SERIAL_PORT, VIRTIO_MMIO_MAX_DEVICES,
-    VIRTIO_MMIO_START, VIRTIO_MMIO_WINDOW,
+    FIRST_DEVICE_IRQ, I8042_DATA_PORT, LAST_DEVICE_IRQ, SERIAL_IRQ, SERIAL_PORT,
+    VIRTIO_MMIO_MAX_DEVICES, VIRTIO_MMIO_START, VIRTIO_MMIO_WINDOW,
 };
 use crate::config::VmConfig;
 use crate::console::ConsoleOutput;
@@ -112,7 +112,8 @@ impl DeviceManager {
         panic: Arc<Mutex<Option<String>>>,
         wire: bool,
     ) -> Result<Self, DeviceManagerError> {
-        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| DeviceManagerError::EventFd("serial", e))?;
+        let irq = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|e| DeviceManagerError::EventFd("serial", e))?;
         let input: Option<Box<dyn SerialInput>> = Some(Box::new(std::io::stdin()));
         let serial = Serial::new(irq, ConsoleOutput::new(std::io::stdout(), panic), input)
             .map_err(|e| DeviceManagerError::Device(format!("serial port: {e}")))?;
@@ -122,12 +123,21 @@ impl DeviceManager {
                 source,
             })?;
         let serial = Arc::new(Mutex::new(serial));
-        let reset = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| DeviceManagerError::EventFd("i8042", e))?;
+        let reset = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|e| DeviceManagerError::EventFd("i8042", e))?;
         let i8042 = Arc::new(Mutex::new(I8042::new(reset)));
 
         let mut pio = Bus::new();
-        pio.insert(serial.clone(), u64::from(SERIAL_PORT), devices::legacy::serial::PORT_RANGE_LEN)?;
-        pio.insert(i8042.clone(), u64::from(I8042_DATA_PORT), devices::legacy::i8042::PORT_RANGE_LEN)?;
+        pio.insert(
+            serial.clone(),
+            u64::from(SERIAL_PORT),
+            devices::legacy::serial::PORT_RANGE_LEN,
+        )?;
+        pio.insert(
+            i8042.clone(),
+            u64::from(I8042_DATA_PORT),
+            devices::legacy::i8042::PORT_RANGE_LEN,
+        )?;
 
         let mut configs: Vec<(String, VirtioConfig)> = Vec::new();
         for (i, d) in cfg.disks.iter().enumerate() {
@@ -169,8 +179,15 @@ impl DeviceManager {
         let mut virtio = Vec::new();
         for (i, (id, config)) in configs.into_iter().enumerate() {
             let base = VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_WINDOW;
-            let slot = VirtioSlot::create(id, base, MMIO_WINDOW_SIZE, FIRST_DEVICE_IRQ + i as u32, config, mem)
-                .map_err(DeviceManagerError::Device)?;
+            let slot = VirtioSlot::create(
+                id,
+                base,
+                MMIO_WINDOW_SIZE,
+                FIRST_DEVICE_IRQ + i as u32,
+                config,
+                mem,
+            )
+            .map_err(DeviceManagerError::Device)?;
             mmio.insert(slot.bus_device(), base, MMIO_WINDOW_SIZE)?;
             if wire {
                 slot.wire(vm).map_err(DeviceManagerError::Device)?;
@@ -194,7 +211,10 @@ impl DeviceManager {
 
     /// The kernel command-line entries declaring the virtio devices.
     pub fn cmdline_entries(&self) -> Vec<String> {
-        lock(&self.virtio).iter().map(VirtioSlot::cmdline_entry).collect()
+        lock(&self.virtio)
+            .iter()
+            .map(VirtioSlot::cmdline_entry)
+            .collect()
     }
 
     /// Everything the event loop must watch.
@@ -226,23 +246,38 @@ impl DeviceManager {
     pub fn save_states(&self) -> Result<DevicesState, String> {
         Ok(DevicesState {
             serial: lock(&self.serial).save(),
-            virtio: lock(&self.virtio).iter().map(|s| (s.id.clone(), s.save())).collect(),
+            virtio: lock(&self.virtio)
+                .iter()
+                .map(|s| (s.id.clone(), s.save()))
+                .collect(),
         })
     }
 
     /// Replaces every device's state with `state` (before the guest runs) and
     /// wires the restored virtio devices to KVM.
-    pub fn restore_states(&self, vm: &VmFd, mem: &GuestMemoryMmap, state: &DevicesState) -> Result<(), String> {
+    pub fn restore_states(
+        &self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        state: &DevicesState,
+    ) -> Result<(), String> {
         lock(&self.serial)
             .restore_state(&state.serial)
             .map_err(|e| format!("serial: {e}"))?;
         let mut slots = lock(&self.virtio);
         if slots.len() != state.virtio.len() {
-            return Err(format!("state for {} virtio devices, this VM has {}", state.virtio.len(), slots.len()));
+            return Err(format!(
+                "state for {} virtio devices, this VM has {}",
+                state.virtio.len(),
+                slots.len()
+            ));
         }
         for (slot, (id, s)) in slots.iter_mut().zip(&state.virtio) {
             if &slot.id != id {
-                return Err(format!("state for device {id} where this VM has {}", slot.id));
+                return Err(format!(
+                    "state for device {id} where this VM has {}",
+                    slot.id
+                ));
             }
             slot.restore(vm, mem, s)?;
         }
@@ -329,7 +364,9 @@ impl DeviceManager {
             s.set_queue_depth_limit(None);
         }
         if let (Some(start), Some(stats)) = (d.window_start, stats) {
-            lock(stats).windows_ms.push(start.elapsed().as_secs_f64() * 1e3);
+            lock(stats)
+                .windows_ms
+                .push(start.elapsed().as_secs_f64() * 1e3);
         }
         *d = Drain::default();
     }
@@ -348,13 +385,19 @@ impl DeviceManager {
             .sum();
         let d = lock(&self.drain);
         if let Some(start) = d.window_start {
-            lock(stats).windows_ms.push(start.elapsed().as_secs_f64() * 1e3);
+            lock(stats)
+                .windows_ms
+                .push(start.elapsed().as_secs_f64() * 1e3);
         }
         n
     }
 
     /// Applies a block fault-injection setting to device `id`.
-    pub fn set_fault(&self, id: &str, fault: &crate::api::types::FaultRequest) -> Result<(), String> {
+    pub fn set_fault(
+        &self,
+        id: &str,
+        fault: &crate::api::types::FaultRequest,
+    ) -> Result<(), String> {
         let slots = lock(&self.virtio);
         let slot = slots.iter().find(|s| s.id == id).ok_or_else(|| {
             let ids: Vec<&str> = slots.iter().map(|s| s.id.as_str()).collect();
@@ -396,7 +439,10 @@ fn wire_summary(d: devices::DeviceSummary) -> WireSummary {
             id,
             vec![(
                 "mac".into(),
-                mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+                mac.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":"),
             )],
         ),
         D::Vsock { id, cid } => ("virtio-vsock", id, vec![("cid".into(), cid.to_string())]),

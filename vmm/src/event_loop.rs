@@ -63,8 +63,13 @@ pub struct EventLoop {
 
 impl EventLoop {
     /// A loop watching the reset line and the exit notifier.
-    pub fn new(exit: Arc<ExitNotifier>, reset: EventFd, panic: Arc<Mutex<Option<String>>>) -> Result<Self, EventLoopError> {
-        let mut em: EventManager<Subscriber> = EventManager::new().map_err(EventLoopError::Epoll)?;
+    pub fn new(
+        exit: Arc<ExitNotifier>,
+        reset: EventFd,
+        panic: Arc<Mutex<Option<String>>>,
+    ) -> Result<Self, EventLoopError> {
+        let mut em: EventManager<Subscriber> =
+            EventManager::new().map_err(EventLoopError::Epoll)?;
         let exit_evt = exit
             .eventfd()
             .try_clone()
@@ -90,7 +95,9 @@ impl EventLoop {
             if let Some(r) = exit.reason() {
                 return Ok(r);
             }
-            self.em.run_with_timeout(200).map_err(EventLoopError::Epoll)?;
+            self.em
+                .run_with_timeout(200)
+                .map_err(EventLoopError::Epoll)?;
         }
     }
 }

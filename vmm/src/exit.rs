@@ -62,7 +62,9 @@ impl std::fmt::Display for ExitReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ExitReason::GuestReset => write!(f, "the guest reset itself"),
-            ExitReason::GuestTripleFault { vcpu } => write!(f, "the guest reset itself (triple fault on vCPU {vcpu})"),
+            ExitReason::GuestTripleFault { vcpu } => {
+                write!(f, "the guest reset itself (triple fault on vCPU {vcpu})")
+            }
             ExitReason::GuestShutdown => write!(f, "the guest shut down"),
             ExitReason::GuestPanic(msg) => write!(f, "guest kernel panic: {msg}"),
             ExitReason::KvmInternalError {
@@ -77,7 +79,10 @@ impl std::fmt::Display for ExitReason {
                     3 => "delivery event failure",
                     _ => "internal error",
                 };
-                write!(f, "KVM internal error on vCPU {vcpu}: {what} (suberror {suberror}")?;
+                write!(
+                    f,
+                    "KVM internal error on vCPU {vcpu}: {what} (suberror {suberror}"
+                )?;
                 if let Some(rip) = rip {
                     write!(f, ", rip {rip:#x}")?;
                 }
@@ -121,7 +126,10 @@ impl ExitNotifier {
 
     /// The recorded reason, if any.
     pub fn reason(&self) -> Option<ExitReason> {
-        self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The eventfd the event loop waits on.

@@ -10,7 +10,9 @@ use crate::device_manager::DeviceManager;
 use crate::exit::ExitNotifier;
 use crate::vstate::dirty_tracker::DirtyTracker;
 use crate::vstate::memory::GuestMemoryMmap;
-use crate::vstate::vcpu::{IoHandler, Target, VcpuContext, VcpuControl, VcpuError, Vcpus, PAUSE_TIMEOUT};
+use crate::vstate::vcpu::{
+    IoHandler, Target, VcpuContext, VcpuControl, VcpuError, Vcpus, PAUSE_TIMEOUT,
+};
 use crate::vstate::vm::Vm;
 
 /// Where the VM is in its life.
@@ -101,7 +103,11 @@ impl Machine {
     }
 
     /// Starts one thread per vCPU fd, beginning in `target`.
-    pub fn start_vcpus(&self, fds: Vec<kvm_ioctls::VcpuFd>, target: Target) -> Result<(), VcpuError> {
+    pub fn start_vcpus(
+        &self,
+        fds: Vec<kvm_ioctls::VcpuFd>,
+        target: Target,
+    ) -> Result<(), VcpuError> {
         let io: Arc<dyn IoHandler> = self.devices.clone();
         let ctx = Arc::new(VcpuContext {
             vm: self.vm.clone(),
@@ -114,7 +120,11 @@ impl Machine {
         });
         let v = Vcpus::spawn(fds, ctx, target)?;
         *self.vcpus.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
-        self.set_lifecycle(if target == Target::Run { Lifecycle::Running } else { Lifecycle::Paused });
+        self.set_lifecycle(if target == Target::Run {
+            Lifecycle::Running
+        } else {
+            Lifecycle::Paused
+        });
         Ok(())
     }
 
@@ -135,12 +145,15 @@ impl Machine {
 
     /// Marks a migration as started (false if one already runs).
     pub fn begin_migration(&self) -> bool {
-        !self.migrating.swap(true, std::sync::atomic::Ordering::AcqRel)
+        !self
+            .migrating
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// Marks the migration as over.
     pub fn end_migration(&self) {
-        self.migrating.store(false, std::sync::atomic::Ordering::Release);
+        self.migrating
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// Runs `f` on the vCPU threads, if they exist.

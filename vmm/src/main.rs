@@ -142,7 +142,8 @@ fn migrate(a: &MigrateArgs) -> ExitCode {
             // The source tern exits once the guest runs on the destination.
             Err(_) if last["phase"] == "switchover" || last["phase"] == "active" => {
                 last["phase"] = json!("completed");
-                last["note"] = json!("the source tern exited before its final statistics were read");
+                last["note"] =
+                    json!("the source tern exited before its final statistics were read");
                 break;
             }
             Err(e) => return fail(e),

@@ -15,7 +15,11 @@ fn mib(bytes: f64) -> f64 {
 pub fn bar(v: &Value) -> String {
     let remaining = f(v, "remaining_bytes");
     let sent = f(v, "bytes_sent");
-    let frac = if sent + remaining > 0.0 { sent / (sent + remaining) } else { 0.0 };
+    let frac = if sent + remaining > 0.0 {
+        sent / (sent + remaining)
+    } else {
+        0.0
+    };
     let width = 20usize;
     let filled = ((frac * width as f64) as usize).min(width);
     let throttle = v["throttle_pct"]
@@ -86,8 +90,14 @@ pub fn estimate_table(v: &Value) -> String {
         v["max_downtime_ms"],
     );
     if let Some(per) = v["vcpu_dirty_bytes_per_sec"].as_array() {
-        let list: Vec<String> = per.iter().map(|r| format!("{:.1}", mib(r.as_f64().unwrap_or(0.0)))).collect();
-        s.push_str(&format!("per vCPU dirty rate, MiB/s: [{}]\n", list.join(", ")));
+        let list: Vec<String> = per
+            .iter()
+            .map(|r| format!("{:.1}", mib(r.as_f64().unwrap_or(0.0))))
+            .collect();
+        s.push_str(&format!(
+            "per vCPU dirty rate, MiB/s: [{}]\n",
+            list.join(", ")
+        ));
     }
     if let Some(rows) = v["predictions"].as_array() {
         s.push_str("aggression  converges  total time  downtime   max throttle  guest CPU lost\n");
@@ -99,7 +109,11 @@ pub fn estimate_table(v: &Value) -> String {
             s.push_str(&format!(
                 "{:>10.2}  {:>9}  {:>8.2} s  {}  {:>11.0}%  {:>11.2} vCPU-s\n",
                 f(r, "aggression"),
-                if r["converges"].as_bool().unwrap_or(false) { "yes" } else { "no" },
+                if r["converges"].as_bool().unwrap_or(false) {
+                    "yes"
+                } else {
+                    "no"
+                },
                 f(r, "total_s"),
                 downtime,
                 f(r, "max_throttle_pct"),

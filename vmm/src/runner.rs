@@ -63,10 +63,13 @@ pub fn config_from_args(args: &RunArgs, host_is_pvm: bool) -> Result<VmConfig, C
     config::validate_memory(mem_bytes, config::host_memory_bytes())?;
     let cpus = config::validate_cpus(args.cpus)?;
     let incoming = match &args.incoming {
-        Some(s) => Some(s.parse::<MigrationUri>().map_err(|e| ConfigError::BadOption {
-            flag: "--incoming",
-            why: e.to_string(),
-        })?),
+        Some(s) => Some(
+            s.parse::<MigrationUri>()
+                .map_err(|e| ConfigError::BadOption {
+                    flag: "--incoming",
+                    why: e.to_string(),
+                })?,
+        ),
         None => None,
     };
     let kernel = match (&args.kernel, &incoming) {
@@ -83,8 +86,16 @@ pub fn config_from_args(args: &RunArgs, host_is_pvm: bool) -> Result<VmConfig, C
         Some(p) => Some(config::readable_file("--initrd", p)?),
         None => None,
     };
-    let disks = args.disks.iter().map(|d| config::parse_disk(d)).collect::<Result<_, _>>()?;
-    let nets = args.nets.iter().map(|n| config::parse_net(n)).collect::<Result<_, _>>()?;
+    let disks = args
+        .disks
+        .iter()
+        .map(|d| config::parse_disk(d))
+        .collect::<Result<_, _>>()?;
+    let nets = args
+        .nets
+        .iter()
+        .map(|n| config::parse_net(n))
+        .collect::<Result<_, _>>()?;
     let vsock = args.vsock.as_deref().map(config::parse_vsock).transpose()?;
     Ok(VmConfig {
         kernel,
@@ -111,7 +122,9 @@ pub fn run(args: &RunArgs) -> Result<ExitReason, RunError> {
     }
     let host = KvmHost::open()?;
     let parts = builder::create(&host, cfg.mem_bytes, cfg.cpus, cfg.dirty_tracking)?;
-    let exit = Arc::new(ExitNotifier::new().map_err(|e| RunError::Os(format!("cannot create an eventfd: {e}")))?);
+    let exit = Arc::new(
+        ExitNotifier::new().map_err(|e| RunError::Os(format!("cannot create an eventfd: {e}")))?,
+    );
     let panic = Arc::new(Mutex::new(None));
     let devices = DeviceManager::new(
         &parts.machine.vm.fd,
@@ -140,9 +153,20 @@ pub fn run(args: &RunArgs) -> Result<ExitReason, RunError> {
         .map_err(|e| RunError::Os(format!("cannot duplicate the reset eventfd: {e}")))?;
     let subscribers = devices.subscribers();
     let devices = Arc::new(devices);
-    let lifecycle = if cfg.incoming.is_some() { Lifecycle::Incoming } else { Lifecycle::Running };
+    let lifecycle = if cfg.incoming.is_some() {
+        Lifecycle::Incoming
+    } else {
+        Lifecycle::Running
+    };
     let incoming = cfg.incoming.clone();
-    let machine = Arc::new(Machine::new(cfg, parts.machine, devices, exit.clone(), host_is_pvm, lifecycle));
+    let machine = Arc::new(Machine::new(
+        cfg,
+        parts.machine,
+        devices,
+        exit.clone(),
+        host_is_pvm,
+        lifecycle,
+    ));
     let migrations = Arc::new(MigrationManager::default());
     let _api = match &args.api_socket {
         Some(p) => Some(ApiServer::start(
@@ -161,7 +185,9 @@ pub fn run(args: &RunArgs) -> Result<ExitReason, RunError> {
             eprintln!("tern: waiting for an incoming migration on {uri}");
             let stream = listener.accept()?;
             drop(listener);
-            let reader = stream.try_clone().map_err(|e| RunError::Os(format!("migration socket: {e}")))?;
+            let reader = stream
+                .try_clone()
+                .map_err(|e| RunError::Os(format!("migration socket: {e}")))?;
             let mut dest = TernDestination::new(machine.clone(), parts.vcpu_fds);
             let report = receive(reader, stream, &mut dest)?;
             eprintln!(

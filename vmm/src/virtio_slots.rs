@@ -5,8 +5,12 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use devices::quiesce::{Quiesce, QuiesceStatus};
-use devices::virtio::block::{Block, BlockArgs, BlockConfig, BlockFaultHandle, BlockState, DEFAULT_WORKERS};
-use devices::virtio::mmio::{MmioTransport, MmioTransportArgs, MmioTransportState, QUEUE_NOTIFY_OFFSET};
+use devices::virtio::block::{
+    Block, BlockArgs, BlockConfig, BlockFaultHandle, BlockState, DEFAULT_WORKERS,
+};
+use devices::virtio::mmio::{
+    MmioTransport, MmioTransportArgs, MmioTransportState, QUEUE_NOTIFY_OFFSET,
+};
 use devices::virtio::net::{Net, NetArgs, NetConfig, NetState};
 use devices::virtio::vsock::{Vsock, VsockConfig, VsockState};
 use devices::virtio::VirtioDevice;
@@ -93,12 +97,21 @@ macro_rules! with_transport {
     };
 }
 
-fn wire_transport<D: VirtioDevice>(t: &MmioTransport<D>, vm: &VmFd, base: u64, gsi: u32) -> Result<(), String> {
+fn wire_transport<D: VirtioDevice>(
+    t: &MmioTransport<D>,
+    vm: &VmFd,
+    base: u64,
+    gsi: u32,
+) -> Result<(), String> {
     vm.register_irqfd(t.irq_evt(), gsi)
         .map_err(|e| format!("irqfd on GSI {gsi}: {e}"))?;
     for (i, evt) in t.queue_evts().iter().enumerate() {
-        vm.register_ioevent(evt, &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET), i as u32)
-            .map_err(|e| format!("ioeventfd for queue {i}: {e}"))?;
+        vm.register_ioevent(
+            evt,
+            &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
+            i as u32,
+        )
+        .map_err(|e| format!("ioeventfd for queue {i}: {e}"))?;
     }
     Ok(())
 }
@@ -106,13 +119,24 @@ fn wire_transport<D: VirtioDevice>(t: &MmioTransport<D>, vm: &VmFd, base: u64, g
 fn unwire_transport<D: VirtioDevice>(t: &MmioTransport<D>, vm: &VmFd, base: u64, gsi: u32) {
     let _ = vm.unregister_irqfd(t.irq_evt(), gsi);
     for (i, evt) in t.queue_evts().iter().enumerate() {
-        let _ = vm.unregister_ioevent(evt, &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET), i as u32);
+        let _ = vm.unregister_ioevent(
+            evt,
+            &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
+            i as u32,
+        );
     }
 }
 
 impl VirtioSlot {
     /// Creates the device for `config` in window `base` on `gsi` (not wired to KVM yet).
-    pub fn create(id: String, base: u64, size: u64, gsi: u32, config: VirtioConfig, mem: &GuestMemoryMmap) -> Result<Self, String> {
+    pub fn create(
+        id: String,
+        base: u64,
+        size: u64,
+        gsi: u32,
+        config: VirtioConfig,
+        mem: &GuestMemoryMmap,
+    ) -> Result<Self, String> {
         let transport_err = |e: std::io::Error| format!("{id}: cannot create its eventfds: {e}");
         let (dev, fault) = match &config {
             VirtioConfig::Block(c) => {
@@ -122,7 +146,8 @@ impl VirtioSlot {
                 (VirtioDev::Block(Arc::new(Mutex::new(t))), Some(fault))
             }
             VirtioConfig::Net(c) => {
-                let net = Net::new(c.clone()).map_err(|e| format!("{id} (tap {}): {}", c.tap, chain(&e)))?;
+                let net = Net::new(c.clone())
+                    .map_err(|e| format!("{id} (tap {}): {}", c.tap, chain(&e)))?;
                 let t = MmioTransport::new(net, mem.clone()).map_err(transport_err)?;
                 (VirtioDev::Net(Arc::new(Mutex::new(t))), None)
             }
@@ -169,7 +194,12 @@ impl VirtioSlot {
 
     /// The `virtio_mmio.device=` entry for the kernel command line.
     pub fn cmdline_entry(&self) -> String {
-        format!("virtio_mmio.device={}K@{:#x}:{}", self.size / 1024, self.base, self.gsi)
+        format!(
+            "virtio_mmio.device={}K@{:#x}:{}",
+            self.size / 1024,
+            self.base,
+            self.gsi
+        )
     }
 
     /// The device's identity for the migration handshake.
@@ -202,7 +232,12 @@ impl VirtioSlot {
     }
 
     /// Replaces the device with one rebuilt from `state`, and wires it to KVM.
-    pub fn restore(&mut self, vm: &VmFd, mem: &GuestMemoryMmap, state: &VirtioState) -> Result<(), String> {
+    pub fn restore(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        state: &VirtioState,
+    ) -> Result<(), String> {
         let id = self.id.clone();
         let err = |e: &dyn std::error::Error| format!("{id}: {}", chain(e));
         match (&self.dev, &self.config, state) {
@@ -246,9 +281,17 @@ impl VirtioSlot {
                 *t = MmioTransport::restore(args, s).map_err(|e| err(&e))?;
                 wire_transport(&t, vm, self.base, self.gsi)
             }
-            _ => Err(format!("{id}: the saved state is for another kind of device")),
+            _ => Err(format!(
+                "{id}: the saved state is for another kind of device"
+            )),
         }
-        .map_err(|e| if e.starts_with(&self.id) { e } else { format!("{}: {e}", self.id) })
+        .map_err(|e| {
+            if e.starts_with(&self.id) {
+                e
+            } else {
+                format!("{}: {e}", self.id)
+            }
+        })
     }
 }
 

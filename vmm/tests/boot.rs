@@ -25,13 +25,19 @@ fn linux_boots(cpus: u32) {
         "256M",
     ]);
     let up = vm.wait_for("smp: Brought up", LINUX_BOOT);
-    let expect = if cpus == 1 { "1 CPU".to_string() } else { format!("{cpus} CPUs") };
+    let expect = if cpus == 1 {
+        "1 CPU".to_string()
+    } else {
+        format!("{cpus} CPUs")
+    };
     assert!(up.contains(&expect), "{up}");
     vm.wait_for("Serial: 8250/16550 driver", LINUX_BOOT);
     vm.wait_for("Run /init as init process", LINUX_BOOT);
     if cpus > 1 {
         assert!(
-            vm.lines().iter().any(|l| l.contains(&format!("Total of {cpus} processors activated"))),
+            vm.lines()
+                .iter()
+                .any(|l| l.contains(&format!("Total of {cpus} processors activated"))),
             "not every CPU was activated"
         );
     }
@@ -54,9 +60,15 @@ fn testguest_ready(cpus: u32) {
     assert_eq!(ready["cpus"], cpus, "{ready}");
     // Every vCPU ticks.
     for cpu in 0..cpus {
-        vm.wait_console(&format!("a tick from vCPU {cpu}"), Duration::from_secs(10), |lines| {
-            parse_events(lines, "tick").into_iter().find(|t| t["cpu"] == cpu)
-        });
+        vm.wait_console(
+            &format!("a tick from vCPU {cpu}"),
+            Duration::from_secs(10),
+            |lines| {
+                parse_events(lines, "tick")
+                    .into_iter()
+                    .find(|t| t["cpu"] == cpu)
+            },
+        );
     }
 }
 
@@ -75,21 +87,35 @@ fn pause_stops_the_guest_and_resume_restarts_it() {
     let _g = serial();
     let dir = scratch_dir("pause");
     let api = dir.join("api.sock");
-    let vm = boot_testguest(1, "256M", "tern.test=dirtier tern.ws=8 tern.rate=max", Some(&api), &[]);
+    let vm = boot_testguest(
+        1,
+        "256M",
+        "tern.test=dirtier tern.ws=8 tern.rate=max",
+        Some(&api),
+        &[],
+    );
     vm.wait_event("tick", 3, Duration::from_secs(10));
 
     let out = std::process::Command::new(tern())
         .args(["pause", "--api-socket", api.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "tern pause: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "tern pause: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let state = vm.api("GET", "/vm", None).unwrap();
     assert_eq!(state["state"], "paused");
     // A tick line may have been in flight; after that, nothing moves.
     std::thread::sleep(Duration::from_millis(300));
     let before = vm.events("tick").len();
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(vm.events("tick").len(), before, "the guest kept running while paused");
+    assert_eq!(
+        vm.events("tick").len(),
+        before,
+        "the guest kept running while paused"
+    );
 
     vm.api("PUT", "/vm/resume", None).unwrap();
     vm.wait_event("tick", before + 3, Duration::from_secs(10));
@@ -115,14 +141,26 @@ fn linux_panic_ends_tern_with_a_panic_status() {
     let mut vm = TernVm::start(&["--kernel", vmlinux.to_str().unwrap(), "--memory", "128M"]);
     let status = vm.wait_exit(LINUX_BOOT);
     assert_eq!(status.code(), Some(2), "{}", vm.stderr());
-    assert!(vm.stderr().contains("guest kernel panic: VFS: Unable to mount root fs"), "{}", vm.stderr());
+    assert!(
+        vm.stderr()
+            .contains("guest kernel panic: VFS: Unable to mount root fs"),
+        "{}",
+        vm.stderr()
+    );
 }
 
 #[test]
 fn kvm_internal_error_is_named() {
     let _g = serial();
     let vmlinux = artifact("vmlinux");
-    let mut vm = TernVm::start(&["--kernel", vmlinux.to_str().unwrap(), "--memory", "128M", "--pvm-workarounds", "off"]);
+    let mut vm = TernVm::start(&[
+        "--kernel",
+        vmlinux.to_str().unwrap(),
+        "--memory",
+        "128M",
+        "--pvm-workarounds",
+        "off",
+    ]);
     if !std::path::Path::new("/sys/module/kvm_pvm").exists() {
         // On VMX/SVM hosts the workarounds are not needed: Linux boots without them.
         vm.wait_for("Run /init as init process", LINUX_BOOT);
@@ -134,6 +172,10 @@ fn kvm_internal_error_is_named() {
     // CMPXCHG16B...), and tern must say so and fail.
     let status = vm.wait_exit(LINUX_BOOT);
     assert_eq!(status.code(), Some(3), "{}", vm.stderr());
-    assert!(vm.stderr().contains("KVM internal error on vCPU"), "{}", vm.stderr());
+    assert!(
+        vm.stderr().contains("KVM internal error on vCPU"),
+        "{}",
+        vm.stderr()
+    );
     assert!(vm.stderr().contains("emulation failure"), "{}", vm.stderr());
 }

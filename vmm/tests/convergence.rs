@@ -37,10 +37,14 @@ fn max_throttle(stats: &Value) -> Vec<f64> {
 fn converges_throttling_only_the_busy_vcpu(pattern: &str, busy_must_be_throttled: bool) {
     let _g = serial();
     // vCPU 0 dirties 40 MiB/s, vCPU 1 is idle; the link carries 20 MiB/s.
-    let cmdline = format!("tern.test=dirtier tern.ws=48 tern.rate=40 tern.pattern={pattern} tern.busy=0");
+    let cmdline =
+        format!("tern.test=dirtier tern.ws=48 tern.rate=40 tern.pattern={pattern} tern.busy=0");
     let (stats, _src, mut dst) = migrate_2vcpu(&cmdline, &["--max-bandwidth", "20M"]);
     assert_eq!(stats["phase"], "completed", "{stats}");
-    assert!(stats["downtime_ms"].as_f64().unwrap() <= 300.0 * 1.1, "{stats}");
+    assert!(
+        stats["downtime_ms"].as_f64().unwrap() <= 300.0 * 1.1,
+        "{stats}"
+    );
     let max = max_throttle(&stats);
     if busy_must_be_throttled {
         assert!(max[0] > 0.0, "the busy vCPU was never throttled: {max:?}");
@@ -75,8 +79,15 @@ fn burst_is_recognised_and_aborted_leaving_the_guest_running() {
     args.extend(["--on-no-converge", "abort"]);
     let (stats, mut src, mut dst) = migrate_2vcpu(BURST, &args);
     assert_eq!(stats["phase"], "aborted", "{stats}");
-    assert!(stats["error"].as_str().unwrap().contains("no convergence"), "{stats}");
-    assert!(stats["rounds"].as_u64().unwrap() <= 3, "recognised after {} rounds", stats["rounds"]);
+    assert!(
+        stats["error"].as_str().unwrap().contains("no convergence"),
+        "{stats}"
+    );
+    assert!(
+        stats["rounds"].as_u64().unwrap() <= 3,
+        "recognised after {} rounds",
+        stats["rounds"]
+    );
     // The guest keeps running on the source, unthrottled, intact.
     let vm = src.api("GET", "/vm", None).unwrap();
     assert_eq!(vm["state"], "running");
@@ -84,7 +95,12 @@ fn burst_is_recognised_and_aborted_leaving_the_guest_running() {
         assert_eq!(c["throttle_pct"], 0.0, "{vm}");
     }
     let throttled = |vm: &Value| -> Vec<u64> {
-        vm["vcpus"].as_array().unwrap().iter().map(|c| c["throttled_ns"].as_u64().unwrap()).collect()
+        vm["vcpus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["throttled_ns"].as_u64().unwrap())
+            .collect()
     };
     let before = throttled(&vm);
     let n = src.events("tick").len();
@@ -105,7 +121,9 @@ fn burst_forced_takes_the_downtime_it_announced() {
     let (stats, _src, mut dst) = migrate_2vcpu(BURST, &args);
     assert_eq!(stats["phase"], "completed", "{stats}");
     assert!(stats["rounds"].as_u64().unwrap() <= 4, "{stats}");
-    let announced = stats["forced_expected_downtime_ms"].as_f64().expect("forced downtime announced");
+    let announced = stats["forced_expected_downtime_ms"]
+        .as_f64()
+        .expect("forced downtime announced");
     let actual = stats["downtime_ms"].as_f64().unwrap();
     assert!(announced > 300.0, "forcing was not needed: {announced} ms");
     assert!(

@@ -47,14 +47,21 @@ fn worst_stall_ms(vm: &TernVm) -> f64 {
 /// Stops the disk workload and checks every acknowledged block.
 fn stop_and_verify_disk(vm: &mut TernVm) {
     vm.send("stop");
-    let w = vm.wait_event("disk_written", vm.events("disk_written").len(), Duration::from_secs(60));
+    let w = vm.wait_event(
+        "disk_written",
+        vm.events("disk_written").len(),
+        Duration::from_secs(60),
+    );
     let written = vm.events("disk_written");
     let stopped = written.iter().any(|e| e["stopped"] == true);
     assert!(stopped, "the disk workload did not stop: {w}");
     let n = vm.events("disk_verify").len();
     vm.send("verify");
     let v = vm.wait_event("disk_verify", n, Duration::from_secs(60));
-    assert_eq!(v["ok"], true, "acknowledged writes lost, torn or stale: {v}");
+    assert_eq!(
+        v["ok"], true,
+        "acknowledged writes lost, torn or stale: {v}"
+    );
 }
 
 #[test]
@@ -67,7 +74,8 @@ fn a_disk_held_near_switchover_never_pauses_the_guest() {
     let mut dst = start_destination(&uri, 2, "256M", None, &["--disk", &disk]);
 
     // Hold every block request from now on: the ones in flight stay in flight.
-    src.api("PUT", "/devices/blk0/fault", Some(json!({"hold": true}))).unwrap();
+    src.api("PUT", "/devices/blk0/fault", Some(json!({"hold": true})))
+        .unwrap();
     let api2 = api.clone();
     let uri2 = uri.clone();
     let migration = std::thread::spawn(move || migrate(&api2, &uri2, &["--max-downtime", "300"]));
@@ -77,26 +85,45 @@ fn a_disk_held_near_switchover_never_pauses_the_guest() {
     while start.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(500));
         let s = src.api("GET", "/migration", None).unwrap();
-        assert_ne!(s["phase"], "completed", "switched over with requests held: {s}");
+        assert_ne!(
+            s["phase"], "completed",
+            "switched over with requests held: {s}"
+        );
         if s["drain"]["busy"].as_u64().unwrap_or(0) > 0 {
             busy_seen = s;
         }
     }
-    assert!(busy_seen.is_object(), "no EBUSY answer while the disk was held");
-    src.api("PUT", "/devices/blk0/fault", Some(json!({"hold": false}))).unwrap();
+    assert!(
+        busy_seen.is_object(),
+        "no EBUSY answer while the disk was held"
+    );
+    src.api("PUT", "/devices/blk0/fault", Some(json!({"hold": false})))
+        .unwrap();
     let (code, stats, stderr) = migration.join().unwrap();
     assert_eq!(code, 0, "{stderr}\n{stats}");
     let drain = &stats["drain"];
-    assert!(drain["attempts"].as_u64().unwrap() > drain["busy"].as_u64().unwrap(), "{drain}");
+    assert!(
+        drain["attempts"].as_u64().unwrap() > drain["busy"].as_u64().unwrap(),
+        "{drain}"
+    );
     assert!(drain["busy"].as_u64().unwrap() >= 2, "{drain}");
-    assert!(!drain["windows_ms"].as_array().unwrap().is_empty(), "{drain}");
-    assert!(stats["downtime_ms"].as_f64().unwrap() <= MAX_DOWNTIME_MS * 1.1, "{stats}");
+    assert!(
+        !drain["windows_ms"].as_array().unwrap().is_empty(),
+        "{drain}"
+    );
+    assert!(
+        stats["downtime_ms"].as_f64().unwrap() <= MAX_DOWNTIME_MS * 1.1,
+        "{stats}"
+    );
 
     // The guest never stood still longer than the downtime limit: not on the
     // source while the disk hung, not across the switchover.
     dst.wait_event("tick", 5, Duration::from_secs(20));
     let worst = worst_stall_ms(&src).max(worst_stall_ms(&dst));
-    assert!(worst <= MAX_DOWNTIME_MS * 1.1, "the guest stalled {worst} ms");
+    assert!(
+        worst <= MAX_DOWNTIME_MS * 1.1,
+        "the guest stalled {worst} ms"
+    );
     stop_and_verify_disk(&mut dst);
 }
 
@@ -108,11 +135,15 @@ fn a_disk_hung_until_the_timeout_ends_the_migration_by_policy() {
     let (mut src, api) = disk_guest(&dir, &disk);
     let uri = format!("tcp:127.0.0.1:{}", free_port());
     let mut dst = start_destination(&uri, 2, "256M", None, &["--disk", &disk]);
-    src.api("PUT", "/devices/blk0/fault", Some(json!({"hold": true}))).unwrap();
+    src.api("PUT", "/devices/blk0/fault", Some(json!({"hold": true})))
+        .unwrap();
     let (code, stats, _) = migrate(&api, &uri, &["--timeout", "6", "--on-no-converge", "abort"]);
     assert_ne!(code, 0);
     assert_eq!(stats["phase"], "aborted", "{stats}");
-    assert!(stats["error"].as_str().unwrap().contains("timeout"), "{stats}");
+    assert!(
+        stats["error"].as_str().unwrap().contains("timeout"),
+        "{stats}"
+    );
     assert!(stats["drain"]["busy"].as_u64().unwrap() > 0, "{stats}");
     assert_eq!(dst.wait_exit(Duration::from_secs(20)).code(), Some(1));
 
@@ -122,9 +153,13 @@ fn a_disk_hung_until_the_timeout_ends_the_migration_by_policy() {
     let n = src.events("tick").len();
     src.wait_event("tick", n + 4, Duration::from_secs(10));
     let worst = worst_stall_ms(&src);
-    assert!(worst <= MAX_DOWNTIME_MS * 1.1, "the guest stalled {worst} ms");
+    assert!(
+        worst <= MAX_DOWNTIME_MS * 1.1,
+        "the guest stalled {worst} ms"
+    );
     // The backend recovers: the held requests complete, the disk verifies.
-    src.api("PUT", "/devices/blk0/fault", Some(json!({"hold": false}))).unwrap();
+    src.api("PUT", "/devices/blk0/fault", Some(json!({"hold": false})))
+        .unwrap();
     let k = src.events("disk_tick").len();
     src.wait_event("disk_tick", k + 3, Duration::from_secs(20));
     stop_and_verify_disk(&mut src);

@@ -28,7 +28,11 @@ fn migrate_and_check(uri: &str, cmdline: &str, mem: &str, migrate_args: &[&str])
     // The source lets go of the guest and exits cleanly.
     let status = src.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{}", src.stderr());
-    assert!(src.stderr().contains("migrated to the destination"), "{}", src.stderr());
+    assert!(
+        src.stderr().contains("migrated to the destination"),
+        "{}",
+        src.stderr()
+    );
 
     // The guest runs on the destination: its ticks go on.
     let last_src_tick = src.events("tick").last().cloned().expect("source ticks");
@@ -42,13 +46,22 @@ fn migrate_and_check(uri: &str, cmdline: &str, mem: &str, migrate_args: &[&str])
     }
     let src_ns = last_src_tick["clock_ns"].as_u64().unwrap();
     let dst_ns = first["clock_ns"].as_u64().unwrap();
-    assert!(dst_ns > src_ns, "the guest clock went back: {src_ns} -> {dst_ns}");
+    assert!(
+        dst_ns > src_ns,
+        "the guest clock went back: {src_ns} -> {dst_ns}"
+    );
     let gap_ms = (dst_ns - src_ns) as f64 / 1e6;
     // One tick interval, plus the downtime, plus the last source tick that the
     // source printed before pausing; anything far beyond is a stall or a jump.
-    assert!(gap_ms < 100.0 + downtime_ms + 250.0, "clock gap {gap_ms} ms for a {downtime_ms} ms downtime");
+    assert!(
+        gap_ms < 100.0 + downtime_ms + 250.0,
+        "clock gap {gap_ms} ms for a {downtime_ms} ms downtime"
+    );
     let stall_ms = first["max_gap_us"].as_f64().unwrap_or(0.0) / 1e3;
-    assert!(stall_ms < downtime_ms + 250.0, "the guest saw a {stall_ms} ms stall for a {downtime_ms} ms downtime");
+    assert!(
+        stall_ms < downtime_ms + 250.0,
+        "the guest saw a {stall_ms} ms stall for a {downtime_ms} ms downtime"
+    );
 
     // Memory: every page the guest wrote is there, current and whole.
     assert_verified(&verify(&mut dst));
@@ -61,9 +74,17 @@ fn migrate_and_check(uri: &str, cmdline: &str, mem: &str, migrate_args: &[&str])
 fn idle_guest_migrates_over_tcp() {
     let _g = serial();
     let uri = format!("tcp:127.0.0.1:{}", free_port());
-    let stats = migrate_and_check(&uri, "tern.test=dirtier tern.ws=16 tern.rate=0", "256M", &[]);
+    let stats = migrate_and_check(
+        &uri,
+        "tern.test=dirtier tern.ws=16 tern.rate=0",
+        "256M",
+        &[],
+    );
     // Mostly zero memory travels as markers.
-    assert!(stats["zero_pages"].as_u64().unwrap() > stats["data_pages"].as_u64().unwrap(), "{stats}");
+    assert!(
+        stats["zero_pages"].as_u64().unwrap() > stats["data_pages"].as_u64().unwrap(),
+        "{stats}"
+    );
 }
 
 #[test]
@@ -72,7 +93,10 @@ fn busy_guest_migrates_over_unix_socket() {
     let dir = scratch_dir("unix");
     let uri = format!("unix:{}", dir.join("mig.sock").display());
     let stats = migrate_and_check(&uri, DIRTIER, "256M", &[]);
-    assert!(stats["downtime_ms"].as_f64().unwrap() <= 300.0 * 1.1, "{stats}");
+    assert!(
+        stats["downtime_ms"].as_f64().unwrap() <= 300.0 * 1.1,
+        "{stats}"
+    );
 }
 
 #[test]
@@ -81,7 +105,15 @@ fn busy_guest_migrates_over_a_capped_link() {
     let uri = format!("tcp:127.0.0.1:{}", free_port());
     // 64 MiB of live data through a 48 MiB/s cap, guest dirtying 20 MiB/s:
     // several rounds, all within the downtime limit.
-    let stats = migrate_and_check(&uri, DIRTIER, "256M", &["--max-bandwidth", "48M", "--max-downtime", "200"]);
+    let stats = migrate_and_check(
+        &uri,
+        DIRTIER,
+        "256M",
+        &["--max-bandwidth", "48M", "--max-downtime", "200"],
+    );
     assert!(stats["rounds"].as_u64().unwrap() >= 2, "{stats}");
-    assert!(stats["downtime_ms"].as_f64().unwrap() <= 200.0 * 1.1, "{stats}");
+    assert!(
+        stats["downtime_ms"].as_f64().unwrap() <= 200.0 * 1.1,
+        "{stats}"
+    );
 }

@@ -31,7 +31,11 @@ fn source(cmdline: &str) -> Source {
 
 /// The source kept its guest: running, not throttled, ticking, memory intact.
 fn assert_source_intact(src: &mut Source) {
-    assert!(src.vm.running(), "the source tern exited:\n{}", src.vm.stderr());
+    assert!(
+        src.vm.running(),
+        "the source tern exited:\n{}",
+        src.vm.stderr()
+    );
     let vm = src.vm.api("GET", "/vm", None).unwrap();
     assert_eq!(vm["state"], "running", "{vm}");
     assert_eq!(vm["migrating"], false, "{vm}");
@@ -46,8 +50,15 @@ fn assert_source_intact(src: &mut Source) {
 fn assert_destination_failed(dst: &mut TernVm, needle: &str) {
     let status = dst.wait_exit(Duration::from_secs(30));
     assert_eq!(status.code(), Some(1), "{}", dst.stderr());
-    assert!(dst.stderr().contains(needle), "destination error does not say {needle:?}:\n{}", dst.stderr());
-    assert!(dst.events("tick").is_empty(), "a failed destination ran the guest");
+    assert!(
+        dst.stderr().contains(needle),
+        "destination error does not say {needle:?}:\n{}",
+        dst.stderr()
+    );
+    assert!(
+        dst.events("tick").is_empty(),
+        "a failed destination ran the guest"
+    );
     assert!(!dst.stderr().contains("panicked"), "{}", dst.stderr());
 }
 
@@ -64,7 +75,10 @@ fn destination_killed_mid_transfer() {
     let (code, stats, stderr) = migration.join().unwrap();
     assert_ne!(code, 0, "{stats}");
     assert_eq!(stats["phase"], "failed", "{stats}\n{stderr}");
-    assert!(stats["error"].as_str().unwrap().contains("destination"), "{stats}");
+    assert!(
+        stats["error"].as_str().unwrap().contains("destination"),
+        "{stats}"
+    );
     assert_source_intact(&mut src);
 }
 
@@ -77,7 +91,10 @@ fn destination_refuses_a_different_configuration() {
     let (code, stats, _) = migrate(&src.api, &uri, &[]);
     assert_ne!(code, 0);
     let err = stats["error"].as_str().unwrap();
-    assert!(err.contains("refused") && err.contains("configuration mismatch") && err.contains("memory"), "{err}");
+    assert!(
+        err.contains("refused") && err.contains("configuration mismatch") && err.contains("memory"),
+        "{err}"
+    );
     assert_destination_failed(&mut dst, "configuration mismatch");
     assert_source_intact(&mut src);
 }
@@ -91,12 +108,21 @@ fn destination_refuses_another_protocol_version() {
     let hello = Hello {
         tern_version: "from the future".into(),
         page_size: PAGE_SIZE as u32,
-        memory: vec![MemoryRange { guest_addr: 0, size: 256 << 20 }],
+        memory: vec![MemoryRange {
+            guest_addr: 0,
+            size: 256 << 20,
+        }],
         vcpus: 1,
         devices: vec![],
     };
-    let err = SourceSession::start_with_version(stream, &hello, Duration::from_secs(10), 2).err().unwrap();
-    assert!(err.to_string().contains("version mismatch: this tern speaks 1, the peer 2"), "{err}");
+    let err = SourceSession::start_with_version(stream, &hello, Duration::from_secs(10), 2)
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains("version mismatch: this tern speaks 1, the peer 2"),
+        "{err}"
+    );
     assert_destination_failed(&mut dst, "version mismatch");
 }
 
@@ -112,7 +138,8 @@ fn corrupted_bytes_are_caught_and_the_source_keeps_its_guest() {
     std::thread::spawn(move || {
         let (mut from_src, _) = proxy.accept().unwrap();
         let mut to_dst = TcpStream::connect(("127.0.0.1", dst_port)).unwrap();
-        let (mut back_src, mut back_dst) = (from_src.try_clone().unwrap(), to_dst.try_clone().unwrap());
+        let (mut back_src, mut back_dst) =
+            (from_src.try_clone().unwrap(), to_dst.try_clone().unwrap());
         std::thread::spawn(move || {
             let _ = std::io::copy(&mut back_dst, &mut back_src);
         });
@@ -153,7 +180,11 @@ fn cancel_mid_migration() {
         .args(["migrate-cancel", "--api-socket", src.api.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (code, stats, _) = migration.join().unwrap();
     assert_ne!(code, 0);
     assert_eq!(stats["phase"], "cancelled", "{stats}");
@@ -169,7 +200,10 @@ fn unreachable_destination() {
     let (code, stats, _) = migrate(&src.api, &uri, &[]);
     assert_ne!(code, 0);
     assert_eq!(stats["phase"], "failed", "{stats}");
-    assert!(stats["error"].as_str().unwrap().contains("cannot connect"), "{stats}");
+    assert!(
+        stats["error"].as_str().unwrap().contains("cannot connect"),
+        "{stats}"
+    );
     assert_source_intact(&mut src);
 }
 
@@ -179,7 +213,9 @@ fn destination_fed_garbage_exits_without_running() {
     let port = free_port();
     let mut dst = start_destination(&format!("tcp:127.0.0.1:{port}"), 1, "256M", None, &[]);
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: tern\r\n\r\n and then some more bytes to fill a frame....");
+    let _ = s.write_all(
+        b"GET / HTTP/1.1\r\nHost: tern\r\n\r\n and then some more bytes to fill a frame....",
+    );
     drop(s);
     assert_destination_failed(&mut dst, "incoming migration failed, no guest was started");
 }

@@ -401,8 +401,11 @@ impl Controller {
         // A vCPU already commanded to the maximum throttle is at the maximum even if it
         // measured a higher share: on a busy host a throttled vCPU is also descheduled,
         // which makes its share look higher than the throttle allows.
-        let commanded_at_max =
-            |i: usize| self.commanded.get(i).is_some_and(|&p| p >= self.config.max_throttle - AT_MAX_SLACK);
+        let commanded_at_max = |i: usize| {
+            self.commanded
+                .get(i)
+                .is_some_and(|&p| p >= self.config.max_throttle - AT_MAX_SLACK)
+        };
         if self.attributed {
             self.vcpus
                 .iter()

@@ -86,7 +86,11 @@ impl Toy {
             vcpu_dirtied_pages: self.attributed.then(|| per.clone()),
             remaining_pages: total,
             page_size: PAGE,
-            vcpu_throttle_fractions: self.throttles.iter().map(|p| p * self.reported_throttle).collect(),
+            vcpu_throttle_fractions: self
+                .throttles
+                .iter()
+                .map(|p| p * self.reported_throttle)
+                .collect(),
             devices: self.devices,
         };
         self.remaining = (total * PAGE) as f64;
@@ -663,7 +667,10 @@ fn saturated_writer_stuck_at_max_throttle_on_a_busy_host_is_recognised() {
     // never shrinks), the user caps the throttle at 50 %, and a busy host makes the vCPUs
     // report only 30 % of throttle: the controller must still see "stuck at maximum".
     let cap = 16.0 * 1024.0 * 1024.0;
-    let mut toy = Toy::new(vec![W::Burst(8.0 * GB, cap), W::Burst(8.0 * GB, cap)], 256.0 * 1024.0 * 1024.0);
+    let mut toy = Toy::new(
+        vec![W::Burst(8.0 * GB, cap), W::Burst(8.0 * GB, cap)],
+        256.0 * 1024.0 * 1024.0,
+    );
     toy.link = 16.0 * 1024.0 * 1024.0;
     toy.reported_throttle = 0.6;
     let mut ctl = Controller::new(ControllerConfig {
@@ -674,9 +681,18 @@ fn saturated_writer_stuck_at_max_throttle_on_a_busy_host_is_recognised() {
     let decisions = toy.run(&mut ctl);
     let last = decisions.last().unwrap();
     assert!(
-        matches!(&last.action, Action::Abort { reason: StopReason::NoConvergence { .. } }),
+        matches!(
+            &last.action,
+            Action::Abort {
+                reason: StopReason::NoConvergence { .. }
+            }
+        ),
         "{:?}",
         last.action
     );
-    assert!(decisions.len() <= 4, "recognised after {} rounds", decisions.len());
+    assert!(
+        decisions.len() <= 4,
+        "recognised after {} rounds",
+        decisions.len()
+    );
 }

@@ -36,7 +36,9 @@ impl DirtySet {
                 .iter()
                 .map(|r| RegionBits {
                     pages: r.pages,
-                    words: (0..r.pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+                    words: (0..r.pages.div_ceil(64))
+                        .map(|_| AtomicU64::new(0))
+                        .collect(),
                 })
                 .collect(),
             count: AtomicU64::new(0),
@@ -105,7 +107,8 @@ impl DirtySet {
         let added = (bits & !old).count_ones();
         if added > 0 {
             self.count.fetch_add(u64::from(added), Ordering::AcqRel);
-            self.added_total.fetch_add(u64::from(added), Ordering::AcqRel);
+            self.added_total
+                .fetch_add(u64::from(added), Ordering::AcqRel);
         }
         added
     }
@@ -141,7 +144,8 @@ impl DirtySet {
         }
         let bits = w.swap(0, Ordering::AcqRel);
         if bits != 0 {
-            self.count.fetch_sub(u64::from(bits.count_ones()), Ordering::AcqRel);
+            self.count
+                .fetch_sub(u64::from(bits.count_ones()), Ordering::AcqRel);
         }
         bits
     }
@@ -162,7 +166,8 @@ impl DirtySet {
             for w in &r.words {
                 let bits = w.swap(0, Ordering::AcqRel);
                 if bits != 0 {
-                    self.count.fetch_sub(u64::from(bits.count_ones()), Ordering::AcqRel);
+                    self.count
+                        .fetch_sub(u64::from(bits.count_ones()), Ordering::AcqRel);
                 }
             }
         }
@@ -207,7 +212,11 @@ mod tests {
         let s = set();
         assert!(!s.mark(0, 130));
         assert!(!s.mark(7, 0));
-        assert_eq!(s.mark_word(0, 2, u64::MAX), 2, "only pages 128 and 129 exist");
+        assert_eq!(
+            s.mark_word(0, 2, u64::MAX),
+            2,
+            "only pages 128 and 129 exist"
+        );
         assert_eq!(s.mark_word(0, 9, 1), 0);
         assert_eq!(s.count(), 2);
     }

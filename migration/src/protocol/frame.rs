@@ -42,7 +42,10 @@ impl<W: Write> FrameWriter<W> {
     pub fn write_frame(&mut self, kind: u16, parts: &[&[u8]]) -> io::Result<()> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         if len > MAX_PAYLOAD as usize {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "frame payload too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "frame payload too large",
+            ));
         }
         let mut header = [0u8; HEADER_LEN];
         header[0..2].copy_from_slice(&kind.to_le_bytes());
@@ -92,7 +95,12 @@ impl<R: Read> FrameReader<R> {
         self.offset
     }
 
-    fn fill(&mut self, buf: &mut [u8], what: &'static str, at_start: bool) -> Result<(), ProtocolError> {
+    fn fill(
+        &mut self,
+        buf: &mut [u8],
+        what: &'static str,
+        at_start: bool,
+    ) -> Result<(), ProtocolError> {
         let mut got = 0;
         while got < buf.len() {
             match self.inner.read(&mut buf[got..]) {
@@ -181,7 +189,13 @@ mod tests {
         let bytes = one_frame();
         let mut r = FrameReader::new(&bytes[..], any);
         let f = r.read_frame().unwrap();
-        assert_eq!(f, Frame { kind: 7, payload: b"hello world".to_vec() });
+        assert_eq!(
+            f,
+            Frame {
+                kind: 7,
+                payload: b"hello world".to_vec()
+            }
+        );
         assert!(matches!(r.read_frame(), Err(ProtocolError::PeerClosed)));
     }
 

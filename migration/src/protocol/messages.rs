@@ -113,7 +113,13 @@ impl PageRun<'_> {
 const RUN_HEADER: usize = 16;
 
 /// Encodes a run's header and zero map (the caller appends the page data).
-pub fn encode_run_header(region: u32, first_page: u64, count: u32, zero_map: &[u8], out: &mut Vec<u8>) {
+pub fn encode_run_header(
+    region: u32,
+    first_page: u64,
+    count: u32,
+    zero_map: &[u8],
+    out: &mut Vec<u8>,
+) {
     out.clear();
     out.extend_from_slice(&region.to_le_bytes());
     out.extend_from_slice(&count.to_le_bytes());
@@ -123,15 +129,23 @@ pub fn encode_run_header(region: u32, first_page: u64, count: u32, zero_map: &[u
 
 /// Decodes and checks a page run.
 pub fn decode_run(payload: &[u8]) -> Result<PageRun<'_>, ProtocolError> {
-    let bad = |what: String| ProtocolError::BadMessage { kind: kind::PAGES, what };
+    let bad = |what: String| ProtocolError::BadMessage {
+        kind: kind::PAGES,
+        what,
+    };
     if payload.len() < RUN_HEADER {
-        return Err(bad(format!("{} bytes, shorter than a run header", payload.len())));
+        return Err(bad(format!(
+            "{} bytes, shorter than a run header",
+            payload.len()
+        )));
     }
     let region = u32::from_le_bytes(payload[0..4].try_into().unwrap_or_default());
     let count = u32::from_le_bytes(payload[4..8].try_into().unwrap_or_default());
     let first_page = u64::from_le_bytes(payload[8..16].try_into().unwrap_or_default());
     if count == 0 || count > MAX_RUN_PAGES {
-        return Err(bad(format!("run of {count} pages (1..={MAX_RUN_PAGES} allowed)")));
+        return Err(bad(format!(
+            "run of {count} pages (1..={MAX_RUN_PAGES} allowed)"
+        )));
     }
     let map_len = count.div_ceil(8) as usize;
     let rest = &payload[RUN_HEADER..];
@@ -139,7 +153,9 @@ pub fn decode_run(payload: &[u8]) -> Result<PageRun<'_>, ProtocolError> {
         return Err(bad("zero map cut short".into()));
     }
     let (zero_map, data) = rest.split_at(map_len);
-    let zeros: u32 = (0..count).filter(|&i| zero_map[(i / 8) as usize] & (1 << (i % 8)) != 0).count() as u32;
+    let zeros: u32 = (0..count)
+        .filter(|&i| zero_map[(i / 8) as usize] & (1 << (i % 8)) != 0)
+        .count() as u32;
     let expect = (count - zeros) as usize * PAGE_SIZE;
     if data.len() != expect {
         return Err(bad(format!(
@@ -312,7 +328,10 @@ mod tests {
         Hello {
             tern_version: "0.1.0".into(),
             page_size: 4096,
-            memory: vec![MemoryRange { guest_addr: 0, size: 1 << 30 }],
+            memory: vec![MemoryRange {
+                guest_addr: 0,
+                size: 1 << 30,
+            }],
             vcpus: 2,
             devices: vec![DeviceSummary {
                 kind: "virtio-blk".into(),
@@ -327,14 +346,23 @@ mod tests {
         let p = encode_hello(&hello());
         assert_eq!(
             decode_source(kind::HELLO, &p).unwrap(),
-            SourceMessage::Hello { version: 1, hello: Some(hello()) }
+            SourceMessage::Hello {
+                version: 1,
+                hello: Some(hello())
+            }
         );
         let p = encode_hello_with_version(&hello(), 99);
         assert_eq!(
             decode_source(kind::HELLO, &p).unwrap(),
-            SourceMessage::Hello { version: 99, hello: None }
+            SourceMessage::Hello {
+                version: 99,
+                hello: None
+            }
         );
-        assert!(matches!(decode_source(kind::HELLO, b"GARBAGE!"), Err(ProtocolError::NotTern)));
+        assert!(matches!(
+            decode_source(kind::HELLO, b"GARBAGE!"),
+            Err(ProtocolError::NotTern)
+        ));
     }
 
     #[test]
@@ -361,7 +389,9 @@ mod tests {
     #[test]
     fn dest_messages_roundtrip_and_must_match_kind() {
         for m in [
-            DestMessage::Accept { tern_version: "x".into() },
+            DestMessage::Accept {
+                tern_version: "x".into(),
+            },
             DestMessage::Refuse("no".into()),
             DestMessage::Ready,
             DestMessage::Resumed,

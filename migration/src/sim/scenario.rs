@@ -98,7 +98,9 @@ impl Workload {
                 busy_fraction: 0.2,
                 write_bytes_per_sec: 0.0,
                 working_set_bytes: GIB,
-                scaling: CpuScaling::Burst { bytes_per_slice: GIB },
+                scaling: CpuScaling::Burst {
+                    bytes_per_slice: GIB,
+                },
                 pattern: WritePattern::Uniform,
             },
             Workload::Burst => VcpuWorkload::compute(0.5),

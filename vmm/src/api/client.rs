@@ -30,7 +30,12 @@ pub enum ClientError {
 }
 
 /// Sends one request; returns the JSON body of a 2xx answer.
-pub fn call(socket: &Path, method: &str, path: &str, body: Option<&serde_json::Value>) -> Result<serde_json::Value, ClientError> {
+pub fn call(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<serde_json::Value, ClientError> {
     let stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
         path: socket.to_owned(),
         source,

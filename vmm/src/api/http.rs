@@ -79,7 +79,9 @@ fn read_head<R: BufRead>(r: &mut R) -> Result<Vec<u8>, HttpError> {
     loop {
         let n = r.read_until(b'\n', &mut head)?;
         if n == 0 {
-            return Err(HttpError::Malformed("connection closed before the end of the head".into()));
+            return Err(HttpError::Malformed(
+                "connection closed before the end of the head".into(),
+            ));
         }
         if head.len() > MAX_HEAD {
             return Err(HttpError::TooLarge);
@@ -114,7 +116,9 @@ pub fn read_request<S: Read>(stream: S) -> Result<Request, HttpError> {
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(&head) {
         Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => return Err(HttpError::Malformed("incomplete head".into())),
+        Ok(httparse::Status::Partial) => {
+            return Err(HttpError::Malformed("incomplete head".into()))
+        }
         Err(e) => return Err(HttpError::Malformed(e.to_string())),
     }
     let method = req.method.unwrap_or_default().to_string();
@@ -147,8 +151,15 @@ pub fn write_response<W: Write>(mut stream: W, resp: &Response) -> io::Result<()
 }
 
 /// Sends a request and reads the response (the client side, for `tern status` etc.).
-pub fn roundtrip<S: Read + Write>(mut stream: S, method: &str, path: &str, body: Option<&serde_json::Value>) -> Result<(u16, serde_json::Value), HttpError> {
-    let payload = body.map(|b| serde_json::to_vec(b).unwrap_or_default()).unwrap_or_default();
+pub fn roundtrip<S: Read + Write>(
+    mut stream: S,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<(u16, serde_json::Value), HttpError> {
+    let payload = body
+        .map(|b| serde_json::to_vec(b).unwrap_or_default())
+        .unwrap_or_default();
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -171,7 +182,8 @@ pub fn roundtrip<S: Read + Write>(mut stream: S, method: &str, path: &str, body:
     let value = if body.iter().all(u8::is_ascii_whitespace) {
         serde_json::Value::Null
     } else {
-        serde_json::from_slice(&body).map_err(|e| HttpError::Malformed(format!("response body: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| HttpError::Malformed(format!("response body: {e}")))?
     };
     Ok((status, value))
 }
@@ -200,7 +212,11 @@ mod tests {
     #[test]
     fn response_roundtrip() {
         let mut out = Vec::new();
-        write_response(&mut out, &Response::ok(serde_json::json!({"state": "running"}))).unwrap();
+        write_response(
+            &mut out,
+            &Response::ok(serde_json::json!({"state": "running"})),
+        )
+        .unwrap();
         // Feed the response back through the client parser via a duplex buffer.
         struct Duplex(std::io::Cursor<Vec<u8>>, Vec<u8>);
         impl Read for Duplex {
@@ -217,7 +233,13 @@ mod tests {
                 Ok(())
             }
         }
-        let (status, body) = roundtrip(Duplex(std::io::Cursor::new(out), Vec::new()), "GET", "/vm", None).unwrap();
+        let (status, body) = roundtrip(
+            Duplex(std::io::Cursor::new(out), Vec::new()),
+            "GET",
+            "/vm",
+            None,
+        )
+        .unwrap();
         assert_eq!(status, 200);
         assert_eq!(body["state"], "running");
     }

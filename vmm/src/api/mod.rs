@@ -46,7 +46,11 @@ pub trait ApiHandler: Send + Sync {
 }
 
 fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}" as &[u8] } else { body };
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}" as &[u8]
+    } else {
+        body
+    };
     serde_json::from_slice(body).map_err(|e| Response::error(400, format!("bad JSON body: {e}")))
 }
 
@@ -69,9 +73,15 @@ pub fn route(req: &Request) -> Result<ApiRequest, Response> {
             fault: json(&req.body)?,
         }),
         (_, ["vm"] | ["vm", _] | ["migration"] | ["migration", _] | ["devices", _, _]) => {
-            Err(Response::error(405, format!("{} is not allowed on {}", req.method, req.path)))
+            Err(Response::error(
+                405,
+                format!("{} is not allowed on {}", req.method, req.path),
+            ))
         }
-        _ => Err(Response::error(404, format!("no such resource: {}", req.path))),
+        _ => Err(Response::error(
+            404,
+            format!("no such resource: {}", req.path),
+        )),
     }
 }
 
@@ -91,7 +101,10 @@ mod tests {
     fn routes() {
         assert_eq!(route(&req("GET", "/vm", "")), Ok(ApiRequest::GetVm));
         assert_eq!(route(&req("PUT", "/vm/pause/", "")), Ok(ApiRequest::Pause));
-        assert_eq!(route(&req("DELETE", "/migration", "")), Ok(ApiRequest::CancelMigration));
+        assert_eq!(
+            route(&req("DELETE", "/migration", "")),
+            Ok(ApiRequest::CancelMigration)
+        );
         match route(&req("PUT", "/migration", r#"{"to":"tcp:127.0.0.1:4444"}"#)) {
             Ok(ApiRequest::StartMigration(m)) => {
                 assert_eq!(m.max_downtime_ms, 300);
@@ -108,7 +121,10 @@ mod tests {
     #[test]
     fn errors_are_clear() {
         assert_eq!(route(&req("GET", "/nope", "")).unwrap_err().status, 404);
-        assert_eq!(route(&req("POST", "/vm/pause", "")).unwrap_err().status, 405);
+        assert_eq!(
+            route(&req("POST", "/vm/pause", "")).unwrap_err().status,
+            405
+        );
         let e = route(&req("PUT", "/migration", "{")).unwrap_err();
         assert_eq!(e.status, 400);
         let e = route(&req("PUT", "/migration", r#"{"to":"x","bogus":1}"#)).unwrap_err();

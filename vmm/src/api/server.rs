@@ -61,7 +61,9 @@ impl ApiServer {
                 source,
             });
         }
-        Ok(ApiServer { path: path.to_owned() })
+        Ok(ApiServer {
+            path: path.to_owned(),
+        })
     }
 }
 

@@ -139,7 +139,10 @@ fn image_kind(file: &mut File, path: &Path) -> Result<ImageKind, BootError> {
     if n >= 4 && head[0..4] == [0x7f, b'E', b'L', b'F'] {
         return Ok(ImageKind::Elf);
     }
-    if n >= 0x206 && u32::from_le_bytes([head[0x202], head[0x203], head[0x204], head[0x205]]) == KERNEL_HDR_MAGIC {
+    if n >= 0x206
+        && u32::from_le_bytes([head[0x202], head[0x203], head[0x204], head[0x205]])
+            == KERNEL_HDR_MAGIC
+    {
         return Ok(ImageKind::BzImage);
     }
     Err(BootError::NotAKernel {
@@ -182,7 +185,9 @@ pub fn load<M: GuestMemoryBackend>(mem: &M, spec: &BootSpec<'_>) -> Result<BootE
     let kernel_end = result.kernel_load.raw_value() + result.kernel_end;
 
     let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(BootError::Cmdline)?;
-    cmdline.insert_str(spec.cmdline).map_err(BootError::Cmdline)?;
+    cmdline
+        .insert_str(spec.cmdline)
+        .map_err(BootError::Cmdline)?;
     load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline)
         .map_err(setup_err("kernel command line"))?;
     let cmdline_size = spec.cmdline.len() as u32 + 1;
@@ -212,7 +217,13 @@ pub fn load<M: GuestMemoryBackend>(mem: &M, spec: &BootSpec<'_>) -> Result<BootE
             mode: EntryMode::Pvh32,
         });
     }
-    write_zero_page(mem, spec.mem_bytes, result.setup_header, cmdline_size, initrd)?;
+    write_zero_page(
+        mem,
+        spec.mem_bytes,
+        result.setup_header,
+        cmdline_size,
+        initrd,
+    )?;
     let entry = match kind {
         ImageKind::BzImage => result.kernel_load.raw_value() + BZIMAGE_64BIT_ENTRY_OFFSET,
         ImageKind::Elf => result.kernel_load.raw_value(),
@@ -339,7 +350,8 @@ fn write_start_info<M: GuestMemoryBackend>(
     params.set_sections::<hvm_memmap_table_entry>(&map, GuestAddress(PVH_MEMMAP_START));
     if let Some((paddr, size)) = initrd {
         // The module list goes right after the memory map.
-        let modlist = PVH_MEMMAP_START + (map.len() * std::mem::size_of::<hvm_memmap_table_entry>()) as u64;
+        let modlist =
+            PVH_MEMMAP_START + (map.len() * std::mem::size_of::<hvm_memmap_table_entry>()) as u64;
         info.nr_modules = 1;
         info.modlist_paddr = modlist;
         params = BootParams::new::<hvm_start_info>(&info, GuestAddress(PVH_INFO_START));
@@ -385,7 +397,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tern-boot-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("garbage");
-        std::fs::File::create(&p).unwrap().write_all(&[0x55; 4096]).unwrap();
+        std::fs::File::create(&p)
+            .unwrap()
+            .write_all(&[0x55; 4096])
+            .unwrap();
         let spec = BootSpec {
             kernel: &p,
             initrd: None,

@@ -52,7 +52,11 @@ fn patch_entry(e: &mut kvm_cpuid_entry2, apic: u32, count: u32) {
             let cores_minus_one = count.saturating_sub(1).min(63);
             e.eax = (e.eax & 0x0000_3fff) | (cores_minus_one << 26);
             let level = (e.eax >> 5) & 0x7;
-            let sharing = if level >= 3 { count.saturating_sub(1) } else { 0 };
+            let sharing = if level >= 3 {
+                count.saturating_sub(1)
+            } else {
+                0
+            };
             e.eax = (e.eax & !(0xfff << 14)) | ((sharing & 0xfff) << 14);
         }
         LEAF_EXT_TOPOLOGY | LEAF_V2_EXT_TOPOLOGY => {

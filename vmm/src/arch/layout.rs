@@ -70,6 +70,14 @@ pub const SERIAL_PORT: u16 = 0x3f8;
 /// The i8042 controller's data and command ports.
 pub const I8042_DATA_PORT: u16 = 0x60;
 
+// The boot structures do not overlap (checked when compiling).
+const _: () = {
+    assert!(PVH_MEMMAP_START + (PVH_MEMMAP_MAX_ENTRIES as u64) * 24 <= ZERO_PAGE_START);
+    assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER);
+    assert!(PDE_START + 0x1000 <= CMDLINE_START);
+    assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+};
+
 /// The RAM ranges of a guest with `mem_bytes` of memory: below the MMIO hole and,
 /// for large guests, above 4 GiB.
 pub fn ram_ranges(mem_bytes: u64) -> Vec<(u64, u64)> {
@@ -97,13 +105,5 @@ mod tests {
         let r = ram_ranges(4 << 30);
         assert_eq!(r, vec![(0, MMIO_HOLE_START), (MMIO_HOLE_END, 1 << 30)]);
         assert_eq!(r.iter().map(|x| x.1).sum::<u64>(), 4 << 30);
-    }
-
-    #[test]
-    fn boot_structures_do_not_overlap() {
-        assert!(PVH_MEMMAP_START + (PVH_MEMMAP_MAX_ENTRIES as u64) * 24 <= ZERO_PAGE_START);
-        assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER);
-        assert!(PDE_START + 0x1000 <= CMDLINE_START);
-        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
     }
 }

@@ -101,7 +101,10 @@ pub fn boot_sregs<M: GuestMemoryBackend>(
     ];
     for (i, entry) in gdt.iter().enumerate() {
         mem.write_obj(*entry, GuestAddress(BOOT_GDT_START + 8 * i as u64))
-            .map_err(|source| RegsError::GuestWrite { what: "GDT", source })?;
+            .map_err(|source| RegsError::GuestWrite {
+                what: "GDT",
+                source,
+            })?;
     }
     sregs.gdt.base = BOOT_GDT_START;
     sregs.gdt.limit = (std::mem::size_of_val(&gdt) - 1) as u16;

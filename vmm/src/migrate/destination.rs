@@ -91,10 +91,14 @@ impl DestinationHost for TernDestination {
 
     fn write_pages(&mut self, run: &PageRun<'_>) -> Result<(), String> {
         let slots = self.machine.dirty.slots();
-        let slot = slots
-            .get(run.region as usize)
-            .ok_or_else(|| format!("page run for memory region {} (there are {})", run.region, slots.len()))?;
-        let end = run.first_page.checked_add(u64::from(run.count)).unwrap_or(u64::MAX);
+        let slot = slots.get(run.region as usize).ok_or_else(|| {
+            format!(
+                "page run for memory region {} (there are {})",
+                run.region,
+                slots.len()
+            )
+        })?;
+        let end = run.first_page.saturating_add(u64::from(run.count));
         if end > slot.pages() {
             return Err(format!(
                 "page run {}..{end} beyond region {} ({} pages)",
@@ -131,10 +135,18 @@ impl DestinationHost for TernDestination {
         let gs = GuestState::decode(blob)?;
         let fds = self.fds.as_ref().ok_or("vCPUs already started")?;
         if gs.vcpus.len() != fds.len() {
-            return Err(format!("state for {} vCPUs, this VM has {}", gs.vcpus.len(), fds.len()));
+            return Err(format!(
+                "state for {} vCPUs, this VM has {}",
+                gs.vcpus.len(),
+                fds.len()
+            ));
         }
-        let elapsed = Duration::from_nanos(realtime_ns().saturating_sub(gs.saved_at_realtime_ns)).min(MAX_CLOCK_ADVANCE);
-        self.machine.vm.restore_state(&gs.vm, elapsed).map_err(|e| e.to_string())?;
+        let elapsed = Duration::from_nanos(realtime_ns().saturating_sub(gs.saved_at_realtime_ns))
+            .min(MAX_CLOCK_ADVANCE);
+        self.machine
+            .vm
+            .restore_state(&gs.vm, elapsed)
+            .map_err(|e| e.to_string())?;
         self.machine
             .devices
             .restore_states(&self.machine.vm.fd, &self.machine.mem, &gs.devices)?;

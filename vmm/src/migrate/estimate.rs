@@ -27,7 +27,10 @@ const PAGE: u64 = 4096;
 /// Samples for `req.sample_s` seconds and predicts.
 pub fn run(machine: &Machine, req: &EstimateRequest) -> Result<serde_json::Value, MigrationError> {
     if !(req.sample_s.is_finite() && req.sample_s > 0.0 && req.sample_s <= 600.0) {
-        return Err(MigrationError::BadRequest(format!("sample time {} s must be in (0, 600]", req.sample_s)));
+        return Err(MigrationError::BadRequest(format!(
+            "sample time {} s must be in (0, 600]",
+            req.sample_s
+        )));
     }
     let layout: Vec<RegionLayout> = machine
         .dirty
@@ -44,7 +47,10 @@ pub fn run(machine: &Machine, req: &EstimateRequest) -> Result<serde_json::Value
     let s = result?;
     let (link, link_source) = match req.bandwidth_bytes_per_sec {
         Some(b) if b > 0 => (b as f64, "given"),
-        _ => (measure_local_stream_rate(), "measured: this host's local stream rate"),
+        _ => (
+            measure_local_stream_rate(),
+            "measured: this host's local stream rate",
+        ),
     };
     let vcpus = machine.controls.len();
     let distinct_bytes = distinct.count() * PAGE;
@@ -56,7 +62,11 @@ pub fn run(machine: &Machine, req: &EstimateRequest) -> Result<serde_json::Value
             .map(|(&r, &b)| VcpuSample {
                 dirty_bytes_per_sec: r,
                 // Distinct pages cannot be attributed: split by write rate.
-                distinct_bytes: if total_rate > 0.0 { (distinct_bytes as f64 * r / total_rate) as u64 } else { 0 },
+                distinct_bytes: if total_rate > 0.0 {
+                    (distinct_bytes as f64 * r / total_rate) as u64
+                } else {
+                    0
+                },
                 busy_fraction: b,
             })
             .collect()
@@ -81,7 +91,8 @@ pub fn run(machine: &Machine, req: &EstimateRequest) -> Result<serde_json::Value
     cfg.max_downtime = Duration::from_millis(req.max_downtime_ms.max(1));
     cfg.state_transfer_allowance = cfg.state_transfer_allowance.min(cfg.max_downtime / 3);
     cfg.max_throttle = (req.max_throttle_pct / 100.0).clamp(0.0, 0.99);
-    let p = predict(&m, &cfg, &DEFAULT_AGGRESSIONS).map_err(|e| MigrationError::BadRequest(e.to_string()))?;
+    let p = predict(&m, &cfg, &DEFAULT_AGGRESSIONS)
+        .map_err(|e| MigrationError::BadRequest(e.to_string()))?;
     let rows: Vec<_> = p
         .rows
         .iter()
@@ -131,7 +142,11 @@ fn dirty_err(e: impl std::fmt::Display) -> MigrationError {
     MigrationError::DirtyLog(e.to_string())
 }
 
-fn sample(machine: &Machine, distinct: &Arc<DirtySet>, span: Duration) -> Result<Sample, MigrationError> {
+fn sample(
+    machine: &Machine,
+    distinct: &Arc<DirtySet>,
+    span: Duration,
+) -> Result<Sample, MigrationError> {
     let ring = matches!(machine.vm.tracking, DirtyTracking::Ring { .. });
     let vcpus = machine.controls.len();
     // Drop anything a ring holds from before, then log into `distinct`.
@@ -140,15 +155,27 @@ fn sample(machine: &Machine, distinct: &Arc<DirtySet>, span: Duration) -> Result
         for (i, c) in machine.controls.iter().enumerate() {
             machine.dirty.harvest_vcpu(i, c);
         }
-        machine.dirty.reset_rings(&machine.vm.fd).map_err(dirty_err)?;
+        machine
+            .dirty
+            .reset_rings(&machine.vm.fd)
+            .map_err(dirty_err)?;
     }
     machine.dirty.set_sink(Some(distinct.clone()));
-    machine.vm.memory.set_dirty_logging(&machine.vm.fd, true).map_err(dirty_err)?;
+    machine
+        .vm
+        .memory
+        .set_dirty_logging(&machine.vm.fd, true)
+        .map_err(dirty_err)?;
     if !ring {
         // INITIALLY_SET: every page starts dirty. Re-arm them all (in bounded chunks).
         bitmap_window(machine, None)?;
     }
-    let ring_count = |i: usize| machine.controls[i].counters.dirty_ring_pages.load(Ordering::Relaxed);
+    let ring_count = |i: usize| {
+        machine.controls[i]
+            .counters
+            .dirty_ring_pages
+            .load(Ordering::Relaxed)
+    };
     let run_ns = |i: usize| machine.controls[i].counters.run_ns.load(Ordering::Relaxed);
     let ring0: Vec<u64> = (0..vcpus).map(ring_count).collect();
     let run0: Vec<u64> = (0..vcpus).map(run_ns).collect();
@@ -160,7 +187,10 @@ fn sample(machine: &Machine, distinct: &Arc<DirtySet>, span: Duration) -> Result
             for (i, c) in machine.controls.iter().enumerate() {
                 machine.dirty.harvest_vcpu(i, c);
             }
-            machine.dirty.reset_rings(&machine.vm.fd).map_err(dirty_err)?;
+            machine
+                .dirty
+                .reset_rings(&machine.vm.fd)
+                .map_err(dirty_err)?;
         } else {
             bitmap_pages += bitmap_window(machine, Some(distinct))?;
         }
@@ -196,7 +226,10 @@ fn bitmap_window(machine: &Machine, distinct: Option<&DirtySet>) -> Result<u64, 
             .fd
             .get_dirty_log(s.slot, s.size as usize)
             .map_err(|e| dirty_err(format!("KVM_GET_DIRTY_LOG: {e}")))?;
-        seen += bitmap.iter().map(|w| u64::from(w.count_ones())).sum::<u64>();
+        seen += bitmap
+            .iter()
+            .map(|w| u64::from(w.count_ones()))
+            .sum::<u64>();
         if let Some(d) = distinct {
             d.mark_bitmap(s.slot as usize, &bitmap);
         }
@@ -207,7 +240,12 @@ fn bitmap_window(machine: &Machine, distinct: Option<&DirtySet>) -> Result<u64, 
             let mut bits = chunk.to_vec();
             machine
                 .dirty
-                .clear_pages(&machine.vm.fd, s.slot, chunk_index as u64 * 64 * 64, &mut bits)
+                .clear_pages(
+                    &machine.vm.fd,
+                    s.slot,
+                    chunk_index as u64 * 64 * 64,
+                    &mut bits,
+                )
                 .map_err(dirty_err)?;
         }
     }

@@ -37,7 +37,11 @@ impl Harvester {
     }
 
     /// Collects everything dirtied since the last call into `set`.
-    pub fn harvest(&mut self, machine: &Machine, set: &DirtySet) -> Result<Harvested, MigrationError> {
+    pub fn harvest(
+        &mut self,
+        machine: &Machine,
+        set: &DirtySet,
+    ) -> Result<Harvested, MigrationError> {
         let ring = matches!(machine.vm.tracking, DirtyTracking::Ring { .. });
         if ring {
             for (i, control) in machine.controls.iter().enumerate() {
@@ -59,7 +63,11 @@ impl Harvester {
         self.last_added = added_total;
         let per_vcpu = ring.then(|| {
             let now = ring_totals(machine);
-            let d = now.iter().zip(&self.last_ring).map(|(n, l)| n - l).collect();
+            let d = now
+                .iter()
+                .zip(&self.last_ring)
+                .map(|(n, l)| n - l)
+                .collect();
             self.last_ring = now;
             d
         });

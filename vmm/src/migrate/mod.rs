@@ -110,7 +110,10 @@ impl MigrationManager {
     /// Starts a migration on its own thread (`PUT /migration`).
     pub fn start(&self, machine: Arc<Machine>, req: MigrateRequest) -> Response {
         if machine.lifecycle() != Lifecycle::Running {
-            return Response::error(409, format!("cannot migrate: the VM is {:?}", machine.lifecycle()).to_lowercase());
+            return Response::error(
+                409,
+                format!("cannot migrate: the VM is {:?}", machine.lifecycle()).to_lowercase(),
+            );
         }
         if let Err(e) = req.to.parse::<migration::uri::MigrationUri>() {
             return Response::error(400, e.to_string());
@@ -128,29 +131,35 @@ impl MigrationManager {
         let ctl = Arc::new(MigrationControl::new(&req.to, tracking));
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(ctl.clone());
         let thread_ctl = ctl.clone();
-        let spawned = std::thread::Builder::new().name("tern-mig".into()).spawn(move || {
-            let result = source::run(&machine, &req, &thread_ctl);
-            if let Err(e) = result {
-                source::restore_running_guest(&machine);
-                let phase = match e {
-                    MigrationError::Cancelled => MigrationPhase::Cancelled,
-                    MigrationError::Aborted(_) => MigrationPhase::Aborted,
-                    _ => MigrationPhase::Failed,
-                };
-                eprintln!("tern: migration to {} {}: {e}; the guest keeps running here", req.to, match phase {
-                    MigrationPhase::Cancelled => "cancelled",
-                    MigrationPhase::Aborted => "aborted",
-                    _ => "failed",
-                });
-                thread_ctl.update(|s| {
-                    s.phase = phase;
-                    s.error = Some(e.to_string());
-                    s.total_ms = thread_ctl.started.elapsed().as_secs_f64() * 1e3;
-                    s.throttle_pct = vec![0.0; s.throttle_pct.len()];
-                });
-            }
-            machine.end_migration();
-        });
+        let spawned = std::thread::Builder::new()
+            .name("tern-mig".into())
+            .spawn(move || {
+                let result = source::run(&machine, &req, &thread_ctl);
+                if let Err(e) = result {
+                    source::restore_running_guest(&machine);
+                    let phase = match e {
+                        MigrationError::Cancelled => MigrationPhase::Cancelled,
+                        MigrationError::Aborted(_) => MigrationPhase::Aborted,
+                        _ => MigrationPhase::Failed,
+                    };
+                    eprintln!(
+                        "tern: migration to {} {}: {e}; the guest keeps running here",
+                        req.to,
+                        match phase {
+                            MigrationPhase::Cancelled => "cancelled",
+                            MigrationPhase::Aborted => "aborted",
+                            _ => "failed",
+                        }
+                    );
+                    thread_ctl.update(|s| {
+                        s.phase = phase;
+                        s.error = Some(e.to_string());
+                        s.total_ms = thread_ctl.started.elapsed().as_secs_f64() * 1e3;
+                        s.throttle_pct = vec![0.0; s.throttle_pct.len()];
+                    });
+                }
+                machine.end_migration();
+            });
         match spawned {
             Ok(_) => Response {
                 status: 202,
@@ -162,15 +171,23 @@ impl MigrationManager {
 
     /// The current or last migration's statistics (`GET /migration`).
     pub fn status(&self) -> Response {
-        match self.current.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        match self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
             Some(ctl) => {
                 let snap = ctl.snapshot();
                 if snap.phase.is_final() {
-                    self.final_read.store(true, std::sync::atomic::Ordering::Release);
+                    self.final_read
+                        .store(true, std::sync::atomic::Ordering::Release);
                 }
                 Response::ok(serde_json::to_value(snap).unwrap_or_default())
             }
-            None => Response::ok(serde_json::to_value(MigrationStats::default()).unwrap_or_default()),
+            None => {
+                Response::ok(serde_json::to_value(MigrationStats::default()).unwrap_or_default())
+            }
         }
     }
 
@@ -178,14 +195,21 @@ impl MigrationManager {
     /// client to read the final statistics, so `tern migrate` can show them.
     pub fn wait_final_read(&self, grace: std::time::Duration) {
         let deadline = Instant::now() + grace;
-        while !self.final_read.load(std::sync::atomic::Ordering::Acquire) && Instant::now() < deadline {
+        while !self.final_read.load(std::sync::atomic::Ordering::Acquire)
+            && Instant::now() < deadline
+        {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 
     /// Cancels the running migration (`DELETE /migration`).
     pub fn cancel(&self) -> Response {
-        match self.current.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        match self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
             Some(ctl) if !ctl.stats().phase.is_final() => {
                 ctl.cancel.store(true, std::sync::atomic::Ordering::SeqCst);
                 Response {

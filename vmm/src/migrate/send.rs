@@ -29,7 +29,9 @@ pub struct Cursor {
 impl Cursor {
     /// Pages of the set's address space the pass has walked past.
     pub fn pages_behind(&self, set: &DirtySet) -> u64 {
-        let whole: u64 = (0..self.region.min(set.regions())).map(|r| set.region_pages(r)).sum();
+        let whole: u64 = (0..self.region.min(set.regions()))
+            .map(|r| set.region_pages(r))
+            .sum();
         let here = if self.region < set.regions() {
             (self.word as u64 * 64).min(set.region_pages(self.region))
         } else {
@@ -133,16 +135,23 @@ impl PageSender {
             let started = Instant::now();
             let end = (first + WINDOW_WORDS).min(nwords);
             self.words.clear();
-            self.words.extend((first..end).map(|w| set.take_word(region, w)));
+            self.words
+                .extend((first..end).map(|w| set.take_word(region, w)));
             if bitmap_mode {
                 machine
                     .dirty
-                    .clear_pages(&machine.vm.fd, slots[region].slot, first as u64 * 64, &mut self.words)
+                    .clear_pages(
+                        &machine.vm.fd,
+                        slots[region].slot,
+                        first as u64 * 64,
+                        &mut self.words,
+                    )
                     .map_err(|e| MigrationError::DirtyLog(e.to_string()))?;
             }
             let guest_base = slots[region].guest_addr;
             let words = std::mem::take(&mut self.words);
-            let result = self.send_window(machine, session, pacer, region, first, &words, guest_base);
+            let result =
+                self.send_window(machine, session, pacer, region, first, &words, guest_base);
             self.words = words;
             result?;
             self.totals.send_time += started.elapsed();
@@ -177,7 +186,9 @@ impl PageSender {
             machine
                 .mem
                 .read_slice(&mut self.buf[..len], addr)
-                .map_err(|e| MigrationError::Memory(format!("reading guest page {:#x}: {e}", addr.0)))?;
+                .map_err(|e| {
+                    MigrationError::Memory(format!("reading guest page {:#x}: {e}", addr.0))
+                })?;
             let before = session.bytes_sent();
             let c = session.send_run(region as u32, start, &self.buf[..len])?;
             pacer.sent(session.bytes_sent() - before);

@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use migration::controller::{Action, Controller, ControllerConfig, Decision, OnNoConverge, RoundObservation};
+use migration::controller::{
+    Action, Controller, ControllerConfig, Decision, OnNoConverge, RoundObservation,
+};
 use migration::dirty::{DirtySet, RegionLayout};
 use migration::protocol::messages::{Hello, MemoryRange, PAGE_SIZE};
 use migration::sender::SourceSession;
@@ -43,7 +45,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Builds the controller's configuration from the API request.
-pub fn controller_config(req: &MigrateRequest, vcpus: usize) -> Result<ControllerConfig, MigrationError> {
+pub fn controller_config(
+    req: &MigrateRequest,
+    vcpus: usize,
+) -> Result<ControllerConfig, MigrationError> {
     let mut c = ControllerConfig::new(vcpus);
     c.max_downtime = Duration::from_millis(req.max_downtime_ms);
     // The state allowance must stay below the downtime limit.
@@ -51,19 +56,26 @@ pub fn controller_config(req: &MigrateRequest, vcpus: usize) -> Result<Controlle
     c.max_bandwidth_bytes_per_sec = req.max_bandwidth_bytes_per_sec;
     c.timeout = match req.timeout_s {
         Some(s) if !(s.is_finite() && s > 0.0) => {
-            return Err(MigrationError::BadRequest(format!("timeout {s} s must be positive")))
+            return Err(MigrationError::BadRequest(format!(
+                "timeout {s} s must be positive"
+            )))
         }
         Some(s) => Some(Duration::from_secs_f64(s)),
         None => None,
     };
     c.max_iterations = req.max_iterations;
     c.aggression = req.aggression;
-    c.max_throttle = if req.no_throttle { 0.0 } else { req.max_throttle_pct / 100.0 };
+    c.max_throttle = if req.no_throttle {
+        0.0
+    } else {
+        req.max_throttle_pct / 100.0
+    };
     c.on_no_converge = req
         .on_no_converge
         .parse::<OnNoConverge>()
         .map_err(|e| MigrationError::BadRequest(e.to_string()))?;
-    c.validate().map_err(|e| MigrationError::BadRequest(e.to_string()))?;
+    c.validate()
+        .map_err(|e| MigrationError::BadRequest(e.to_string()))?;
     Ok(c)
 }
 
@@ -236,7 +248,11 @@ fn sampled_data_fraction(machine: &Machine, from: u64, to: u64) -> f64 {
         });
         let nonzero = addr
             .map(|a| {
-                machine.mem.read_slice(&mut page, vm_memory::GuestAddress(a)).is_err() || page.iter().any(|&b| b != 0)
+                machine
+                    .mem
+                    .read_slice(&mut page, vm_memory::GuestAddress(a))
+                    .is_err()
+                    || page.iter().any(|&b| b != 0)
             })
             .unwrap_or(true);
         data += u64::from(nonzero);
@@ -282,7 +298,11 @@ fn apply(machine: &Machine, d: &Decision, ctl: &MigrationControl, round: u32, st
 
 /// Runs a whole outgoing migration. `Ok` means the guest runs on the
 /// destination; on `Err` the caller restores the running guest here.
-pub fn run(machine: &Arc<Machine>, req: &MigrateRequest, ctl: &MigrationControl) -> Result<(), MigrationError> {
+pub fn run(
+    machine: &Arc<Machine>,
+    req: &MigrateRequest,
+    ctl: &MigrationControl,
+) -> Result<(), MigrationError> {
     let started = Instant::now();
     let uri: MigrationUri = req
         .to
@@ -291,7 +311,8 @@ pub fn run(machine: &Arc<Machine>, req: &MigrateRequest, ctl: &MigrationControl)
     let mut controller = Controller::new(controller_config(req, machine.controls.len())?)
         .map_err(|e| MigrationError::BadRequest(e.to_string()))?;
 
-    let stream = Stream::connect(&uri, CONNECT_TIMEOUT).map_err(|e| MigrationError::Connect(format!("{e}: {}", root_cause(&e))))?;
+    let stream = Stream::connect(&uri, CONNECT_TIMEOUT)
+        .map_err(|e| MigrationError::Connect(format!("{e}: {}", root_cause(&e))))?;
     let mut session = SourceSession::start(stream, &hello(machine), HANDSHAKE_TIMEOUT)?;
     let result = migrate_guest(machine, req, ctl, &mut session, &mut controller, started);
     if let Err(e) = &result {
@@ -326,21 +347,44 @@ fn migrate_guest(
         pacer.restart();
         let mut iv = Interval::begin(machine, session, &sender);
         loop {
-            let done = sender.pass(machine, &set, session, &mut pacer, &mut cursor, Instant::now() + OBSERVE_EVERY, &ctl.cancel)?;
+            let done = sender.pass(
+                machine,
+                &set,
+                session,
+                &mut pacer,
+                &mut cursor,
+                Instant::now() + OBSERVE_EVERY,
+                &ctl.cancel,
+            )?;
             if done {
                 break;
             }
             // A long round: let the controller react inside it.
             let h = harvester.harvest(machine, &set)?;
             let remaining = remaining_data_pages(machine, &set, round, &cursor);
-            let obs = observe(machine, &iv, session, &sender, &h, round, false, started, machine.devices.drain_status(), remaining);
+            let obs = observe(
+                machine,
+                &iv,
+                session,
+                &sender,
+                &h,
+                round,
+                false,
+                started,
+                machine.devices.drain_status(),
+                remaining,
+            );
             let d = controller.observe(&obs);
             apply(machine, &d, ctl, round, started);
             session.check_destination()?;
             iv = Interval::begin(machine, session, &sender);
             match d.action {
-                Action::Abort { reason } => return Err(MigrationError::Aborted(reason.to_string())),
-                Action::Force { expected_downtime, .. } => {
+                Action::Abort { reason } => {
+                    return Err(MigrationError::Aborted(reason.to_string()))
+                }
+                Action::Force {
+                    expected_downtime, ..
+                } => {
                     forced_downtime = expected_downtime;
                     break 'rounds;
                 }
@@ -353,7 +397,18 @@ fn migrate_guest(
         }
         let h = harvester.harvest(machine, &set)?;
         session.end_round(round)?;
-        let obs = observe(machine, &iv, session, &sender, &h, round, true, started, machine.devices.drain_status(), set.count());
+        let obs = observe(
+            machine,
+            &iv,
+            session,
+            &sender,
+            &h,
+            round,
+            true,
+            started,
+            machine.devices.drain_status(),
+            set.count(),
+        );
         let d = controller.observe(&obs);
         apply(machine, &d, ctl, round, started);
         ctl.update(|s| {
@@ -370,7 +425,9 @@ fn migrate_guest(
                 break;
             }
             Action::Abort { reason } => return Err(MigrationError::Aborted(reason.to_string())),
-            Action::Force { expected_downtime, .. } => {
+            Action::Force {
+                expected_downtime, ..
+            } => {
                 forced_downtime = expected_downtime;
                 break;
             }
@@ -400,24 +457,48 @@ fn migrate_guest(
     let mut cursor = Cursor::default();
     pacer.restart();
     let far = Instant::now() + Duration::from_secs(3600);
-    while !sender.pass(machine, &set, session, &mut pacer, &mut cursor, far, &ctl.cancel)? {}
+    while !sender.pass(
+        machine,
+        &set,
+        session,
+        &mut pacer,
+        &mut cursor,
+        far,
+        &ctl.cancel,
+    )? {}
     // Pages written while saving device state (e.g. a completion) go too.
-    let devices = machine.devices.save_states().map_err(MigrationError::Device)?;
+    let devices = machine
+        .devices
+        .save_states()
+        .map_err(MigrationError::Device)?;
     harvester.harvest(machine, &set)?;
     let mut cursor = Cursor::default();
-    while !sender.pass(machine, &set, session, &mut pacer, &mut cursor, far, &ctl.cancel)? {}
+    while !sender.pass(
+        machine,
+        &set,
+        session,
+        &mut pacer,
+        &mut cursor,
+        far,
+        &ctl.cancel,
+    )? {}
     session.end_round(round + 1)?;
     let vcpus = machine
         .with_vcpus(|v| v.save())
         .ok_or_else(|| MigrationError::Vcpu("no vCPUs".into()))?
         .map_err(|e| MigrationError::Vcpu(e.to_string()))?;
-    let vm = machine.vm.save_state().map_err(|e| MigrationError::Vcpu(e.to_string()))?;
+    let vm = machine
+        .vm
+        .save_state()
+        .map_err(|e| MigrationError::Vcpu(e.to_string()))?;
     let blob = GuestState {
         vcpus,
         vm,
         devices,
         saved_at_realtime_ns: super::destination::realtime_ns(),
-    }.encode().map_err(MigrationError::Device)?;
+    }
+    .encode()
+    .map_err(MigrationError::Device)?;
     session.send_state(&blob)?;
     session.complete(COMPLETE_TIMEOUT)?;
     if ctl.cancel.load(Ordering::Relaxed) {

@@ -68,10 +68,11 @@ pub fn enable_manual_protect(vm: &VmFd, host_flags: u32) -> Result<(), DirtyLogE
         ..Default::default()
     };
     cap.args[0] = u64::from(wanted & host_flags);
-    vm.enable_cap(&cap).map_err(|source| DirtyLogError::EnableCap {
-        what: "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2",
-        source,
-    })
+    vm.enable_cap(&cap)
+        .map_err(|source| DirtyLogError::EnableCap {
+            what: "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2",
+            source,
+        })
 }
 
 /// Enables the per-vCPU dirty ring with `bytes` per ring. Must happen before
@@ -82,16 +83,23 @@ pub fn enable_dirty_ring(vm: &VmFd, cap_number: u32, bytes: u32) -> Result<(), D
         ..Default::default()
     };
     cap.args[0] = u64::from(bytes);
-    vm.enable_cap(&cap).map_err(|source| DirtyLogError::EnableCap {
-        what: "the KVM dirty ring",
-        source,
-    })
+    vm.enable_cap(&cap)
+        .map_err(|source| DirtyLogError::EnableCap {
+            what: "the KVM dirty ring",
+            source,
+        })
 }
 
 /// Re-arms dirty tracking for the pages of `slot` whose bits are set in
 /// `bitmap`, starting at `first_page` (a multiple of 64). KVM write-protects
 /// them again and clears their bits in its own log.
-pub fn clear(vm: &VmFd, slot: u32, first_page: u64, bitmap: &mut [u64], num_pages: u32) -> Result<(), DirtyLogError> {
+pub fn clear(
+    vm: &VmFd,
+    slot: u32,
+    first_page: u64,
+    bitmap: &mut [u64],
+    num_pages: u32,
+) -> Result<(), DirtyLogError> {
     let mut arg = kvm_clear_dirty_log {
         slot,
         num_pages,
@@ -175,7 +183,11 @@ impl DirtyRing {
         let idx = (i % self.len) as usize;
         // SAFETY: idx < len, so the entry is inside the mapping; `flags` is the
         // first u32 of the entry, 4-byte aligned, and only accessed atomically.
-        unsafe { AtomicU32::from_ptr(std::ptr::addr_of_mut!((*self.entries.as_ptr().add(idx)).flags)) }
+        unsafe {
+            AtomicU32::from_ptr(std::ptr::addr_of_mut!(
+                (*self.entries.as_ptr().add(idx)).flags
+            ))
+        }
     }
 
     /// Collects every entry KVM has published since the last harvest, calling
@@ -192,7 +204,10 @@ impl DirtyRing {
             // the DIRTY flag we just observed with acquire ordering.
             let (slot, offset) = unsafe {
                 let e = self.entries.as_ptr().add(idx);
-                (std::ptr::read_volatile(&(*e).slot), std::ptr::read_volatile(&(*e).offset))
+                (
+                    std::ptr::read_volatile(&(*e).slot),
+                    std::ptr::read_volatile(&(*e).offset),
+                )
             };
             page(slot, offset);
             flags.store(KVM_DIRTY_GFN_F_RESET, Ordering::Release);

@@ -45,7 +45,12 @@ impl DirtyTracker {
     }
 
     /// Maps vCPU `id`'s dirty ring (ring mode only; a no-op otherwise).
-    pub fn attach_vcpu(&self, id: usize, fd: &VcpuFd, ring_bytes: Option<u32>) -> Result<(), DirtyLogError> {
+    pub fn attach_vcpu(
+        &self,
+        id: usize,
+        fd: &VcpuFd,
+        ring_bytes: Option<u32>,
+    ) -> Result<(), DirtyLogError> {
         if let (Some(bytes), Some(slot)) = (ring_bytes, self.rings.get(id)) {
             *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(DirtyRing::map(fd, bytes)?);
         }
@@ -98,14 +103,22 @@ impl DirtyTracker {
         let mut added = 0;
         for s in &self.slots {
             let bitmap = vm.get_dirty_log(s.slot, s.size as usize)?;
-            added += self.with_sink(|sink| sink.map_or(0, |sink| sink.mark_bitmap(s.slot as usize, &bitmap)));
+            added += self.with_sink(|sink| {
+                sink.map_or(0, |sink| sink.mark_bitmap(s.slot as usize, &bitmap))
+            });
         }
         Ok(added)
     }
 
     /// Bitmap mode: re-arms tracking of the pages in `bits` (bit i = page
     /// `first_page + i`, `first_page` a multiple of 64) of `slot`.
-    pub fn clear_pages(&self, vm: &VmFd, slot: u32, first_page: u64, bits: &mut [u64]) -> Result<(), DirtyLogError> {
+    pub fn clear_pages(
+        &self,
+        vm: &VmFd,
+        slot: u32,
+        first_page: u64,
+        bits: &mut [u64],
+    ) -> Result<(), DirtyLogError> {
         let Some(s) = self.slots.get(slot as usize) else {
             return Ok(());
         };

@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use kvm_bindings::{KVM_CAP_DIRTY_LOG_RING, KVM_CAP_DIRTY_LOG_RING_ACQ_REL, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2};
+use kvm_bindings::{
+    KVM_CAP_DIRTY_LOG_RING, KVM_CAP_DIRTY_LOG_RING_ACQ_REL, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+};
 use kvm_ioctls::{Cap, Kvm};
 
 /// The KVM device node.
@@ -50,7 +52,9 @@ impl KvmHost {
         let kvm = Kvm::new().map_err(|source| KvmError::Open {
             hint: match source.errno() {
                 libc::ENOENT => "no such device; is the kvm module loaded?",
-                libc::EACCES | libc::EPERM => "permission denied; run as root or join the kvm group",
+                libc::EACCES | libc::EPERM => {
+                    "permission denied; run as root or join the kvm group"
+                }
                 _ => "KVM is unusable on this host",
             },
             source,

@@ -134,11 +134,13 @@ impl KvmMemory {
             // SAFETY: `userspace_addr` is the start of a live anonymous mapping of
             // `memory_size` bytes owned by the GuestMemoryMmap, which outlives the
             // VM (the VM is dropped first; see `Vm`'s field order).
-            unsafe { vm.set_user_memory_region(region) }.map_err(|source| MemoryError::SetSlot {
-                slot: s.slot,
-                guest_addr: s.guest_addr,
-                size: s.size,
-                source,
+            unsafe { vm.set_user_memory_region(region) }.map_err(|source| {
+                MemoryError::SetSlot {
+                    slot: s.slot,
+                    guest_addr: s.guest_addr,
+                    size: s.size,
+                    source,
+                }
             })?;
         }
         self.flags.store(flags, Ordering::Release);

@@ -81,24 +81,33 @@ pub struct Vm {
 impl Vm {
     /// Creates the VM with irqchip and PIT, chooses the dirty-tracking mode and
     /// registers `mem`. vCPUs are created afterwards.
-    pub fn new(host: &KvmHost, mem: &GuestMemoryMmap, choice: DirtyTrackingChoice) -> Result<Self, VmError> {
+    pub fn new(
+        host: &KvmHost,
+        mem: &GuestMemoryMmap,
+        choice: DirtyTrackingChoice,
+    ) -> Result<Self, VmError> {
         let fd = host.kvm.create_vm().map_err(VmError::Create)?;
         let setup = |what| move |source| VmError::Setup { what, source };
         fd.set_tss_address(KVM_TSS_ADDRESS as usize)
             .map_err(setup("set the TSS address"))?;
         fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
             .map_err(setup("set the identity map address"))?;
-        fd.create_irq_chip().map_err(setup("create the in-kernel irqchip"))?;
+        fd.create_irq_chip()
+            .map_err(setup("create the in-kernel irqchip"))?;
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
-        fd.create_pit2(pit).map_err(setup("create the in-kernel PIT"))?;
+        fd.create_pit2(pit)
+            .map_err(setup("create the in-kernel PIT"))?;
 
-        let ring_bytes = DEFAULT_RING_ENTRIES * std::mem::size_of::<kvm_bindings::kvm_dirty_gfn>() as u32;
+        let ring_bytes =
+            DEFAULT_RING_ENTRIES * std::mem::size_of::<kvm_bindings::kvm_dirty_gfn>() as u32;
         let ring_ok = host.dirty_ring_cap.is_some() && host.dirty_ring_max_bytes >= ring_bytes;
         let use_ring = match choice {
-            DirtyTrackingChoice::Ring if !ring_ok => return Err(VmError::TrackingUnavailable("ring")),
+            DirtyTrackingChoice::Ring if !ring_ok => {
+                return Err(VmError::TrackingUnavailable("ring"))
+            }
             DirtyTrackingChoice::Ring => true,
             DirtyTrackingChoice::Bitmap => false,
             DirtyTrackingChoice::Auto => ring_ok,
@@ -112,14 +121,20 @@ impl Vm {
             }
             _ => {
                 if host.manual_protect_flags == 0 {
-                    return Err(VmError::TrackingUnavailable("bitmap with manual protection"));
+                    return Err(VmError::TrackingUnavailable(
+                        "bitmap with manual protection",
+                    ));
                 }
                 dirty_log::enable_manual_protect(&fd, host.manual_protect_flags)?;
                 DirtyTracking::Bitmap
             }
         };
         let memory = KvmMemory::register(&fd, mem)?;
-        Ok(Vm { fd, tracking, memory })
+        Ok(Vm {
+            fd,
+            tracking,
+            memory,
+        })
     }
 
     /// Ring size in bytes, when the dirty ring is in use.
@@ -136,35 +151,55 @@ impl Vm {
     pub fn save_state(&self) -> Result<VmState, VmError> {
         let setup = |what| move |source| VmError::Setup { what, source };
         let mut chips = Vec::new();
-        for chip_id in [KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC] {
+        for chip_id in [
+            KVM_IRQCHIP_PIC_MASTER,
+            KVM_IRQCHIP_PIC_SLAVE,
+            KVM_IRQCHIP_IOAPIC,
+        ] {
             let mut chip = kvm_irqchip {
                 chip_id,
                 ..Default::default()
             };
-            self.fd.get_irqchip(&mut chip).map_err(setup("read the irqchip state"))?;
+            self.fd
+                .get_irqchip(&mut chip)
+                .map_err(setup("read the irqchip state"))?;
             chips.push(chip);
         }
         let pit = self.fd.get_pit2().map_err(setup("read the PIT state"))?;
         let mut clock = self.fd.get_clock().map_err(setup("read the KVM clock"))?;
         // Only the clock value travels; flags describing the source host do not.
         clock.flags &= !KVM_CLOCK_TSC_STABLE;
-        Ok(VmState { irqchips: chips, pit, clock })
+        Ok(VmState {
+            irqchips: chips,
+            pit,
+            clock,
+        })
     }
 
     /// Restores what `save_state` saved, before any vCPU runs. The KVM clock
     /// moves on by `elapsed`, the real time that passed since it was saved,
     /// so the guest's clock neither jumps back nor stands still.
-    pub fn restore_state(&self, state: &VmState, elapsed: std::time::Duration) -> Result<(), VmError> {
+    pub fn restore_state(
+        &self,
+        state: &VmState,
+        elapsed: std::time::Duration,
+    ) -> Result<(), VmError> {
         let setup = |what| move |source| VmError::Setup { what, source };
         for chip in &state.irqchips {
-            self.fd.set_irqchip(chip).map_err(setup("restore the irqchip state"))?;
+            self.fd
+                .set_irqchip(chip)
+                .map_err(setup("restore the irqchip state"))?;
         }
-        self.fd.set_pit2(&state.pit).map_err(setup("restore the PIT state"))?;
+        self.fd
+            .set_pit2(&state.pit)
+            .map_err(setup("restore the PIT state"))?;
         let clock = kvm_clock_data {
             clock: state.clock.clock.saturating_add(elapsed.as_nanos() as u64),
             ..Default::default()
         };
-        self.fd.set_clock(&clock).map_err(setup("restore the KVM clock"))?;
+        self.fd
+            .set_clock(&clock)
+            .map_err(setup("restore the KVM clock"))?;
         Ok(())
     }
 }

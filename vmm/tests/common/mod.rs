@@ -34,19 +34,33 @@ pub fn require_kvm() {
 pub fn artifacts() -> &'static HashMap<String, PathBuf> {
     static A: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
     A.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_path_buf();
         let out = Command::new(root.join("resources/build-guest.sh"))
             .stderr(Stdio::inherit())
             .output()
             .expect("cannot run resources/build-guest.sh");
-        assert!(out.status.success(), "resources/build-guest.sh failed: guest artifacts are required");
+        assert!(
+            out.status.success(),
+            "resources/build-guest.sh failed: guest artifacts are required"
+        );
         let map: HashMap<String, PathBuf> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
             .collect();
-        for k in ["kernel", "vmlinux", "initramfs", "initramfs_live", "testguest"] {
-            let p = map.get(k).unwrap_or_else(|| panic!("build-guest.sh printed no {k}="));
+        for k in [
+            "kernel",
+            "vmlinux",
+            "initramfs",
+            "initramfs_live",
+            "testguest",
+        ] {
+            let p = map
+                .get(k)
+                .unwrap_or_else(|| panic!("build-guest.sh printed no {k}="));
             assert!(p.exists(), "{k}={} does not exist", p.display());
         }
         map
@@ -155,7 +169,12 @@ impl TernVm {
 
     /// Waits until `f` finds something in the console so far; returns it.
     /// Panics with the console's tail on timeout or if tern exits first.
-    pub fn wait_console<R>(&self, what: &str, timeout: Duration, f: impl Fn(&[String]) -> Option<R>) -> R {
+    pub fn wait_console<R>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&[String]) -> Option<R>,
+    ) -> R {
         let deadline = Instant::now() + timeout;
         let (m, cv) = &*self.console;
         let mut c = m.lock().unwrap();
@@ -168,7 +187,11 @@ impl TernVm {
                 let tail: Vec<_> = c.lines.iter().rev().take(15).rev().cloned().collect();
                 panic!(
                     "waiting for {what}: {}\n--- console tail:\n{}\n--- stderr:\n{}",
-                    if c.closed { "tern's console closed" } else { "timed out" },
+                    if c.closed {
+                        "tern's console closed"
+                    } else {
+                        "timed out"
+                    },
                     tail.join("\n"),
                     self.stderr.lock().unwrap()
                 );
@@ -230,7 +253,11 @@ impl TernVm {
                 std::thread::sleep(Duration::from_millis(50));
                 return s;
             }
-            assert!(Instant::now() < deadline, "tern did not exit within {timeout:?}\n{}", self.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "tern did not exit within {timeout:?}\n{}",
+                self.stderr()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -261,7 +288,13 @@ impl Drop for TernVm {
 }
 
 /// Boots the ring-3 test guest with `cmdline`, retrying a failed early boot once.
-pub fn boot_testguest(cpus: u32, mem: &str, cmdline: &str, api: Option<&Path>, extra: &[&str]) -> TernVm {
+pub fn boot_testguest(
+    cpus: u32,
+    mem: &str,
+    cmdline: &str,
+    api: Option<&Path>,
+    extra: &[&str],
+) -> TernVm {
     boot_testguest_in(None, cpus, mem, cmdline, api, extra)
 }
 
@@ -308,7 +341,13 @@ pub fn parse_events(lines: &[String], event: &str) -> Vec<Value> {
 }
 
 /// Starts `tern run --incoming URI` and waits until it listens.
-pub fn start_destination(uri: &str, cpus: u32, mem: &str, api: Option<&Path>, extra: &[&str]) -> TernVm {
+pub fn start_destination(
+    uri: &str,
+    cpus: u32,
+    mem: &str,
+    api: Option<&Path>,
+    extra: &[&str],
+) -> TernVm {
     start_destination_in(None, uri, cpus, mem, api, extra)
 }
 
@@ -339,7 +378,11 @@ pub fn start_destination_in(
     let vm = TernVm::start_in(netns, &argv);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !vm.stderr().contains("waiting for an incoming migration") {
-        assert!(Instant::now() < deadline, "destination did not start listening:\n{}", vm.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "destination did not start listening:\n{}",
+            vm.stderr()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     vm
@@ -348,7 +391,14 @@ pub fn start_destination_in(
 /// Runs `tern migrate --json` against `src_api`; returns the exit code and the statistics.
 pub fn migrate(src_api: &Path, to: &str, extra: &[&str]) -> (i32, Value, String) {
     let out = Command::new(tern())
-        .args(["migrate", "--api-socket", src_api.to_str().unwrap(), "--to", to, "--json"])
+        .args([
+            "migrate",
+            "--api-socket",
+            src_api.to_str().unwrap(),
+            "--to",
+            to,
+            "--json",
+        ])
         .args(extra)
         .output()
         .unwrap();
@@ -360,7 +410,11 @@ pub fn migrate(src_api: &Path, to: &str, extra: &[&str]) -> (i32, Value, String)
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Asks the guest to verify every page and returns the verify event.

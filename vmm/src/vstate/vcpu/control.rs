@@ -103,7 +103,10 @@ impl VcpuControl {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn wait<'a>(&self, guard: MutexGuard<'a, ControlState>) -> MutexGuard<'a, ControlState> {
+    pub(crate) fn wait<'a>(
+        &self,
+        guard: MutexGuard<'a, ControlState>,
+    ) -> MutexGuard<'a, ControlState> {
         self.changed.wait(guard).unwrap_or_else(|e| e.into_inner())
     }
 
@@ -144,7 +147,8 @@ impl VcpuControl {
         } else {
             0.0
         };
-        self.throttle_bp.store((f * 10_000.0).round() as u32, Ordering::Relaxed);
+        self.throttle_bp
+            .store((f * 10_000.0).round() as u32, Ordering::Relaxed);
     }
 
     /// The duty-cycle period.

@@ -16,7 +16,10 @@ use super::timer::{ThreadTimer, TimerError};
 
 /// CPU time the calling thread has used.
 fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own; the clock id is valid.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
@@ -59,10 +62,10 @@ impl DutyCycleRunner {
         let ran = cpu.saturating_sub(start);
         let remaining = if ran >= slice {
             let slept = control.sleep_unless_requested(Instant::now() + cycle.sleep_after(ran));
-            control
-                .counters
-                .throttled_ns
-                .fetch_add(slept.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+            control.counters.throttled_ns.fetch_add(
+                slept.as_nanos() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             self.phase_start = Some(thread_cpu_time());
             slice
         } else {

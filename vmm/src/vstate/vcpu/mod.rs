@@ -140,7 +140,10 @@ impl VcpuHandle {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(VcpuError::PauseTimeout { id: self.id, timeout });
+                return Err(VcpuError::PauseTimeout {
+                    id: self.id,
+                    timeout,
+                });
             }
             st = self.control.wait_timeout(st, deadline - now);
         }
@@ -167,7 +170,10 @@ impl VcpuHandle {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(VcpuError::PauseTimeout { id: self.id, timeout });
+                return Err(VcpuError::PauseTimeout {
+                    id: self.id,
+                    timeout,
+                });
             }
             st = self.control.wait_timeout(st, deadline - now);
         }
@@ -184,7 +190,11 @@ pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Vcpus {
     /// Starts one thread per vCPU fd, each beginning in `start`.
-    pub fn spawn(fds: Vec<VcpuFd>, ctx: Arc<VcpuContext>, start: Target) -> Result<Self, VcpuError> {
+    pub fn spawn(
+        fds: Vec<VcpuFd>,
+        ctx: Arc<VcpuContext>,
+        start: Target,
+    ) -> Result<Self, VcpuError> {
         kick::install_handler().map_err(VcpuError::Signal)?;
         let mut handles = Vec::with_capacity(fds.len());
         for (i, fd) in fds.into_iter().enumerate() {

@@ -85,7 +85,9 @@ fn run_until_stopped(
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN => return Some(ExitReason::GuestShutdown),
                 KVM_SYSTEM_EVENT_RESET => return Some(ExitReason::GuestReset),
-                KVM_SYSTEM_EVENT_CRASH => return Some(ExitReason::GuestPanic("KVM reported a guest crash".into())),
+                KVM_SYSTEM_EVENT_CRASH => {
+                    return Some(ExitReason::GuestPanic("KVM reported a guest crash".into()))
+                }
                 other => {
                     return Some(ExitReason::VcpuFailed {
                         vcpu: id,
@@ -97,7 +99,9 @@ fn run_until_stopped(
             Ok(VcpuExit::FailEntry(reason, cpu)) => {
                 return Some(ExitReason::VcpuFailed {
                     vcpu: id,
-                    error: format!("KVM could not enter the guest (hardware reason {reason:#x}, host cpu {cpu})"),
+                    error: format!(
+                    "KVM could not enter the guest (hardware reason {reason:#x}, host cpu {cpu})"
+                ),
                 })
             }
             Ok(VcpuExit::Unsupported(KVM_EXIT_DIRTY_RING_FULL)) => {

@@ -144,7 +144,11 @@ pub fn configure_for_boot<M: vm_memory::GuestMemoryBackend>(
     }
     let mut lapic = fd.get_lapic().map_err(io("read the LAPIC"))?;
     let lvt0 = lapic_reg(&lapic, LVT0);
-    set_lapic_reg(&mut lapic, LVT0, (lvt0 & !0x700) | (DELIVERY_MODE_EXTINT << 8));
+    set_lapic_reg(
+        &mut lapic,
+        LVT0,
+        (lvt0 & !0x700) | (DELIVERY_MODE_EXTINT << 8),
+    );
     let lvt1 = lapic_reg(&lapic, LVT1);
     set_lapic_reg(&mut lapic, LVT1, (lvt1 & !0x700) | (DELIVERY_MODE_NMI << 8));
     fd.set_lapic(&lapic).map_err(io("set the LAPIC"))?;
@@ -183,7 +187,12 @@ pub fn saveable_msrs(kvm: &kvm_ioctls::Kvm, fd: &VcpuFd) -> Vec<u32> {
 
 /// Reads the complete state of vCPU `id`. The vCPU must be out of `KVM_RUN`
 /// with its pending I/O completed.
-pub fn save(fd: &VcpuFd, id: u8, msr_indices: &[u32], xsave_bytes: usize) -> Result<VcpuState, VcpuStateError> {
+pub fn save(
+    fd: &VcpuFd,
+    id: u8,
+    msr_indices: &[u32],
+    xsave_bytes: usize,
+) -> Result<VcpuState, VcpuStateError> {
     let io = |what| move |source| VcpuStateError::Ioctl { id, what, source };
     let regs = fd.get_regs().map_err(io("read registers"))?;
     let sregs = fd.get_sregs().map_err(io("read special registers"))?;
@@ -196,7 +205,10 @@ pub fn save(fd: &VcpuFd, id: u8, msr_indices: &[u32], xsave_bytes: usize) -> Res
         v.extend_from_slice(x.as_slice());
         v
     } else {
-        fd.get_xsave().map_err(io("read XSAVE state"))?.region.to_vec()
+        fd.get_xsave()
+            .map_err(io("read XSAVE state"))?
+            .region
+            .to_vec()
     };
     let xcrs = fd.get_xcrs().map_err(io("read XCRs"))?;
     let debugregs = fd.get_debug_regs().map_err(io("read debug registers"))?;
@@ -210,7 +222,8 @@ pub fn save(fd: &VcpuFd, id: u8, msr_indices: &[u32], xsave_bytes: usize) -> Res
             ..Default::default()
         })
         .collect();
-    let mut list = Msrs::from_entries(&entries).map_err(|_| VcpuStateError::TooMany { id, what: "MSR" })?;
+    let mut list =
+        Msrs::from_entries(&entries).map_err(|_| VcpuStateError::TooMany { id, what: "MSR" })?;
     let n = fd.get_msrs(&mut list).map_err(io("read MSRs"))?;
     if n != entries.len() {
         return Err(VcpuStateError::Msrs {
@@ -251,13 +264,17 @@ pub fn restore(fd: &VcpuFd, id: u8, state: &VcpuState) -> Result<(), VcpuStateEr
             fd.set_tsc_khz(khz).map_err(io("set the TSC frequency"))?;
         }
     }
-    fd.set_sregs(&state.sregs).map_err(io("set special registers"))?;
+    fd.set_sregs(&state.sregs)
+        .map_err(io("set special registers"))?;
     fd.set_regs(&state.regs).map_err(io("set registers"))?;
     let legacy_words = std::mem::size_of::<kvm_xsave>() / 4;
     if state.xsave.len() < legacy_words {
         return Err(VcpuStateError::Invalid {
             id,
-            why: format!("XSAVE area of {} words, at least {legacy_words} needed", state.xsave.len()),
+            why: format!(
+                "XSAVE area of {} words, at least {legacy_words} needed",
+                state.xsave.len()
+            ),
         });
     }
     if state.xsave.len() == legacy_words {
@@ -269,8 +286,12 @@ pub fn restore(fd: &VcpuFd, id: u8, state: &VcpuState) -> Result<(), VcpuStateEr
         let extra = state.xsave.len() - legacy_words;
         let mut x = Xsave::new(extra).map_err(|_| VcpuStateError::TooMany { id, what: "XSAVE" })?;
         // SAFETY: we only write plain u32 data into the header's region array.
-        unsafe { x.as_mut_fam_struct() }.xsave.region.copy_from_slice(&state.xsave[..legacy_words]);
-        x.as_mut_slice().copy_from_slice(&state.xsave[legacy_words..]);
+        unsafe { x.as_mut_fam_struct() }
+            .xsave
+            .region
+            .copy_from_slice(&state.xsave[..legacy_words]);
+        x.as_mut_slice()
+            .copy_from_slice(&state.xsave[legacy_words..]);
         // SAFETY: `x` holds the full XSAVE area saved with get_xsave2 on the source.
         unsafe { fd.set_xsave2(&x) }.map_err(io("set XSAVE state"))?;
     }
@@ -285,7 +306,8 @@ pub fn restore(fd: &VcpuFd, id: u8, state: &VcpuState) -> Result<(), VcpuStateEr
             ..Default::default()
         })
         .collect();
-    let list = Msrs::from_entries(&entries).map_err(|_| VcpuStateError::TooMany { id, what: "MSR" })?;
+    let list =
+        Msrs::from_entries(&entries).map_err(|_| VcpuStateError::TooMany { id, what: "MSR" })?;
     let n = fd.set_msrs(&list).map_err(io("set MSRs"))?;
     if n != entries.len() {
         return Err(VcpuStateError::Msrs {
@@ -295,8 +317,11 @@ pub fn restore(fd: &VcpuFd, id: u8, state: &VcpuState) -> Result<(), VcpuStateEr
             failed: entries[n].index,
         });
     }
-    fd.set_vcpu_events(&state.events).map_err(io("set vCPU events"))?;
-    fd.set_mp_state(state.mp_state).map_err(io("set the MP state"))?;
-    fd.set_debug_regs(&state.debugregs).map_err(io("set debug registers"))?;
+    fd.set_vcpu_events(&state.events)
+        .map_err(io("set vCPU events"))?;
+    fd.set_mp_state(state.mp_state)
+        .map_err(io("set the MP state"))?;
+    fd.set_debug_regs(&state.debugregs)
+        .map_err(io("set debug registers"))?;
     Ok(())
 }
