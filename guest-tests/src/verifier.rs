@@ -37,6 +37,12 @@ pub enum FindingKind {
     Restarted,
     TicksLost,
     TicksRepeated,
+    /// A console line with bytes around or between events (the guest
+    /// printed from a damaged buffer).
+    GarbledLine,
+    /// The guest's stall meter measured its baseline again (its state went
+    /// back in time).
+    MeterRestarted,
     Clock,
 }
 
@@ -147,6 +153,18 @@ fn side_name(side: Side) -> &'static str {
 fn event_findings(lines: &[GuestLine], side: Side, findings: &mut Vec<Finding>) {
     let side_name = side_name(side);
     for l in lines.iter().filter(|l| l.complete) {
+        // The test guest starts every line with the prefix and prints one
+        // event per line.
+        let prefix = tern_workloads::event::LINE_PREFIX;
+        if l.text.contains(prefix)
+            && (!l.text.starts_with(prefix) || l.text.matches(prefix).count() > 1)
+        {
+            findings.push(Finding::fail(
+                FindingKind::GarbledLine,
+                format!("{side_name}: garbled console line: {:?}", l.text),
+            ));
+            continue;
+        }
         match &l.parsed {
             Parsed::Event(Event::Error(e)) => findings.push(Finding::fail(
                 FindingKind::GuestError,
@@ -237,6 +255,24 @@ fn tick_findings(ticks: impl Iterator<Item = TickAt>, findings: &mut Vec<Finding
     }
 }
 
+/// A second `baseline` event of a vCPU means its stall meter started over.
+fn baseline_findings(lines: &[&GuestLine], findings: &mut Vec<Finding>) {
+    let mut seen = std::collections::BTreeSet::new();
+    for l in lines {
+        if let Some(Event::Baseline(b)) = l.event() {
+            if !seen.insert(b.cpu) {
+                findings.push(Finding::fail(
+                    FindingKind::MeterRestarted,
+                    format!(
+                        "cpu {}: a second baseline event (the guest's meter state went back in time)",
+                        b.cpu
+                    ),
+                ));
+            }
+        }
+    }
+}
+
 /// Judges the evidence.
 pub fn judge(e: &Evidence<'_>) -> Verdict {
     let mut findings: Vec<Finding> = e
@@ -273,6 +309,13 @@ pub fn judge(e: &Evidence<'_>) -> Verdict {
     }
     event_findings(e.source_lines, Side::Source, &mut findings);
     event_findings(e.destination_lines, Side::Destination, &mut findings);
+    let complete: Vec<&GuestLine> = e
+        .source_lines
+        .iter()
+        .chain(e.destination_lines)
+        .filter(|l| l.complete)
+        .collect();
+    baseline_findings(&complete, &mut findings);
     tick_findings(
         e.source_ticks.iter().chain(e.destination_ticks).cloned(),
         &mut findings,
@@ -415,6 +458,35 @@ mod tests {
         assert!(back.findings[0]
             .message
             .contains("destination cpu 0 tick 1: clock clock_backwards"));
+    }
+
+    #[test]
+    fn garbled_lines_and_a_restarted_meter_fail() {
+        let clock = crate::console::RunClock::start();
+        let text = "t*\u{fffd}st: {\"event\":\"tick\"}tern-guest: {\"event\":\"baseline\",\"cpu\":0,\"work_per_s\":5}\n\
+                    tern-guest: {\"event\":\"baseline\",\"cpu\":0,\"work_per_s\":5}\n";
+        let mut c = crate::console::Console::start(
+            "destination",
+            clock,
+            std::io::Cursor::new(text.as_bytes().to_vec()),
+        );
+        c.drain_until_closed(std::time::Duration::from_secs(5))
+            .unwrap();
+        let v = judge(&Evidence {
+            source_lines: &[],
+            destination_lines: c.lines(),
+            source_ticks: &[],
+            destination_ticks: &[],
+            expected_pages: Some(10),
+            verify: ok_verify(10),
+            run_problems: Vec::new(),
+        });
+        let kinds: Vec<FindingKind> = v.findings.iter().map(|f| f.kind).collect();
+        assert_eq!(
+            kinds,
+            [FindingKind::GarbledLine, FindingKind::MeterRestarted],
+            "{v:?}"
+        );
     }
 
     #[test]
