@@ -73,12 +73,19 @@ struct NetNs {
 impl NetNs {
     fn new(tag: &str) -> NetNs {
         static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!("tern-{}-{tag}{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "tern-devtest-{}-{tag}{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
         run(&["ip", "netns", "add", &name]);
         let ns = NetNs { name };
         // No IPv6 chatter (router solicitations, MLD) on the guest's link:
         // every frame the guest sees is then its peer's.
-        for key in ["net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"] {
+        for key in [
+            "net.ipv6.conf.all.disable_ipv6",
+            "net.ipv6.conf.default.disable_ipv6",
+        ] {
             ns.exec(&["sysctl", "-q", "-w", &format!("{key}=1")]);
         }
         ns.ip(&["link", "set", "lo", "up"]);
@@ -110,7 +117,9 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -129,9 +138,22 @@ fn dnsmasq(ns: &NetNs, tap: &str, dir: &Scratch) -> ChildGuard {
     let log = dir.path("dnsmasq.log");
     let leases = dir.path("leases");
     let child = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "dnsmasq", "--no-daemon", "--conf-file=/dev/null"])
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "dnsmasq",
+            "--no-daemon",
+            "--conf-file=/dev/null",
+        ])
         .arg(format!("--interface={tap}"))
-        .args(["--bind-interfaces", "--dhcp-range=10.0.2.15,10.0.2.50,1h", "--no-resolv", "--no-hosts", "--port=0"])
+        .args([
+            "--bind-interfaces",
+            "--dhcp-range=10.0.2.15,10.0.2.50,1h",
+            "--no-resolv",
+            "--no-hosts",
+            "--port=0",
+        ])
         .arg(format!("--dhcp-leasefile={}", leases.display()))
         .stdout(Stdio::null())
         .stderr(File::create(&log).unwrap())
@@ -223,13 +245,19 @@ fn packet_socket(ifname: &str) -> Result<i32, String> {
     // SAFETY: plain socket(2).
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
     if fd < 0 {
-        return Err(format!("socket(AF_PACKET): {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "socket(AF_PACKET): {}",
+            std::io::Error::last_os_error()
+        ));
     }
     let cname = std::ffi::CString::new(ifname).unwrap();
     // SAFETY: a NUL-terminated name.
     let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
     if index == 0 {
-        return Err(format!("no interface {ifname}: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "no interface {ifname}: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: sockaddr_ll is plain data; all-zero is valid.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -245,7 +273,10 @@ fn packet_socket(ifname: &str) -> Result<i32, String> {
         )
     };
     if r < 0 {
-        return Err(format!("bind to {ifname}: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "bind to {ifname}: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     // Room for a second of frames even if this thread is descheduled a while.
     let size: libc::c_int = 8 << 20;
@@ -315,7 +346,11 @@ impl Peer {
 
     fn finish(mut self) -> PeerReport {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().expect("the peer panicked")
+        self.thread
+            .take()
+            .unwrap()
+            .join()
+            .expect("the peer panicked")
     }
 }
 
@@ -330,11 +365,20 @@ impl Drop for Peer {
 
 /// Frames the kernel dropped on the socket since the last call.
 fn packet_drops(fd: i32) -> u64 {
-    let mut st = libc::tpacket_stats { tp_packets: 0, tp_drops: 0 };
+    let mut st = libc::tpacket_stats {
+        tp_packets: 0,
+        tp_drops: 0,
+    };
     let mut len = std::mem::size_of::<libc::tpacket_stats>() as u32;
     // SAFETY: PACKET_STATISTICS fills a tpacket_stats of `len` bytes.
     let r = unsafe {
-        libc::getsockopt(fd, libc::SOL_PACKET, libc::PACKET_STATISTICS, (&mut st as *mut libc::tpacket_stats).cast(), &mut len)
+        libc::getsockopt(
+            fd,
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&mut st as *mut libc::tpacket_stats).cast(),
+            &mut len,
+        )
     };
     if r < 0 {
         0
@@ -382,7 +426,7 @@ fn peer_loop(fd: i32, stop: &AtomicBool, quiet: &AtomicBool, own_rate: u64) -> P
             if n <= 0 {
                 break;
             }
-            if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+            if from.sll_pkttype == libc::PACKET_OUTGOING {
                 continue;
             }
             let frame = &mut buf[..n as usize];
@@ -446,7 +490,8 @@ fn check_image_from_host(path: &Path) -> (Header, Vec<(u64, String)>) {
         }
     };
     load(&mut f, 0, &words);
-    let header = Header::read(&words).unwrap_or_else(|| panic!("{}: no test-guest disk header on block 0", path.display()));
+    let header = Header::read(&words)
+        .unwrap_or_else(|| panic!("{}: no test-guest disk header on block 0", path.display()));
     let mut bad = Vec::new();
     for block in 1..=header.blocks {
         load(&mut f, block, &words);
@@ -470,18 +515,28 @@ fn linux_root_image(dir: &Scratch) -> PathBuf {
     std::fs::copy(artifact("liveinit"), root.join("init")).unwrap();
     let img = dir.path("root.ext4");
     sparse_image(&img, 32);
-    run(&["mkfs.ext4", "-q", "-F", "-d", root.to_str().unwrap(), img.to_str().unwrap()]);
+    run(&[
+        "mkfs.ext4",
+        "-q",
+        "-F",
+        "-d",
+        root.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
     img
 }
 
 fn u(v: &Value, key: &str) -> u64 {
-    v[key].as_u64().unwrap_or_else(|| panic!("no number {key} in {v}"))
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no number {key} in {v}"))
 }
 
 // ---------------------------------------------------------------- Linux
 
 const LINUX_MAC: &str = "52:54:00:12:34:56";
-const LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 root=/dev/vda rootfstype=ext4 rw init=/init";
+const LINUX_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=1 root=/dev/vda rootfstype=ext4 rw init=/init";
 
 /// One boot for both devices: the root file system comes from virtio-blk,
 /// the address from dnsmasq over virtio-net, and the live Linux answers ping.
@@ -501,7 +556,18 @@ fn linux_mounts_its_root_from_virtio_blk_and_gets_a_dhcp_lease_over_virtio_net()
     let cmdline = format!("{LINUX_CMDLINE} ip=dhcp");
     let mut vm = TernVm::start_in(
         ns.name(),
-        &["--kernel", vmlinux.to_str().unwrap(), "--memory", "256M", "--disk", disk, "--net", &net, "--cmdline", &cmdline],
+        &[
+            "--kernel",
+            vmlinux.to_str().unwrap(),
+            "--memory",
+            "256M",
+            "--disk",
+            disk,
+            "--net",
+            &net,
+            "--cmdline",
+            &cmdline,
+        ],
     );
     // Both devices probed: the disk with the image's size, the NIC as eth0
     // with the MAC tern put in its config space (virtio_net prints nothing
@@ -520,13 +586,18 @@ fn linux_mounts_its_root_from_virtio_blk_and_gets_a_dhcp_lease_over_virtio_net()
     assert!(ip.starts_with("10.0.2."), "{lease}");
     vm.wait_for("EXT4-fs (vda): mounted filesystem", LINUX_BOOT);
     let mounted = vm.wait_for("VFS: Mounted root (ext4 filesystem)", LINUX_BOOT);
-    assert!(!mounted.contains("readonly"), "a read-write disk was mounted read-only: {mounted}");
+    assert!(
+        !mounted.contains("readonly"),
+        "a read-write disk was mounted read-only: {mounted}"
+    );
     vm.wait_for("Run /init as init process", LINUX_BOOT);
 
     // dnsmasq handed out that address to that MAC.
     let leases = std::fs::read_to_string(dir.path("leases")).unwrap_or_default();
     assert!(
-        leases.lines().any(|l| l.contains(LINUX_MAC) && l.contains(&ip)),
+        leases
+            .lines()
+            .any(|l| l.contains(LINUX_MAC) && l.contains(&ip)),
         "dnsmasq's leases do not show {LINUX_MAC} at {ip}:\n{leases}"
     );
     // The live Linux answers ping on that address (a few tries: its ring 0
@@ -570,7 +641,10 @@ fn linux_mounts_a_readonly_disk_read_only() {
     vm.wait_for("Run /init as init process", LINUX_BOOT);
     assert!(vm.running(), "{}", vm.stderr());
     vm.wait_exit_or_kill();
-    assert!(std::fs::read(&img).unwrap() == before, "the read-only image changed");
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "the read-only image changed"
+    );
 }
 
 // ---------------------------------------------------------------- test guest: disk
@@ -584,7 +658,13 @@ const DISK_IO: Duration = Duration::from_secs(180);
 /// Boots the test guest on `img` to verify it from the disk alone; returns the `disk_verify`.
 fn verify_after_reboot(img: &Path) -> Value {
     let disk = img.display().to_string();
-    let mut vm = boot_testguest(1, "256M", "tern.test=disk tern.disk_mode=verify tern.qd=32", None, &["--disk", &disk]);
+    let mut vm = boot_testguest(
+        1,
+        "256M",
+        "tern.test=disk tern.disk_mode=verify tern.qd=32",
+        None,
+        &["--disk", &disk],
+    );
     let v = vm.wait_event("disk_verify", 0, DISK_IO);
     vm.send("reboot");
     let status = vm.wait_exit(Duration::from_secs(20));
@@ -601,26 +681,58 @@ fn test_guest_writes_256_mib_at_qd32_and_verifies_every_block_after_a_reboot() {
     let disk = img.display().to_string();
 
     // Boot 1: one write pass over 256 MiB at queue depth 32.
-    let mut vm = boot_testguest(1, "256M", &format!("{WRITE_256} tern.passes=1"), None, &["--disk", &disk]);
+    let mut vm = boot_testguest(
+        1,
+        "256M",
+        &format!("{WRITE_256} tern.passes=1"),
+        None,
+        &["--disk", &disk],
+    );
     let info = vm.wait_event("disk", 0, Duration::from_secs(10));
     assert_eq!(info["read_only"], false, "{info}");
-    assert_eq!(u(&info, "slots"), 32, "the guest does not keep 32 requests in flight: {info}");
+    assert_eq!(
+        u(&info, "slots"),
+        32,
+        "the guest does not keep 32 requests in flight: {info}"
+    );
     assert_eq!(u(&info, "blocks"), DISK_BLOCKS, "{info}");
     let w = vm.wait_event("disk_written", 0, DISK_IO);
     assert_eq!(w["complete"], true, "{w}");
     assert_eq!(u(&w, "blocks"), DISK_BLOCKS, "{w}");
     assert_eq!(u(&w, "errors"), 0, "{w}");
-    let deepest = vm.events("disk_tick").iter().map(|t| u(t, "in_flight")).max().unwrap_or(0);
-    assert!(deepest > 1 && deepest <= 32, "requests in flight at the ticks: at most {deepest}");
+    let deepest = vm
+        .events("disk_tick")
+        .iter()
+        .map(|t| u(t, "in_flight"))
+        .max()
+        .unwrap_or(0);
+    assert!(
+        deepest > 1 && deepest <= 32,
+        "requests in flight at the ticks: at most {deepest}"
+    );
     assert!(vm.events("error").is_empty(), "{:?}", vm.events("error"));
     vm.send("reboot");
-    assert_eq!(vm.wait_exit(Duration::from_secs(20)).code(), Some(0), "{}", vm.stderr());
+    assert_eq!(
+        vm.wait_exit(Duration::from_secs(20)).code(),
+        Some(0),
+        "{}",
+        vm.stderr()
+    );
     drop(vm);
 
     // The host reads the image: every block of the pass is there, whole.
     let (header, bad) = check_image_from_host(&img);
-    assert_eq!((header.blocks, header.generation, header.cursor), (DISK_BLOCKS, 1, DISK_BLOCKS + 1), "{header:?}");
-    assert!(bad.is_empty(), "{} blocks damaged on the image, first {:?}", bad.len(), bad.first());
+    assert_eq!(
+        (header.blocks, header.generation, header.cursor),
+        (DISK_BLOCKS, 1, DISK_BLOCKS + 1),
+        "{header:?}"
+    );
+    assert!(
+        bad.is_empty(),
+        "{} blocks damaged on the image, first {:?}",
+        bad.len(),
+        bad.first()
+    );
 
     // Boot 2 (a new tern process, same image): every block read back and checked.
     let v = verify_after_reboot(&img);
@@ -630,7 +742,11 @@ fn test_guest_writes_256_mib_at_qd32_and_verifies_every_block_after_a_reboot() {
     assert_eq!(v["run_id"], format!("{:#x}", header.run_id), "{v}");
 
     // The check can fail: one flipped byte in block 4242, sector 5, is named.
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&img).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
     let at = 4242 * BLOCK_BYTES as u64 + 5 * 512 + 100;
     let mut b = [0u8; 1];
     f.seek(SeekFrom::Start(at)).unwrap();
@@ -649,13 +765,24 @@ fn readonly_disk_fails_every_test_guest_write_with_an_error_status() {
     let _g = serial();
     let dir = Scratch::new("disk-ro");
     let img = dir.path("ro.img");
-    let content: Vec<u8> = (0..16u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let content: Vec<u8> = (0..16u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
     std::fs::write(&img, &content).unwrap();
     let disk = format!("{},readonly=on", img.display());
 
-    let mut vm = boot_testguest(1, "256M", "tern.test=disk tern.disk_mib=8 tern.qd=32 tern.passes=1", None, &["--disk", &disk]);
+    let mut vm = boot_testguest(
+        1,
+        "256M",
+        "tern.test=disk tern.disk_mib=8 tern.qd=32 tern.passes=1",
+        None,
+        &["--disk", &disk],
+    );
     let info = vm.wait_event("disk", 0, Duration::from_secs(10));
-    assert_eq!(info["read_only"], true, "the guest was not told the disk is read-only: {info}");
+    assert_eq!(
+        info["read_only"], true,
+        "the guest was not told the disk is read-only: {info}"
+    );
     let w = vm.wait_event("disk_written", 0, DISK_IO);
     let blocks = u(&info, "blocks");
     assert_eq!(blocks, 2048, "{info}");
@@ -667,8 +794,16 @@ fn readonly_disk_fails_every_test_guest_write_with_an_error_status() {
         "{errors:?}"
     );
     vm.send("reboot");
-    assert_eq!(vm.wait_exit(Duration::from_secs(20)).code(), Some(0), "{}", vm.stderr());
-    assert!(std::fs::read(&img).unwrap() == content, "the read-only image changed");
+    assert_eq!(
+        vm.wait_exit(Duration::from_secs(20)).code(),
+        Some(0),
+        "{}",
+        vm.stderr()
+    );
+    assert!(
+        std::fs::read(&img).unwrap() == content,
+        "the read-only image changed"
+    );
 }
 
 // ---------------------------------------------------------------- test guest: net
@@ -692,16 +827,23 @@ fn test_guest_exchanges_10_mib_of_frames_with_a_peer_on_the_tap() {
     let ns = NetNs::new("net");
     ns.tap("tap0");
     let peer = Peer::start(&ns, "tap0", 100);
-    let cmdline = format!("tern.test=net tern.frames=2000 tern.frame_bytes={FRAME_BYTES} tern.tick_ms=250");
+    let cmdline =
+        format!("tern.test=net tern.frames=2000 tern.frame_bytes={FRAME_BYTES} tern.tick_ms=250");
     let mut vm = boot_testguest_in(ns.name(), 1, "256M", &cmdline, None, &["--net", "tap=tap0"]);
     let info = vm.wait_event("net", 0, Duration::from_secs(10));
     assert_eq!(u(&info, "frame_bytes"), FRAME_BYTES, "{info}");
 
     // Until 10 MiB of probes went out and came back.
     let want = TEN_MIB.div_ceil(FRAME_BYTES);
-    vm.wait_console("10 MiB of frames echoed", Duration::from_secs(120), |lines| {
-        parse_events(lines, "net_tick").into_iter().find(|t| u(t, "returned") >= want)
-    });
+    vm.wait_console(
+        "10 MiB of frames echoed",
+        Duration::from_secs(120),
+        |lines| {
+            parse_events(lines, "net_tick")
+                .into_iter()
+                .find(|t| u(t, "returned") >= want)
+        },
+    );
     // The peer's own frames end first, so the guest has them all when it stops.
     peer.quiet();
     std::thread::sleep(Duration::from_millis(100));
@@ -714,18 +856,39 @@ fn test_guest_exchanges_10_mib_of_frames_with_a_peer_on_the_tap() {
     );
 
     assert!(sent * FRAME_BYTES >= TEN_MIB, "{done}");
-    assert_eq!(u(&done, "lost"), 0, "{done}\n{report:?}\ntern's stderr:\n{}", vm.stderr());
+    assert_eq!(
+        u(&done, "lost"),
+        0,
+        "{done}\n{report:?}\ntern's stderr:\n{}",
+        vm.stderr()
+    );
     assert_eq!(u(&done, "returned"), sent, "{done}");
     for k in ["duplicates", "reordered", "foreign", "peer_gaps"] {
         assert_eq!(u(&done, k), 0, "{k}: {done}");
     }
     // The peer checked every probe: all intact, each once.
-    assert_eq!((report.probes, report.distinct, report.damaged, report.duplicates), (sent, sent, 0, 0), "{report:?}");
+    assert_eq!(
+        (
+            report.probes,
+            report.distinct,
+            report.damaged,
+            report.duplicates
+        ),
+        (sent, sent, 0, 0),
+        "{report:?}"
+    );
     assert_eq!((report.echoed, report.send_errors), (sent, 0), "{report:?}");
     // And the guest got every frame the peer sent on its own.
     assert!(report.own_sent > 0, "{report:?}");
     assert_eq!(u(&done, "from_peer"), report.own_sent, "{done} {report:?}");
-    assert_eq!(report.guest_mac.map(|m| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")), info["mac"].as_str().map(String::from));
+    assert_eq!(
+        report.guest_mac.map(|m| m
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")),
+        info["mac"].as_str().map(String::from)
+    );
 }
 
 // ---------------------------------------------------------------- live migration
@@ -737,15 +900,24 @@ fn check_drain(stats: &Value) {
         o.remove("history");
     }
     eprintln!("migration stats (without history): {brief}");
-    eprintln!("migration: {} ms total, {} ms downtime, {} rounds; drain {drain}", stats["total_ms"], stats["downtime_ms"], stats["rounds"]);
+    eprintln!(
+        "migration: {} ms total, {} ms downtime, {} rounds; drain {drain}",
+        stats["total_ms"], stats["downtime_ms"], stats["rounds"]
+    );
     assert_eq!(stats["phase"], "completed", "{stats}");
     if stats["forced_expected_downtime_ms"].is_null() {
         // Not forced: the controller went through a quiesce first, and the
         // drain says so (attempts, each Busy answer counted as EBUSY).
         let attempts = u(drain, "attempts");
-        assert!(attempts >= 1, "a migration with virtio devices switched over without a quiesce attempt: {drain}");
+        assert!(
+            attempts >= 1,
+            "a migration with virtio devices switched over without a quiesce attempt: {drain}"
+        );
         assert!(u(drain, "busy") <= attempts, "{drain}");
-        assert!(!drain["windows_ms"].as_array().unwrap().is_empty(), "{stats}");
+        assert!(
+            !drain["windows_ms"].as_array().unwrap().is_empty(),
+            "{stats}"
+        );
         assert_eq!(drain["queue_depth_limit"], 1, "{stats}");
     }
 }
@@ -761,16 +933,30 @@ fn disk_writes_at_qd32_survive_a_live_migration() {
     let uri = format!("unix:{}", dir.path("mig.sock").display());
 
     // Write passes until `stop`, 32 requests in flight.
-    let mut src = boot_testguest(1, "256M", &format!("{WRITE_256} tern.passes=0"), Some(&src_api), &["--disk", &disk]);
+    let mut src = boot_testguest(
+        1,
+        "256M",
+        &format!("{WRITE_256} tern.passes=0"),
+        Some(&src_api),
+        &["--disk", &disk],
+    );
     src.wait_event("disk_tick", 10, Duration::from_secs(30));
     let mut dst = start_destination(&uri, 1, "256M", None, &["--disk", &disk]);
     let (code, stats, stderr) = migrate(&src_api, &uri, &[]);
     assert_eq!(code, 0, "migration failed: {stderr}\n{stats}");
-    assert_eq!(src.wait_exit(Duration::from_secs(10)).code(), Some(0), "{}", src.stderr());
+    assert_eq!(
+        src.wait_exit(Duration::from_secs(10)).code(),
+        Some(0),
+        "{}",
+        src.stderr()
+    );
     eprintln!("source stderr:\n{}", src.stderr());
     check_drain(&stats);
     let src_ticks = src.events("disk_tick");
-    assert!(src_ticks.iter().all(|t| u(t, "errors") == 0), "write errors on the source");
+    assert!(
+        src_ticks.iter().all(|t| u(t, "errors") == 0),
+        "write errors on the source"
+    );
     let src_requests: u64 = src_ticks.iter().map(|t| u(t, "requests")).sum();
 
     // The writes go on on the destination.
@@ -778,7 +964,11 @@ fn disk_writes_at_qd32_survive_a_live_migration() {
     let dst_ticks = dst.events("disk_tick");
     let dst_requests: u64 = dst_ticks.iter().map(|t| u(t, "requests")).sum();
     assert!(dst_requests > 0, "no writes completed on the destination");
-    let stall = dst_ticks.iter().map(|t| u(t, "max_latency_us")).max().unwrap_or(0);
+    let stall = dst_ticks
+        .iter()
+        .map(|t| u(t, "max_latency_us"))
+        .max()
+        .unwrap_or(0);
     eprintln!("{src_requests} writes on the source, {dst_requests} so far on the destination; slowest request {stall} us");
 
     // Stop (in-flight requests complete, flush, header, flush), then read
@@ -786,25 +976,44 @@ fn disk_writes_at_qd32_survive_a_live_migration() {
     // a lost write reads as stale, a torn one as torn.
     dst.send("stop");
     let written = dst.wait_console("disk_written stopped", DISK_IO, |lines| {
-        parse_events(lines, "disk_written").into_iter().find(|w| w["stopped"] == true)
+        parse_events(lines, "disk_written")
+            .into_iter()
+            .find(|w| w["stopped"] == true)
     });
     assert_eq!(u(&written, "errors"), 0, "{written}");
     dst.send("verify");
     let v = dst.wait_event("disk_verify", 0, DISK_IO);
     assert_eq!(v["source"], "memory", "{v}");
-    assert_eq!(v["ok"], true, "acknowledged writes lost or damaged across the migration: {v}");
+    assert_eq!(
+        v["ok"], true,
+        "acknowledged writes lost or damaged across the migration: {v}"
+    );
     assert_eq!(u(&v, "bad"), 0, "{v}");
     assert_eq!(u(&v, "blocks"), DISK_BLOCKS, "{v}");
     assert!(dst.events("error").is_empty(), "{:?}", dst.events("error"));
     dst.send("reboot");
-    assert_eq!(dst.wait_exit(Duration::from_secs(20)).code(), Some(0), "{}", dst.stderr());
+    assert_eq!(
+        dst.wait_exit(Duration::from_secs(20)).code(),
+        Some(0),
+        "{}",
+        dst.stderr()
+    );
     drop(dst);
 
     // From the disk alone: the host's check and a rebooted guest's.
     let (header, bad) = check_image_from_host(&img);
-    assert!(bad.is_empty(), "{} blocks damaged on the image, first {:?}", bad.len(), bad.first());
+    assert!(
+        bad.is_empty(),
+        "{} blocks damaged on the image, first {:?}",
+        bad.len(),
+        bad.first()
+    );
     let v2 = verify_after_reboot(&img);
-    assert_eq!((v2["ok"].clone(), u(&v2, "bad")), (Value::Bool(true), 0), "{v2}");
+    assert_eq!(
+        (v2["ok"].clone(), u(&v2, "bad")),
+        (Value::Bool(true), 0),
+        "{v2}"
+    );
     assert_eq!(v2["run_id"], v["run_id"], "{v2}");
     assert_eq!(u(&v2, "generation"), u64::from(header.generation), "{v2}");
 }
@@ -821,34 +1030,67 @@ fn network_traffic_continues_across_a_live_migration() {
     // broadcasts on the source's tap would queue up in the destination's tap
     // (open, not yet read) and reach the guest again after the switchover.
     let ns = NetNs::new("mig");
-    ns.ip(&["link", "add", "br0", "type", "bridge"]);
+    // No multicast snooping: the bridge would join the all-snoopers group
+    // and send the guest IGMP reports.
+    ns.ip(&[
+        "link",
+        "add",
+        "br0",
+        "type",
+        "bridge",
+        "mcast_snooping",
+        "0",
+    ]);
     for tap in ["tap0", "tap1"] {
         ns.tap(tap);
         ns.ip(&["link", "set", tap, "master", "br0"]);
         ns.exec(&["bridge", "link", "set", "dev", tap, "isolated", "on"]);
     }
-    // No multicast on the bridge: it would send IGMP reports to the guest.
-    ns.ip(&["link", "set", "br0", "multicast", "off", "up"]);
+    ns.ip(&["link", "set", "br0", "up"]);
     let peer = Peer::start(&ns, "br0", 100);
 
     let cmdline = "tern.test=net tern.frames=1000 tern.frame_bytes=512 tern.tick_ms=250";
-    let mut src = boot_testguest_in(ns.name(), 1, "256M", cmdline, Some(&src_api), &["--net", "tap=tap0"]);
-    src.wait_console("frames echoed before the migration", Duration::from_secs(30), |lines| {
-        parse_events(lines, "net_tick").into_iter().find(|t| u(t, "returned") >= 1000)
-    });
+    let mut src = boot_testguest_in(
+        ns.name(),
+        1,
+        "256M",
+        cmdline,
+        Some(&src_api),
+        &["--net", "tap=tap0"],
+    );
+    src.wait_console(
+        "frames echoed before the migration",
+        Duration::from_secs(30),
+        |lines| {
+            parse_events(lines, "net_tick")
+                .into_iter()
+                .find(|t| u(t, "returned") >= 1000)
+        },
+    );
     let mut dst = start_destination_in(ns.name(), &uri, 1, "256M", None, &["--net", "tap=tap1"]);
     let (code, stats, stderr) = migrate(&src_api, &uri, &[]);
     assert_eq!(code, 0, "migration failed: {stderr}\n{stats}");
-    assert_eq!(src.wait_exit(Duration::from_secs(10)).code(), Some(0), "{}", src.stderr());
+    assert_eq!(
+        src.wait_exit(Duration::from_secs(10)).code(),
+        Some(0),
+        "{}",
+        src.stderr()
+    );
     eprintln!("source stderr:\n{}", src.stderr());
     check_drain(&stats);
     let before = last_net_tick(&src).expect("net ticks on the source");
 
     // Frames continue on the destination: 2000 more probes come back.
     let target = u(&before, "returned") + 2000;
-    dst.wait_console("frames echoed after the migration", Duration::from_secs(60), |lines| {
-        parse_events(lines, "net_tick").into_iter().find(|t| u(t, "returned") >= target)
-    });
+    dst.wait_console(
+        "frames echoed after the migration",
+        Duration::from_secs(60),
+        |lines| {
+            parse_events(lines, "net_tick")
+                .into_iter()
+                .find(|t| u(t, "returned") >= target)
+        },
+    );
     peer.quiet();
     std::thread::sleep(Duration::from_millis(100));
     let done = net_stop(&mut dst);
@@ -858,7 +1100,11 @@ fn network_traffic_continues_across_a_live_migration() {
         .events("net_tick")
         .into_iter()
         .map(|t| ("source", t))
-        .chain(dst.events("net_tick").into_iter().map(|t| ("destination", t)))
+        .chain(
+            dst.events("net_tick")
+                .into_iter()
+                .map(|t| ("destination", t)),
+        )
         .collect();
     if let Some(i) = ticks.iter().position(|(_, t)| u(t, "foreign") > 0) {
         for (at, t) in &ticks[i.saturating_sub(2)..=i] {
@@ -879,7 +1125,10 @@ fn network_traffic_continues_across_a_live_migration() {
         assert_eq!(u(&done, k), 0, "{k}: {done}");
     }
     assert_eq!((report.damaged, report.duplicates), (0, 0), "{report:?}");
-    assert!(u(&done, "from_peer") + u(&done, "peer_gaps") <= report.own_sent, "{done} {report:?}");
+    assert!(
+        u(&done, "from_peer") + u(&done, "peer_gaps") <= report.own_sent,
+        "{done} {report:?}"
+    );
     assert!(dst.running(), "{}", dst.stderr());
     eprintln!("destination stderr:\n{}", dst.stderr());
 }
