@@ -57,6 +57,15 @@ impl Iir {
         self.value
     }
 
+    /// Folds in a sample that counts for `weight` (0..=1) of a full one: a sample measured over
+    /// a short time moves the average only a little. Non-finite or negative samples are ignored.
+    pub fn update_weighted(&mut self, sample: f64, weight: f64) -> Option<f64> {
+        if sample.is_finite() && sample >= 0.0 {
+            self.value = Some(self.peek(sample, weight));
+        }
+        self.value
+    }
+
     /// What the average would be if `sample` counted with `weight` (0..=1) of a full sample,
     /// without changing it. Used for a round still in progress.
     pub fn peek(&self, sample: f64, weight: f64) -> f64 {

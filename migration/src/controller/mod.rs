@@ -52,6 +52,12 @@ use verdict::{cannot_shrink, floor_lower_bound, probe_candidates, Progress, Roun
 
 use crate::throttle::secs_to_duration;
 
+/// Send time a transfer-rate sample needs to count fully. The sender writes into a socket
+/// buffer of a few MiB: over a few milliseconds it "sends" at memory speed whatever the
+/// link, and one such sample at the end of a round once made a 64 MiB/s link look like
+/// 1 GiB/s and a 140 ms switchover last 4 s.
+const FULL_TRANSFER_SAMPLE: Duration = Duration::from_millis(250);
+
 /// A dirtier counts as "at maximum throttle" within this much CPU share of it.
 const AT_MAX_SLACK: f64 = 0.005;
 
@@ -141,7 +147,11 @@ impl Controller {
         }
         let o = obs.clean(self.config.vcpus, &self.commanded);
         if o.send_secs > 0.0 && o.send_secs.is_finite() {
-            self.transfer.update(o.bytes_sent / o.send_secs);
+            // A sample measured over a short send time mostly measures the socket buffer
+            // filling, not the link: weigh it by how long it ran.
+            let weight = (o.send_secs / FULL_TRANSFER_SAMPLE.as_secs_f64()).min(1.0);
+            self.transfer
+                .update_weighted(o.bytes_sent / o.send_secs, weight);
         }
         if o.interval_secs > 0.0 && o.interval_secs.is_finite() {
             self.dirty.update(o.dirtied_bytes / o.interval_secs);

@@ -696,3 +696,34 @@ fn saturated_writer_stuck_at_max_throttle_on_a_busy_host_is_recognised() {
         decisions.len()
     );
 }
+
+#[test]
+fn a_short_send_into_the_socket_buffer_does_not_make_the_link_look_fast() {
+    // Seconds at 64 MiB/s, then a round end where 2 MiB went into the socket buffer in 1 ms.
+    const MIB: u64 = 1 << 20;
+    let mut ctl = controller(1);
+    let obs = |end_of_round, bytes: u64, send_ms: u64, remaining_mib: u64| RoundObservation {
+        round: 1,
+        end_of_round,
+        elapsed: Duration::from_secs(10),
+        interval: Duration::from_millis(send_ms.max(20)),
+        bytes_sent: bytes,
+        send_time: Duration::from_millis(send_ms),
+        dirtied_pages: 0,
+        vcpu_dirtied_pages: Some(vec![0]),
+        remaining_pages: remaining_mib * MIB / PAGE,
+        page_size: PAGE,
+        vcpu_throttle_fractions: vec![0.0],
+        devices: None,
+    };
+    for _ in 0..4 {
+        ctl.observe(&obs(false, 32 * MIB, 500, 400));
+    }
+    let d = ctl.observe(&obs(true, 2 * MIB, 1, 240));
+    let rate = d.estimates.transfer_bytes_per_sec.unwrap();
+    assert!(rate < 1.1 * 64.0 * MIB as f64, "{rate}");
+    assert!(
+        !matches!(d.action, Action::Switchover { .. }),
+        "240 MiB at 64 MiB/s is not a 300 ms switchover: {d:?}"
+    );
+}

@@ -152,13 +152,7 @@ fn sample(
     // Drop anything a ring holds from before, then log into `distinct`.
     machine.dirty.set_sink(None);
     if ring {
-        for (i, c) in machine.controls.iter().enumerate() {
-            machine.dirty.harvest_vcpu(i, c);
-        }
-        machine
-            .dirty
-            .reset_rings(&machine.vm.fd)
-            .map_err(dirty_err)?;
+        super::harvest::harvest_all_rings(machine)?;
     }
     machine.dirty.set_sink(Some(distinct.clone()));
     machine
@@ -184,13 +178,7 @@ fn sample(
     while start.elapsed() < span {
         std::thread::sleep(WINDOW);
         if ring {
-            for (i, c) in machine.controls.iter().enumerate() {
-                machine.dirty.harvest_vcpu(i, c);
-            }
-            machine
-                .dirty
-                .reset_rings(&machine.vm.fd)
-                .map_err(dirty_err)?;
+            super::harvest::harvest_all_rings(machine)?;
         } else {
             bitmap_pages += bitmap_window(machine, Some(distinct))?;
         }

@@ -9,6 +9,7 @@ use vm_memory::GuestMemoryBackend;
 
 use super::MigrationError;
 use crate::machine::Machine;
+use crate::vstate::vcpu::VcpuControl;
 use crate::vstate::vm::DirtyTracking;
 
 /// Counters at the previous harvest, to report what each interval added.
@@ -44,13 +45,7 @@ impl Harvester {
     ) -> Result<Harvested, MigrationError> {
         let ring = matches!(machine.vm.tracking, DirtyTracking::Ring { .. });
         if ring {
-            for (i, control) in machine.controls.iter().enumerate() {
-                machine.dirty.harvest_vcpu(i, control);
-            }
-            machine
-                .dirty
-                .reset_rings(&machine.vm.fd)
-                .map_err(|e| MigrationError::DirtyLog(e.to_string()))?;
+            harvest_all_rings(machine)?;
         } else {
             machine
                 .dirty
@@ -73,6 +68,21 @@ impl Harvester {
         });
         Ok(Harvested { added, per_vcpu })
     }
+}
+
+/// Ring mode: harvests every vCPU's ring into the sink (re-protecting the
+/// pages first; see `DirtyTracker::harvest_rings`).
+pub fn harvest_all_rings(machine: &Machine) -> Result<u64, MigrationError> {
+    let vcpus: Vec<(usize, &VcpuControl)> = machine
+        .controls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (i, &**c))
+        .collect();
+    machine
+        .dirty
+        .harvest_rings(&machine.vm.fd, &vcpus)
+        .map_err(|e| MigrationError::DirtyLog(e.to_string()))
 }
 
 fn ring_totals(machine: &Machine) -> Vec<u64> {

@@ -20,7 +20,7 @@ use migration::uri::MigrationUri;
 use vm_memory::Bytes;
 
 use super::guest_state::GuestState;
-use super::harvest::{reset_vmm_writes, Harvested, Harvester};
+use super::harvest::{harvest_all_rings, reset_vmm_writes, Harvested, Harvester};
 use super::send::{Cursor, Pacer, PageSender};
 use super::{MigrationControl, MigrationError};
 use crate::api::types::MigrateRequest;
@@ -109,14 +109,8 @@ fn start_tracking(machine: &Machine) -> Result<Arc<DirtySet>, MigrationError> {
     let set = Arc::new(DirtySet::new(&layout));
     // Drop ring entries left over from an earlier, failed migration.
     machine.dirty.set_sink(None);
-    for (i, c) in machine.controls.iter().enumerate() {
-        machine.dirty.harvest_vcpu(i, c);
-    }
     if matches!(machine.vm.tracking, DirtyTracking::Ring { .. }) {
-        machine
-            .dirty
-            .reset_rings(&machine.vm.fd)
-            .map_err(|e| MigrationError::DirtyLog(e.to_string()))?;
+        harvest_all_rings(machine)?;
     }
     machine.dirty.set_sink(Some(set.clone()));
     reset_vmm_writes(machine);

@@ -21,6 +21,12 @@ pub struct DirtyTracker {
     slots: Vec<MemSlot>,
     rings: Vec<Mutex<Option<DirtyRing>>>,
     sink: RwLock<Option<Arc<DirtySet>>>,
+    /// Held across `KVM_RESET_DIRTY_RINGS`. KVM flushes TLBs only at the end
+    /// of a reset call that re-protected something, after dropping its own
+    /// lock: a concurrent call that found nothing left to reset could return
+    /// (and its caller mark pages) while the guest can still write them
+    /// through stale TLB entries. Serialising the calls closes that gap.
+    reset_lock: Mutex<()>,
 }
 
 impl DirtyTracker {
@@ -31,6 +37,7 @@ impl DirtyTracker {
             slots,
             rings: (0..vcpus).map(|_| Mutex::new(None)).collect(),
             sink: RwLock::new(None),
+            reset_lock: Mutex::new(()),
         }
     }
 
@@ -67,34 +74,51 @@ impl DirtyTracker {
         f(guard.as_deref())
     }
 
-    /// Harvests vCPU `id`'s ring into the sink, counting the pages on
-    /// `control`. Returns the number of entries harvested. The caller resets
-    /// the rings afterwards (`reset_rings`).
-    pub fn harvest_vcpu(&self, id: usize, control: &VcpuControl) -> u32 {
-        let Some(ring) = self.rings.get(id) else {
-            return 0;
+    /// Ring mode: harvests the rings of `vcpus` (by id, each with its control
+    /// for counting), lets KVM re-protect the harvested pages
+    /// (`KVM_RESET_DIRTY_RINGS`), and only then puts them in the sink.
+    /// Returns the number of entries harvested.
+    ///
+    /// The order matters. A page harvested from a ring stays writable until
+    /// the reset; if it reached the sink first, the sender could take it and
+    /// read it, the guest write it again unlogged, and that write be lost.
+    /// Marking after the reset means every read of a marked page happens
+    /// while the page is protected, so any later write is logged again.
+    /// Safe to call from any thread (vCPU threads on a ring-full exit, the
+    /// migration thread); rings are locked one at a time.
+    pub fn harvest_rings(
+        &self,
+        vm: &VmFd,
+        vcpus: &[(usize, &VcpuControl)],
+    ) -> Result<u64, DirtyLogError> {
+        let mut pages: Vec<(u32, u64)> = Vec::new();
+        for &(id, control) in vcpus {
+            let Some(ring) = self.rings.get(id) else {
+                continue;
+            };
+            let mut ring = ring.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(ring) = ring.as_mut() else {
+                continue;
+            };
+            let n = ring.harvest(|slot, offset| pages.push((slot, offset)));
+            control
+                .counters
+                .dirty_ring_pages
+                .fetch_add(u64::from(n), Ordering::Relaxed);
+        }
+        let reset = {
+            let _serialised = self.reset_lock.lock().unwrap_or_else(|e| e.into_inner());
+            dirty_log::reset_dirty_rings(vm)
         };
-        let mut ring = ring.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(ring) = ring.as_mut() else {
-            return 0;
-        };
-        let n = self.with_sink(|sink| {
-            ring.harvest(|slot, offset| {
-                if let Some(sink) = sink {
-                    sink.mark(slot as usize, offset);
+        // Even if the reset failed, the pages are dirty: record them.
+        self.with_sink(|sink| {
+            if let Some(sink) = sink {
+                for &(slot, offset) in &pages {
+                    sink.mark(slot_index(slot), offset);
                 }
-            })
+            }
         });
-        control
-            .counters
-            .dirty_ring_pages
-            .fetch_add(u64::from(n), Ordering::Relaxed);
-        n
-    }
-
-    /// Lets KVM reuse harvested ring entries (re-protecting their pages).
-    pub fn reset_rings(&self, vm: &VmFd) -> Result<u32, DirtyLogError> {
-        dirty_log::reset_dirty_rings(vm)
+        reset.map(|_| pages.len() as u64)
     }
 
     /// Bitmap mode: reads every slot's KVM bitmap (which manual protection
@@ -104,7 +128,7 @@ impl DirtyTracker {
         for s in &self.slots {
             let bitmap = vm.get_dirty_log(s.slot, s.size as usize)?;
             added += self.with_sink(|sink| {
-                sink.map_or(0, |sink| sink.mark_bitmap(s.slot as usize, &bitmap))
+                sink.map_or(0, |sink| sink.mark_bitmap(slot_index(s.slot), &bitmap))
             });
         }
         Ok(added)
@@ -128,4 +152,11 @@ impl DirtyTracker {
         }
         dirty_log::clear(vm, slot, first_page, bits, pages as u32)
     }
+}
+
+/// The dirty set's region for a KVM slot id as KVM reports it (address space
+/// in the high 16 bits; tern uses address space 0 and slot ids 0, 1, ... in
+/// region order).
+fn slot_index(slot: u32) -> usize {
+    (slot & 0xffff) as usize
 }

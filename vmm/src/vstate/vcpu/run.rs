@@ -105,8 +105,10 @@ fn run_until_stopped(
                 })
             }
             Ok(VcpuExit::Unsupported(KVM_EXIT_DIRTY_RING_FULL)) => {
-                ctx.dirty.harvest_vcpu(id as usize, control);
-                if let Err(e) = ctx.dirty.reset_rings(&ctx.vm.fd) {
+                if let Err(e) = ctx
+                    .dirty
+                    .harvest_rings(&ctx.vm.fd, &[(id as usize, control)])
+                {
                     return Some(ExitReason::VcpuFailed {
                         vcpu: id,
                         error: e.to_string(),
