@@ -32,6 +32,10 @@ pub const DEFAULT_PERIOD: Duration = Duration::from_millis(10);
 /// period to 1 s at 99 %).
 pub const MIN_RUN_SLICE: Duration = Duration::from_millis(10);
 
+/// Shortest run slice [`DutyCycle::bounded`] hands out when a stall bound forces the period
+/// shorter than [`MIN_RUN_SLICE`] allows.
+pub const MIN_BOUNDED_RUN_SLICE: Duration = Duration::from_micros(500);
+
 /// Highest throttle fraction honoured. 1.0 would be a pause, which is not a throttle.
 pub const MAX_FRACTION: f64 = 0.99;
 
@@ -60,6 +64,7 @@ pub(crate) fn secs_to_duration(secs: f64) -> Duration {
 pub struct DutyCycle {
     run: Duration,
     sleep: Duration,
+    max_sleep: Duration,
 }
 
 impl DutyCycle {
@@ -67,6 +72,7 @@ impl DutyCycle {
     pub const UNTHROTTLED: DutyCycle = DutyCycle {
         run: DEFAULT_PERIOD,
         sleep: Duration::ZERO,
+        max_sleep: MAX_SLEEP,
     };
 
     /// The duty cycle for throttle `fraction` (clamped by [`clamp_fraction`]) and a nominal
@@ -80,6 +86,7 @@ impl DutyCycle {
             return DutyCycle {
                 run: period,
                 sleep: Duration::ZERO,
+                max_sleep: MAX_SLEEP,
             };
         }
         let share = 1.0 - p;
@@ -92,7 +99,35 @@ impl DutyCycle {
         DutyCycle {
             run,
             sleep: period.saturating_sub(run),
+            max_sleep: MAX_SLEEP,
         }
+    }
+
+    /// Like [`DutyCycle::new`], but no sleep is longer than `max_sleep` (the
+    /// `--max-stall` a user allows the guest to see). Where the stretched period
+    /// would sleep longer, the sleep is cut to `max_sleep` and the run slice
+    /// shrinks with it to keep the fraction (`max_sleep·(1 − p)/p`), down to
+    /// [`MIN_BOUNDED_RUN_SLICE`]; below that the fraction gives way. Short run
+    /// slices cost the guest some of its share in re-entry overhead (see
+    /// [`MIN_RUN_SLICE`]): the guest then gets a little less CPU than `1 − p`,
+    /// which throttles more, never less.
+    pub fn bounded(fraction: f64, period: Duration, max_sleep: Duration) -> DutyCycle {
+        let mut cycle = DutyCycle::new(fraction, period);
+        let max_sleep = max_sleep.clamp(MIN_BOUNDED_RUN_SLICE, MAX_SLEEP);
+        cycle.max_sleep = max_sleep;
+        if cycle.sleep > max_sleep {
+            let p = clamp_fraction(fraction);
+            cycle.sleep = max_sleep;
+            cycle.run = secs_to_duration(max_sleep.as_secs_f64() * (1.0 - p) / p)
+                .max(MIN_BOUNDED_RUN_SLICE);
+        }
+        cycle
+    }
+
+    #[cfg(test)]
+    fn with_max_sleep_for_test(mut self, max_sleep: Duration) -> DutyCycle {
+        self.max_sleep = max_sleep;
+        self
     }
 
     /// The duty cycle for `fraction` with [`DEFAULT_PERIOD`].
@@ -143,7 +178,7 @@ impl DutyCycle {
     /// The sleep owed after a run slice of `actual_run`: `actual_run · p/(1 − p)`, so the
     /// fraction holds even when `KVM_RUN` overshot the planned slice, capped at [`MAX_SLEEP`].
     pub fn sleep_after(&self, actual_run: Duration) -> Duration {
-        compensated_sleep(actual_run, self.fraction())
+        compensated_sleep(actual_run, self.fraction()).min(self.max_sleep)
     }
 }
 
@@ -261,5 +296,28 @@ mod tests {
         assert_eq!(secs_to_duration(f64::INFINITY), Duration::MAX);
         assert_eq!(secs_to_duration(1e30), Duration::MAX);
         assert_eq!(secs_to_duration(1.5), Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn a_stall_bound_shortens_the_period_and_keeps_the_fraction() {
+        let d = DutyCycle::bounded(0.99, DEFAULT_PERIOD, ms(50));
+        assert_eq!(d.sleep(), ms(50));
+        assert!((d.fraction() - 0.99).abs() < 0.001, "{d:?}");
+        assert!(d.sleep_after(ms(30)) <= ms(50));
+        // Below the bound nothing changes.
+        let d = DutyCycle::bounded(0.5, DEFAULT_PERIOD, ms(50));
+        assert_eq!(
+            d,
+            DutyCycle::new(0.5, DEFAULT_PERIOD).with_max_sleep_for_test(ms(50))
+        );
+    }
+
+    #[test]
+    fn a_tiny_stall_bound_gives_way_on_the_fraction_not_the_bound() {
+        let d = DutyCycle::bounded(0.99, DEFAULT_PERIOD, ms(1));
+        assert_eq!(d.sleep(), ms(1));
+        assert_eq!(d.run(), MIN_BOUNDED_RUN_SLICE);
+        assert!(d.fraction() < 0.99);
+        assert!(d.sleep_after(Duration::from_secs(5)) <= ms(1));
     }
 }

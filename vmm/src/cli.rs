@@ -111,6 +111,10 @@ pub struct MigrateArgs {
     /// Never throttle vCPUs (plain pre-copy).
     #[arg(long)]
     pub no_throttle: bool,
+    /// Longest pause, in ms, a throttled vCPU may see before the switchover
+    /// (default: none; at 99 % throttle the duty cycle sleeps up to ~1 s).
+    #[arg(long)]
+    pub max_stall: Option<u64>,
     /// Print the statistics as JSON instead of a progress bar and summary.
     #[arg(long)]
     pub json: bool,

@@ -12,6 +12,7 @@ pub mod console;
 pub mod device_manager;
 pub mod event_loop;
 pub mod exit;
+pub mod logger;
 pub mod machine;
 pub mod migrate;
 pub mod progress;

@@ -30,6 +30,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    vmm::logger::init();
     match cli.command {
         Command::Run(args) => {
             let _raw = vmm::terminal::RawMode::enter_if_tty();
@@ -116,6 +117,7 @@ fn migrate(a: &MigrateArgs) -> ExitCode {
         "max_throttle_pct": a.max_throttle,
         "on_no_converge": a.on_no_converge,
         "no_throttle": a.no_throttle,
+        "max_stall_ms": a.max_stall,
     });
     if let Err(e) = call(&a.api_socket, "PUT", "/migration", Some(&body)) {
         return fail(e);

@@ -12,8 +12,9 @@ use super::{route, ApiHandler};
 /// Errors starting the API server.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiServerError {
-    /// The socket path is taken; tern does not remove what it did not create.
-    #[error("--api-socket: {} already exists (another tern? remove it if stale)", .0.display())]
+    /// The socket path is taken by a file that is not a stale socket, or by a
+    /// socket something still listens on; tern does not remove those.
+    #[error("--api-socket: {} already exists and is not a stale socket (another tern running?)", .0.display())]
     Exists(PathBuf),
     /// Binding failed.
     #[error("--api-socket: cannot bind {}", path.display())]
@@ -32,10 +33,16 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Binds `path` (which must not exist) and serves requests on a thread.
+    /// Binds `path` and serves requests on a thread. `path` must not exist,
+    /// or be a stale socket (one nothing listens on: a tern that was killed
+    /// leaves it behind), which is replaced.
     pub fn start(path: &Path, handler: Arc<dyn ApiHandler>) -> Result<Self, ApiServerError> {
-        if path.symlink_metadata().is_ok() {
-            return Err(ApiServerError::Exists(path.to_owned()));
+        if let Ok(meta) = path.symlink_metadata() {
+            if !is_stale_socket(path, &meta) {
+                return Err(ApiServerError::Exists(path.to_owned()));
+            }
+            log::warn!("--api-socket: replacing stale socket {}", path.display());
+            let _ = std::fs::remove_file(path);
         }
         let listener = UnixListener::bind(path).map_err(|source| ApiServerError::Bind {
             path: path.to_owned(),
@@ -65,6 +72,16 @@ impl ApiServer {
             path: path.to_owned(),
         })
     }
+}
+
+/// A Unix socket whose listener is gone: connecting is refused.
+fn is_stale_socket(path: &Path, meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    meta.file_type().is_socket()
+        && matches!(
+            UnixStream::connect(path),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+        )
 }
 
 impl Drop for ApiServer {

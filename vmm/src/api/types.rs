@@ -32,6 +32,10 @@ pub struct MigrateRequest {
     /// Disable the vCPU throttle entirely (plain pre-copy, for comparisons).
     #[serde(default)]
     pub no_throttle: bool,
+    /// Longest pause a throttle sleep may give a vCPU, in ms (none: the duty
+    /// cycle stretches its period up to 1 s at 99 % to keep throttling accurate).
+    #[serde(default)]
+    pub max_stall_ms: Option<u64>,
 }
 
 fn default_max_downtime_ms() -> u64 {

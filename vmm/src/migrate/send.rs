@@ -94,6 +94,10 @@ pub struct PageSender {
     words: Vec<u64>,
     /// What has been sent so far.
     pub totals: SendTotals,
+    /// Debugging aid (`TERN_DEBUG_CHECK_SENT=1`): a hash of every page as
+    /// last sent, per region, to compare with guest memory once the guest
+    /// is paused and everything is sent.
+    sent_hashes: Option<Vec<Vec<u64>>>,
 }
 
 impl PageSender {
@@ -103,7 +107,41 @@ impl PageSender {
             buf: vec![0u8; MAX_RUN_PAGES as usize * PAGE_SIZE],
             words: Vec::with_capacity(WINDOW_WORDS),
             totals: SendTotals::default(),
+            sent_hashes: None,
         }
+    }
+
+    /// Starts remembering a hash of every page sent (see [`PageSender::check_sent`]).
+    pub fn remember_sent(&mut self, set: &DirtySet) {
+        self.sent_hashes = Some(
+            (0..set.regions())
+                .map(|r| vec![0; set.region_pages(r) as usize])
+                .collect(),
+        );
+    }
+
+    /// With the guest paused and every dirty page sent: the pages whose
+    /// memory differs from what was last sent (region, page), at most `limit`.
+    /// A non-empty answer means a write escaped dirty tracking.
+    pub fn check_sent(&self, machine: &Machine, limit: usize) -> Vec<(usize, u64)> {
+        let Some(hashes) = &self.sent_hashes else {
+            return Vec::new();
+        };
+        let slots = machine.dirty.slots();
+        let mut page = vec![0u8; PAGE_SIZE];
+        let mut bad = Vec::new();
+        for (region, hashes) in hashes.iter().enumerate() {
+            for (i, &h) in hashes.iter().enumerate() {
+                let addr = GuestAddress(slots[region].guest_addr + (i * PAGE_SIZE) as u64);
+                if machine.mem.read_slice(&mut page, addr).is_ok() && page_hash(&page) != h {
+                    bad.push((region, i as u64));
+                    if bad.len() >= limit {
+                        return bad;
+                    }
+                }
+            }
+        }
+        bad
     }
 
     /// Continues a pass from `cursor` until the set has been walked to its end
@@ -189,6 +227,13 @@ impl PageSender {
                 .map_err(|e| {
                     MigrationError::Memory(format!("reading guest page {:#x}: {e}", addr.0))
                 })?;
+            if let Some(hashes) = self.sent_hashes.as_mut().and_then(|h| h.get_mut(region)) {
+                for (k, page) in self.buf[..len].chunks(PAGE_SIZE).enumerate() {
+                    if let Some(slot) = hashes.get_mut(start as usize + k) {
+                        *slot = page_hash(page);
+                    }
+                }
+            }
             let before = session.bytes_sent();
             let c = session.send_run(region as u32, start, &self.buf[..len])?;
             pacer.sent(session.bytes_sent() - before);
@@ -197,6 +242,16 @@ impl PageSender {
         }
         Ok(())
     }
+}
+
+/// A cheap 64-bit hash of one page (FNV-style over words); 0 is the zero page.
+fn page_hash(page: &[u8]) -> u64 {
+    let mut h = 0u64;
+    for w in page.chunks_exact(8) {
+        let w = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
+        h = (h ^ w).wrapping_mul(0x0100_0000_01b3).rotate_left(17);
+    }
+    h
 }
 
 impl Default for PageSender {

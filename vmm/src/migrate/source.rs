@@ -64,6 +64,11 @@ pub fn controller_config(
         None => None,
     };
     c.max_iterations = req.max_iterations;
+    if req.max_stall_ms == Some(0) {
+        return Err(MigrationError::BadRequest(
+            "max stall must be at least 1 ms".into(),
+        ));
+    }
     c.aggression = req.aggression;
     c.max_throttle = if req.no_throttle {
         0.0
@@ -131,6 +136,9 @@ pub fn restore_running_guest(machine: &Machine) {
         }
         v.resume();
     });
+    for c in &machine.controls {
+        c.set_max_stall(None);
+    }
     machine.devices.resume_io();
     machine.dirty.set_sink(None);
     if let Err(e) = machine.vm.memory.set_dirty_logging(&machine.vm.fd, false) {
@@ -325,6 +333,9 @@ fn migrate_guest(
     controller: &mut Controller,
     started: Instant,
 ) -> Result<(), MigrationError> {
+    for c in &machine.controls {
+        c.set_max_stall(req.max_stall_ms.map(Duration::from_millis));
+    }
     let set = start_tracking(machine)?;
     let mut harvester = Harvester::new(machine, &set);
     ctl.update(|s| {
@@ -333,6 +344,10 @@ fn migrate_guest(
     });
 
     let mut sender = PageSender::new();
+    let check_sent = std::env::var_os("TERN_DEBUG_CHECK_SENT").is_some();
+    if check_sent {
+        sender.remember_sent(&set);
+    }
     let mut pacer = Pacer::new(req.max_bandwidth_bytes_per_sec);
     let mut round = 0u32;
     let forced_downtime;
@@ -476,6 +491,16 @@ fn migrate_guest(
         far,
         &ctl.cancel,
     )? {}
+    if check_sent {
+        let bad = sender.check_sent(machine, 16);
+        if bad.is_empty() {
+            log::warn!("TERN_DEBUG_CHECK_SENT: every page matches what was sent");
+        } else {
+            log::error!(
+                "TERN_DEBUG_CHECK_SENT: pages changed since last sent (region, page): {bad:?}"
+            );
+        }
+    }
     session.end_round(round + 1)?;
     let vcpus = machine
         .with_vcpus(|v| v.save())

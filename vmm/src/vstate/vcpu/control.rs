@@ -71,6 +71,8 @@ pub struct VcpuControl {
     throttle_bp: AtomicU32,
     /// Duty-cycle period in microseconds.
     period_us: AtomicU32,
+    /// Longest throttle sleep in microseconds (0 = no bound but the default one).
+    max_stall_us: AtomicU32,
     /// Counters.
     pub counters: VcpuCounters,
 }
@@ -93,6 +95,7 @@ impl VcpuControl {
             kick_pending: AtomicBool::new(false),
             throttle_bp: AtomicU32::new(0),
             period_us: AtomicU32::new(migration::throttle::DEFAULT_PERIOD.as_micros() as u32),
+            max_stall_us: AtomicU32::new(0),
             counters: VcpuCounters::default(),
         }
     }
@@ -160,6 +163,20 @@ impl VcpuControl {
     pub fn set_throttle_period(&self, period: Duration) {
         let us = period.as_micros().clamp(1_000, 1_000_000) as u32;
         self.period_us.store(us, Ordering::Relaxed);
+    }
+
+    /// The longest throttle sleep allowed, if bounded.
+    pub fn max_stall(&self) -> Option<Duration> {
+        match self.max_stall_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(u64::from(us))),
+        }
+    }
+
+    /// Bounds every throttle sleep (None: only the duty cycle's own bound).
+    pub fn set_max_stall(&self, max: Option<Duration>) {
+        let us = max.map_or(0, |d| d.as_micros().clamp(1, 1_000_000) as u32);
+        self.max_stall_us.store(us, Ordering::Relaxed);
     }
 
     /// Sleeps until `until` unless a request (pause, exit, command) arrives first.

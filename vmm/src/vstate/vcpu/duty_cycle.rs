@@ -55,7 +55,10 @@ impl DutyCycleRunner {
             }
             return Ok(());
         }
-        let cycle = DutyCycle::new(p, control.throttle_period());
+        let cycle = match control.max_stall() {
+            Some(max) => DutyCycle::bounded(p, control.throttle_period(), max),
+            None => DutyCycle::new(p, control.throttle_period()),
+        };
         let slice = cycle.run();
         let cpu = thread_cpu_time();
         let start = *self.phase_start.get_or_insert(cpu);
