@@ -113,7 +113,11 @@ pub fn run(machine: &Machine, req: &EstimateRequest) -> Result<serde_json::Value
         .collect();
     Ok(json!({
         "sample_s": s.window.as_secs_f64(),
-        "dirty_tracking": if s.attributed { "ring" } else { "bitmap" },
+        "dirty_tracking": match machine.vm.tracking {
+            DirtyTracking::Ring { .. } => "ring",
+            DirtyTracking::Bitmap => "bitmap",
+        },
+        "per_vcpu_attribution": s.attributed,
         "memory_bytes": m.memory_bytes,
         "nonzero_bytes": m.nonzero_bytes,
         "working_set_bytes": distinct_bytes,
@@ -174,6 +178,7 @@ fn sample(
     let ring0: Vec<u64> = (0..vcpus).map(ring_count).collect();
     let run0: Vec<u64> = (0..vcpus).map(run_ns).collect();
     let mut bitmap_pages = 0u64;
+    let faults0 = machine.dirty.vcpu_fault_counts();
     let start = Instant::now();
     while start.elapsed() < span {
         std::thread::sleep(WINDOW);
@@ -185,12 +190,34 @@ fn sample(
     }
     let window = start.elapsed();
     let secs = window.as_secs_f64();
-    let rates = if ring {
-        (0..vcpus)
+    let faults = machine.dirty.vcpu_fault_counts();
+    let (rates, attributed) = if ring {
+        let rates = (0..vcpus)
             .map(|i| (ring_count(i) - ring0[i]) as f64 * PAGE as f64 / secs)
-            .collect()
+            .collect();
+        (rates, true)
+    } else if let (Some(f0), Some(f1)) = (&faults0, &faults) {
+        // Split the bitmap's pages by each vCPU's share of the dirty-tracking faults.
+        let d: Vec<f64> = f1
+            .iter()
+            .zip(f0)
+            .map(|(a, b)| a.saturating_sub(*b) as f64)
+            .collect();
+        let total: f64 = d.iter().sum();
+        let bytes_per_sec = bitmap_pages as f64 * PAGE as f64 / secs;
+        let rates = d
+            .iter()
+            .map(|x| {
+                if total > 0.0 {
+                    bytes_per_sec * x / total
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        (rates, true)
     } else {
-        vec![bitmap_pages as f64 * PAGE as f64 / secs]
+        (vec![bitmap_pages as f64 * PAGE as f64 / secs], false)
     };
     let busy = (0..vcpus)
         .map(|i| ((run_ns(i) - run0[i]) as f64 / window.as_nanos() as f64).clamp(0.0, 1.0))
@@ -198,7 +225,7 @@ fn sample(
     Ok(Sample {
         window,
         rates,
-        attributed: ring,
+        attributed,
         busy,
         nonzero_pages: count_nonzero_pages(machine)?,
     })

@@ -15,7 +15,7 @@ use crate::vstate::vm::DirtyTracking;
 /// Counters at the previous harvest, to report what each interval added.
 pub struct Harvester {
     last_added: u64,
-    last_ring: Vec<u64>,
+    last_per_vcpu: Option<Vec<u64>>,
 }
 
 /// What one harvest interval saw.
@@ -24,7 +24,8 @@ pub struct Harvested {
     /// Pages newly added to the set since the previous harvest (all sources,
     /// including pages vCPU threads harvested themselves on ring-full exits).
     pub added: u64,
-    /// Ring entries per vCPU since the previous harvest (ring mode only).
+    /// Pages each vCPU dirtied since the previous harvest: ring entries, or
+    /// with the bitmap its dirty-tracking faults (`None` if the host cannot tell).
     pub per_vcpu: Option<Vec<u64>>,
 }
 
@@ -33,7 +34,7 @@ impl Harvester {
     pub fn new(machine: &Machine, set: &DirtySet) -> Self {
         Harvester {
             last_added: set.added_total(),
-            last_ring: ring_totals(machine),
+            last_per_vcpu: per_vcpu_totals(machine),
         }
     }
 
@@ -56,16 +57,17 @@ impl Harvester {
         let added_total = set.added_total();
         let added = added_total - self.last_added;
         self.last_added = added_total;
-        let per_vcpu = ring.then(|| {
-            let now = ring_totals(machine);
-            let d = now
-                .iter()
-                .zip(&self.last_ring)
-                .map(|(n, l)| n - l)
-                .collect();
-            self.last_ring = now;
-            d
-        });
+        let now = per_vcpu_totals(machine);
+        let per_vcpu = match (&now, &self.last_per_vcpu) {
+            (Some(now), Some(last)) => Some(
+                now.iter()
+                    .zip(last)
+                    .map(|(n, l)| n.saturating_sub(*l))
+                    .collect(),
+            ),
+            _ => None,
+        };
+        self.last_per_vcpu = now;
         Ok(Harvested { added, per_vcpu })
     }
 }
@@ -85,12 +87,19 @@ pub fn harvest_all_rings(machine: &Machine) -> Result<u64, MigrationError> {
         .map_err(|e| MigrationError::DirtyLog(e.to_string()))
 }
 
-fn ring_totals(machine: &Machine) -> Vec<u64> {
-    machine
-        .controls
-        .iter()
-        .map(|c| c.counters.dirty_ring_pages.load(Ordering::Relaxed))
-        .collect()
+/// Per-vCPU running totals of dirtied pages: ring entries harvested, or with
+/// the bitmap the vCPUs' dirty-tracking faults.
+pub fn per_vcpu_totals(machine: &Machine) -> Option<Vec<u64>> {
+    match machine.vm.tracking {
+        DirtyTracking::Ring { .. } => Some(
+            machine
+                .controls
+                .iter()
+                .map(|c| c.counters.dirty_ring_pages.load(Ordering::Relaxed))
+                .collect(),
+        ),
+        DirtyTracking::Bitmap => machine.dirty.vcpu_fault_counts(),
+    }
 }
 
 /// ORs the pages tern itself wrote (vm-memory's bitmap) into `set`, clearing them.

@@ -10,6 +10,7 @@ use kvm_ioctls::{VcpuFd, VmFd};
 use migration::dirty::DirtySet;
 
 use super::dirty_log::{self, DirtyLogError, DirtyRing};
+use super::fault_stats::FaultStats;
 use super::memory::MemSlot;
 use super::vcpu::VcpuControl;
 use super::vm::DirtyTracking;
@@ -20,6 +21,8 @@ pub struct DirtyTracker {
     tracking: DirtyTracking,
     slots: Vec<MemSlot>,
     rings: Vec<Mutex<Option<DirtyRing>>>,
+    /// Per vCPU: its dirty-tracking fault counters (bitmap mode's attribution).
+    faults: Vec<Mutex<Option<FaultStats>>>,
     sink: RwLock<Option<Arc<DirtySet>>>,
     /// Held across `KVM_RESET_DIRTY_RINGS`. KVM flushes TLBs only at the end
     /// of a reset call that re-protected something, after dropping its own
@@ -36,6 +39,7 @@ impl DirtyTracker {
             tracking,
             slots,
             rings: (0..vcpus).map(|_| Mutex::new(None)).collect(),
+            faults: (0..vcpus).map(|_| Mutex::new(None)).collect(),
             sink: RwLock::new(None),
             reset_lock: Mutex::new(()),
         }
@@ -61,7 +65,26 @@ impl DirtyTracker {
         if let (Some(bytes), Some(slot)) = (ring_bytes, self.rings.get(id)) {
             *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(DirtyRing::map(fd, bytes)?);
         }
+        if ring_bytes.is_none() {
+            if let Some(slot) = self.faults.get(id) {
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = FaultStats::open(fd);
+            }
+        }
         Ok(())
+    }
+
+    /// Bitmap mode: every vCPU's dirty-tracking fault count so far, if the
+    /// host exposes it for all of them (see `fault_stats`).
+    pub fn vcpu_fault_counts(&self) -> Option<Vec<u64>> {
+        self.faults
+            .iter()
+            .map(|f| {
+                f.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .map(FaultStats::read)
+            })
+            .collect()
     }
 
     /// Where harvested pages go from now on (`None`: they are dropped).

@@ -2,6 +2,7 @@
 
 pub mod dirty_log;
 pub mod dirty_tracker;
+pub mod fault_stats;
 pub mod kvm;
 pub mod memory;
 pub mod vcpu;
