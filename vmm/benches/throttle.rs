@@ -10,7 +10,6 @@
 //! `cargo bench -p tern-vmm --bench throttle [-- --period-ms 10 --max-stall-ms N]`
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::time::Duration;
