@@ -296,7 +296,12 @@ impl<W: Write + Send> Serial<W> {
                 let ev = Events::with_data_raw(input.as_raw_fd(), TOKEN_INPUT, EventSet::IN);
                 match ops.add(ev) {
                     Ok(()) => self.input_registered = true,
-                    Err(e) => log::error!("serial: failed to watch the input: {e}"),
+                    Err(e) => {
+                        // Stdin from /dev/null or a regular file cannot be
+                        // polled: the guest simply gets no console input.
+                        log::info!("serial: console input not watched ({e}); the guest gets none");
+                        self.input = None;
+                    }
                 }
             }
         }

@@ -298,10 +298,13 @@ impl Config {
         Ok(())
     }
 
-    /// The CPUs that dirty memory among `online` CPUs.
+    /// The CPUs that run the workload loop among `online` CPUs: for the
+    /// dirtier those that dirty memory; for `idle` every CPU (each runs the
+    /// stall meter, with no working set); the others halt.
     pub fn busy_cpus(&self, online: CpuSet) -> CpuSet {
         match self.workload {
-            Workload::Idle | Workload::Disk | Workload::Net => CpuSet(0),
+            Workload::Idle => online,
+            Workload::Disk | Workload::Net => CpuSet(0),
             Workload::Dirtier => self.busy.unwrap_or(CpuSet(u64::MAX)).intersect(online),
         }
     }
@@ -434,7 +437,7 @@ mod tests {
         assert_eq!(Config::default().busy_cpus(online), online);
         assert_eq!(
             Config::parse("tern.test=idle").unwrap().busy_cpus(online),
-            CpuSet(0)
+            online
         );
     }
 }
