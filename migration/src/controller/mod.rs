@@ -165,7 +165,12 @@ impl Controller {
         let mut floor = None;
         if o.end_of_round {
             floor = self.commit_round(min_share);
-            progress = self.progress.record(o.remaining_bytes, &self.policy);
+            let within_budget = self
+                .expected_downtime(o.remaining_bytes, link)
+                .is_some_and(|d| d <= self.config.max_downtime);
+            progress = self
+                .progress
+                .record_within(o.remaining_bytes, &self.policy, within_budget);
             self.last_round_stuck = progress.is_some_and(|p| p.stuck);
             if self.last_round_stuck {
                 for m in self

@@ -727,3 +727,20 @@ fn a_short_send_into_the_socket_buffer_does_not_make_the_link_look_fast() {
         "240 MiB at 64 MiB/s is not a 300 ms switchover: {d:?}"
     );
 }
+
+#[test]
+fn busy_devices_with_memory_within_budget_never_escalate_the_throttle() {
+    // 1 GB guest, a writer well below the link; a disk that stays busy for many rounds.
+    let mut toy = Toy::new(vec![W::Linear(20e6, 4e6)], 1.0 * GB);
+    toy.devices = Some(DeviceStatus::Quiescing { in_flight: 4 });
+    let mut ctl = controller(1);
+    for _ in 0..20 {
+        let d = toy.step(&mut ctl);
+        assert!(!d.action.is_terminal(), "{d:?}");
+        assert_eq!(
+            d.throttle_fractions,
+            vec![0.0],
+            "a busy disk is no reason to throttle: {d:?}"
+        );
+    }
+}

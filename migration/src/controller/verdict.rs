@@ -39,6 +39,18 @@ impl Progress {
     /// Records the remaining set at the end of a round; `None` for the first round (the bulk
     /// pass has nothing to compare with).
     pub fn record(&mut self, remaining_bytes: f64, policy: &Policy) -> Option<RoundProgress> {
+        self.record_within(remaining_bytes, policy, false)
+    }
+
+    /// As [`Progress::record`]; a round whose remaining set already fits the downtime budget
+    /// (`within_budget`) is never stuck: what holds the switchover back then is not memory (busy
+    /// devices), and throttling the guest harder would not help.
+    pub fn record_within(
+        &mut self,
+        remaining_bytes: f64,
+        policy: &Policy,
+        within_budget: bool,
+    ) -> Option<RoundProgress> {
         let result = self.previous_bytes.map(|prev| {
             let shrink = if prev > 0.0 {
                 1.0 - remaining_bytes / prev
@@ -49,7 +61,7 @@ impl Progress {
             };
             RoundProgress {
                 shrink,
-                stuck: shrink < policy.stuck_below_shrink(),
+                stuck: !within_budget && shrink < policy.stuck_below_shrink(),
             }
         });
         if result.is_some_and(|p| p.stuck) {
