@@ -170,7 +170,7 @@ impl Controller {
                 .is_some_and(|d| d <= self.config.max_downtime);
             progress = self
                 .progress
-                .record_within(o.remaining_bytes, &self.policy, within_budget);
+                .record(o.remaining_bytes, &self.policy, within_budget);
             self.last_round_stuck = progress.is_some_and(|p| p.stuck);
             if self.last_round_stuck {
                 for m in self

@@ -38,14 +38,11 @@ pub(crate) struct Progress {
 impl Progress {
     /// Records the remaining set at the end of a round; `None` for the first round (the bulk
     /// pass has nothing to compare with).
-    pub fn record(&mut self, remaining_bytes: f64, policy: &Policy) -> Option<RoundProgress> {
-        self.record_within(remaining_bytes, policy, false)
-    }
-
-    /// As [`Progress::record`]; a round whose remaining set already fits the downtime budget
-    /// (`within_budget`) is never stuck: what holds the switchover back then is not memory (busy
-    /// devices), and throttling the guest harder would not help.
-    pub fn record_within(
+    ///
+    /// A round whose remaining set already fits the downtime budget (`within_budget`) is never
+    /// stuck: what holds the switchover back then is not memory (busy devices), and throttling
+    /// the guest harder would not help.
+    pub fn record(
         &mut self,
         remaining_bytes: f64,
         policy: &Policy,
@@ -133,14 +130,14 @@ mod tests {
     fn first_round_has_no_progress_verdict() {
         let policy = Policy::for_aggression(0.5);
         let mut p = Progress::default();
-        assert_eq!(p.record(100.0, &policy), None);
-        let r = p.record(90.0, &policy).unwrap();
+        assert_eq!(p.record(100.0, &policy, false), None);
+        let r = p.record(90.0, &policy, false).unwrap();
         assert!((r.shrink - 0.1).abs() < 1e-12);
         assert!(r.stuck, "10 % < 25 % (half the 50 % margin)");
-        let r = p.record(40.0, &policy).unwrap();
+        let r = p.record(40.0, &policy, false).unwrap();
         assert!(!r.stuck);
         assert_eq!(p.stuck_rounds(), 1);
-        let r = p.record(80.0, &policy).unwrap();
+        let r = p.record(80.0, &policy, false).unwrap();
         assert!(r.shrink < 0.0 && r.stuck);
         assert_eq!(p.stuck_rounds(), 2);
     }

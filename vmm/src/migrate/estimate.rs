@@ -15,6 +15,7 @@ use migration::predict::{predict, GuestMeasurements, VcpuSample, DEFAULT_AGGRESS
 use serde_json::json;
 use vm_memory::{Bytes, GuestAddress};
 
+use super::harvest::per_vcpu_totals;
 use super::MigrationError;
 use crate::api::types::EstimateRequest;
 use crate::machine::Machine;
@@ -168,17 +169,10 @@ fn sample(
         // INITIALLY_SET: every page starts dirty. Re-arm them all (in bounded chunks).
         bitmap_window(machine, None)?;
     }
-    let ring_count = |i: usize| {
-        machine.controls[i]
-            .counters
-            .dirty_ring_pages
-            .load(Ordering::Relaxed)
-    };
     let run_ns = |i: usize| machine.controls[i].counters.run_ns.load(Ordering::Relaxed);
-    let ring0: Vec<u64> = (0..vcpus).map(ring_count).collect();
     let run0: Vec<u64> = (0..vcpus).map(run_ns).collect();
     let mut bitmap_pages = 0u64;
-    let faults0 = machine.dirty.vcpu_fault_counts();
+    let per_vcpu0 = per_vcpu_totals(machine);
     let start = Instant::now();
     while start.elapsed() < span {
         std::thread::sleep(WINDOW);
@@ -190,34 +184,29 @@ fn sample(
     }
     let window = start.elapsed();
     let secs = window.as_secs_f64();
-    let faults = machine.dirty.vcpu_fault_counts();
-    let (rates, attributed) = if ring {
-        let rates = (0..vcpus)
-            .map(|i| (ring_count(i) - ring0[i]) as f64 * PAGE as f64 / secs)
-            .collect();
-        (rates, true)
-    } else if let (Some(f0), Some(f1)) = (&faults0, &faults) {
-        // Split the bitmap's pages by each vCPU's share of the dirty-tracking faults.
-        let d: Vec<f64> = f1
-            .iter()
-            .zip(f0)
-            .map(|(a, b)| a.saturating_sub(*b) as f64)
-            .collect();
-        let total: f64 = d.iter().sum();
-        let bytes_per_sec = bitmap_pages as f64 * PAGE as f64 / secs;
-        let rates = d
-            .iter()
-            .map(|x| {
-                if total > 0.0 {
-                    bytes_per_sec * x / total
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        (rates, true)
-    } else {
-        (vec![bitmap_pages as f64 * PAGE as f64 / secs], false)
+    // Per vCPU: ring entries, or with the bitmap its dirty-tracking faults.
+    let per_vcpu: Option<Vec<f64>> = per_vcpu0.zip(per_vcpu_totals(machine)).map(|(a, b)| {
+        b.iter()
+            .zip(&a)
+            .map(|(n, o)| n.saturating_sub(*o) as f64)
+            .collect()
+    });
+    let bitmap_bytes_per_sec = bitmap_pages as f64 * PAGE as f64 / secs;
+    let (rates, attributed) = match per_vcpu {
+        Some(pages) if ring => (pages.iter().map(|p| p * PAGE as f64 / secs).collect(), true),
+        Some(faults) => {
+            // Split the bitmap's pages by each vCPU's share of the faults.
+            let total: f64 = faults.iter().sum();
+            let share = |f: &f64| if total > 0.0 { f / total } else { 0.0 };
+            (
+                faults
+                    .iter()
+                    .map(|f| bitmap_bytes_per_sec * share(f))
+                    .collect(),
+                true,
+            )
+        }
+        None => (vec![bitmap_bytes_per_sec], false),
     };
     let busy = (0..vcpus)
         .map(|i| ((run_ns(i) - run0[i]) as f64 / window.as_nanos() as f64).clamp(0.0, 1.0))
