@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use virtio_bindings::virtio_config::*;
 use virtio_bindings::virtio_mmio::*;
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::{AvailRing, DescriptorTable, UsedRing};
@@ -167,6 +167,13 @@ impl<'a> GuestQueue<'a> {
             self.free.extend(idxs);
         }
         Some((head, elem.len()))
+    }
+
+    /// Whether the device asks to be notified of new buffers (its used ring's NO_NOTIFY flag is
+    /// clear); the answer without EVENT_IDX.
+    pub fn device_wants_kick(&self) -> bool {
+        let flags: u16 = self.mem.read_obj(GuestAddress(self.addrs.2)).unwrap();
+        flags & VRING_USED_F_NO_NOTIFY as u16 == 0
     }
 
     /// The device's `avail_event` (EVENT_IDX).

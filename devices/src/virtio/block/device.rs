@@ -1,5 +1,6 @@
 //! The virtio-blk device: queue processing and completions on the event loop, I/O on workers.
 
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
@@ -167,6 +168,7 @@ impl Block {
             return;
         };
         let mut used = false;
+        let mut empty_round_at = None;
         while self.can_take() {
             if let Err(e) = self.queues[0].disable_notification(&*mem) {
                 log::error!("block: cannot access the queue: {e}");
@@ -184,12 +186,24 @@ impl Block {
                 break;
             }
             match self.queues[0].enable_notification(&*mem) {
-                // More arrived meanwhile; but if nothing could be popped the available ring
-                // is corrupt (its index ran ahead): wait for the next notification instead
-                // of spinning.
-                Ok(true) if popped => continue,
+                // More arrived while notifications were off: the guest did not kick for it,
+                // so take it now. Nothing popped and the index still where the last empty
+                // round saw it means the ring cannot be read (its index ran more than a queue
+                // ahead): wait for the next notification instead of spinning. (An empty round
+                // alone is no sign of that: the guest may have published between the last pop
+                // and re-enabling notifications.)
                 Ok(true) => {
-                    log::warn!("block: available ring index is invalid, ignoring it");
+                    let idx = self.queues[0].avail_idx(&*mem, Ordering::Acquire).ok();
+                    if popped || idx != empty_round_at {
+                        empty_round_at = if popped { None } else { idx };
+                        continue;
+                    }
+                    log::warn!(
+                        "block: available ring index {} is unusable (device at {}); waiting \
+                         for the next notification",
+                        idx.map_or(0, |i| i.0),
+                        self.queues[0].next_avail()
+                    );
                     break;
                 }
                 Ok(false) => break,
