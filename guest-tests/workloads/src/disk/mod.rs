@@ -79,13 +79,11 @@ impl<'a, P: Platform, D: BlockDevice> DiskRun<'a, P, D> {
         let blocks = blocks_for(dev.sectors(), config.disk_mib).min(table.len() as u64);
         let hz = platform.tsc_hz();
         DiskRun {
-            engine: Engine {
+            engine: Engine::new(
                 platform,
-                commands: CommandPoller::new(hz, config.poll_ms),
-                tick_interval: hz / 1000 * u64::from(config.tick_ms),
-                tick_seq: 0,
-                stop_requested: false,
-            },
+                CommandPoller::new(hz, config.poll_ms),
+                hz / 1000 * u64::from(config.tick_ms),
+            ),
             config,
             run_id: mix(platform.boot_tsc() ^ mix(config.seed)),
             dev,

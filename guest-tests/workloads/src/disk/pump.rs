@@ -54,6 +54,7 @@ fn rate_x100(count: u64, ticks: u64, hz: u64) -> u64 {
 }
 
 /// Per-interval counters behind `disk_tick`.
+#[derive(Default)]
 struct Interval {
     start: u64,
     requests: u64,
@@ -71,9 +72,26 @@ pub struct Engine<'a, P: Platform> {
     /// The host said `stop` (during any pump); stoppable pumps end early
     /// until the caller clears it.
     pub stop_requested: bool,
+    /// The current `disk_tick` interval. It spans pumps, so ticks keep their
+    /// period when passes are shorter than it.
+    interval: Interval,
 }
 
-impl<P: Platform> Engine<'_, P> {
+impl<'a, P: Platform> Engine<'a, P> {
+    pub fn new(platform: &'a P, commands: CommandPoller, tick_interval: u64) -> Self {
+        Engine {
+            platform,
+            commands,
+            tick_interval,
+            tick_seq: 0,
+            stop_requested: false,
+            interval: Interval {
+                start: platform.tsc(),
+                ..Interval::default()
+            },
+        }
+    }
+
     /// Runs requests `0..total` (stopping early at `deadline`, or on `stop`
     /// if `stoppable`) with at most `qd` in flight. `issue(i, buffer)` describes request `i`
     /// (filling the slot's buffer for a write); `complete(i, buffer, status)`
@@ -98,13 +116,6 @@ impl<P: Platform> Engine<'_, P> {
         let mut started_at = [0u64; MAX_SIZE];
         let mut bytes_of = [0usize; MAX_SIZE];
         let begin = p.tsc();
-        let mut interval = Interval {
-            start: begin,
-            requests: 0,
-            bytes: 0,
-            errors: 0,
-            max_latency: 0,
-        };
         let mut out = Pumped::default();
         let mut last_completion = begin;
         loop {
@@ -130,7 +141,7 @@ impl<P: Platform> Engine<'_, P> {
                     }
                     Err(e) => {
                         out.errors += 1;
-                        interval.errors += 1;
+                        self.interval.errors += 1;
                         if out.errors == 1 {
                             emit_error(p, ErrorKind::Disk, format_args!("{phase}: request {i} ({op:?} at sector {sector}, {bytes} bytes) refused: {e:?}"));
                         }
@@ -144,23 +155,23 @@ impl<P: Platform> Engine<'_, P> {
                 let done = p.tsc();
                 let latency = done.saturating_sub(started_at[c.slot]);
                 out.max_latency = out.max_latency.max(latency);
-                interval.max_latency = interval.max_latency.max(latency);
+                self.interval.max_latency = self.interval.max_latency.max(latency);
                 last_completion = done;
                 complete(request_of[c.slot], dev.data(c.slot), c.status);
-                interval.requests += 1;
+                self.interval.requests += 1;
                 if c.status == BlkStatus::Ok {
                     out.bytes += bytes_of[c.slot] as u64;
-                    interval.bytes += bytes_of[c.slot] as u64;
+                    self.interval.bytes += bytes_of[c.slot] as u64;
                 } else {
                     out.errors += 1;
-                    interval.errors += 1;
+                    self.interval.errors += 1;
                 }
                 free[free_count] = c.slot as u16;
                 free_count += 1;
             }
             let now = p.tsc();
-            if now - interval.start >= self.tick_interval {
-                self.tick(phase, &mut interval, now, (slots - free_count) as u32);
+            if now - self.interval.start >= self.tick_interval {
+                self.tick(phase, now, (slots - free_count) as u32);
             }
             if self.commands.due(now) {
                 let mut stop = false;
@@ -181,8 +192,9 @@ impl<P: Platform> Engine<'_, P> {
         out
     }
 
-    fn tick(&mut self, phase: DiskPhase, interval: &mut Interval, now: u64, in_flight: u32) {
+    fn tick(&mut self, phase: DiskPhase, now: u64, in_flight: u32) {
         let hz = self.platform.tsc_hz();
+        let interval = &self.interval;
         let ticks = now - interval.start;
         emit(
             self.platform,
@@ -199,12 +211,9 @@ impl<P: Platform> Engine<'_, P> {
             },
         );
         self.tick_seq += 1;
-        *interval = Interval {
+        self.interval = Interval {
             start: self.platform.tsc(),
-            requests: 0,
-            bytes: 0,
-            errors: 0,
-            max_latency: 0,
+            ..Interval::default()
         };
     }
 }

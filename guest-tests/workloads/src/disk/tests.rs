@@ -340,3 +340,42 @@ fn area_sizes() {
     assert_eq!(blocks_for(131072, 1024), 16383);
     assert_eq!(blocks_for(7, 0), 0);
 }
+
+/// `disk_tick` keeps its period when each pass is shorter than it (a fast
+/// disk): the interval spans passes instead of restarting with each.
+#[test]
+fn ticks_keep_their_period_across_short_passes() {
+    use crate::platform::Platform;
+    let disk = blank_disk();
+    let p = TestPlatform::new(1000);
+    let t = table();
+    let mut run = DiskRun::new(
+        &p,
+        config("tern.passes=40 tern.tick_ms=1"),
+        MemDisk::new(&disk, 4, 4096),
+        &t,
+    );
+    let begin = p.tsc();
+    run.start();
+    let elapsed = p.tsc() - begin;
+    let events = p.take_events();
+    let passes = events
+        .iter()
+        .filter(|e| matches!(e, Event::DiskWritten(_)))
+        .count();
+    let ticks = events
+        .iter()
+        .filter(|e| matches!(e, Event::DiskTick(_)))
+        .count() as u64;
+    let period = p.tsc_hz() / 1000;
+    assert_eq!(passes, 40);
+    assert!(
+        elapsed / (passes as u64) < period,
+        "a pass must be shorter than a tick for this test"
+    );
+    assert!(
+        ticks + 1 >= elapsed / period,
+        "{ticks} ticks in {} periods",
+        elapsed / period
+    );
+}
