@@ -22,6 +22,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 stage "tests"
 # Tests that boot guests serialise themselves; the rest run in parallel.
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
 
 stage "done"
