@@ -886,6 +886,7 @@ pub fn write_with_frame_writer(frames: &[(u16, Vec<u8>)]) -> Vec<u8> {
     for (k, p) in frames {
         w.write_frame(*k, &[p]).expect("in-memory write");
     }
+    w.flush().expect("in-memory write");
     w.get_mut().clone()
 }
 

@@ -4,7 +4,6 @@
 //! read on their own thread, so an error it reports mid-stream is seen at the
 //! next round end instead of after the whole memory was sent.
 
-use std::io::BufWriter;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::time::Duration;
 
@@ -63,7 +62,7 @@ pub struct RunCounts {
 /// An open session to a destination.
 pub struct SourceSession {
     stream: Stream,
-    out: FrameWriter<BufWriter<Stream>>,
+    out: FrameWriter<Stream>,
     inbox: Receiver<Result<DestMessage, ProtocolError>>,
     header: Vec<u8>,
     zero_map: Vec<u8>,
@@ -108,7 +107,7 @@ impl SourceSession {
             .map_err(|e| SendError::Protocol(ProtocolError::Io(e)))?;
         let mut s = SourceSession {
             stream,
-            out: FrameWriter::new(BufWriter::with_capacity(1 << 20, output)),
+            out: FrameWriter::new(output),
             inbox,
             header: Vec::with_capacity(64),
             zero_map: Vec::with_capacity(MAX_RUN_PAGES as usize / 8),
@@ -162,14 +161,32 @@ impl SourceSession {
         first_page: u64,
         pages: &[u8],
     ) -> Result<RunCounts, SendError> {
+        self.send_run_skipping(region, first_page, pages, &[])
+    }
+
+    /// As [`SourceSession::send_run`], with the pages whose bit is set in
+    /// `known_zero` (bit `i % 64` of word `i / 64`) sent as zero markers
+    /// without being looked at: their bytes in `pages` may be anything.
+    pub fn send_run_skipping(
+        &mut self,
+        region: u32,
+        first_page: u64,
+        pages: &[u8],
+        known_zero: &[u64],
+    ) -> Result<RunCounts, SendError> {
         let count = (pages.len() / PAGE_SIZE) as u32;
         debug_assert!(pages.len() % PAGE_SIZE == 0 && count > 0 && count <= MAX_RUN_PAGES);
         self.zero_map.clear();
         self.zero_map.resize(count.div_ceil(8) as usize, 0);
         let mut parts: Vec<&[u8]> = Vec::with_capacity(count as usize + 1);
         let mut counts = RunCounts::default();
+        let known = |i: usize| {
+            known_zero
+                .get(i / 64)
+                .is_some_and(|w| w & (1 << (i % 64)) != 0)
+        };
         for (i, page) in pages.chunks_exact(PAGE_SIZE).enumerate() {
-            if page_is_zero(page) {
+            if known(i) || page_is_zero(page) {
                 self.zero_map[i / 8] |= 1 << (i % 8);
                 counts.zero += 1;
             } else {

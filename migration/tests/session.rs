@@ -113,6 +113,29 @@ fn full_migration_moves_pages_and_state() {
 }
 
 #[test]
+fn pages_known_to_be_zero_go_as_markers_whatever_their_bytes() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let dst = destination(FakeGuest::default(), b);
+    let mut s = session(&a, &hello(2)).unwrap();
+    // Page 1's bytes are garbage (never read: the caller knows it is zero).
+    let mut pages = vec![0u8; 3 * PAGE_SIZE];
+    pages[5] = 1;
+    pages[PAGE_SIZE..2 * PAGE_SIZE].fill(0xee);
+    pages[2 * PAGE_SIZE] = 2;
+    let c = s.send_run_skipping(0, 8, &pages, &[0b010]).unwrap();
+    assert_eq!((c.data, c.zero), (2, 1));
+    s.end_round(1).unwrap();
+    s.send_state(b"state").unwrap();
+    s.complete(T).unwrap();
+    s.commit(T).unwrap();
+    let (g, r) = dst.join().unwrap();
+    r.unwrap();
+    assert_eq!(g.pages[&(0, 8)][5], 1);
+    assert!(g.pages[&(0, 9)].iter().all(|&b| b == 0));
+    assert_eq!(g.pages[&(0, 10)][0], 2);
+}
+
+#[test]
 fn configuration_mismatch_is_refused_with_the_reason() {
     let (a, b) = UnixStream::pair().unwrap();
     let dst = destination(FakeGuest::default(), b);
@@ -145,6 +168,7 @@ fn garbage_is_not_a_tern_stream() {
     let dst = destination(FakeGuest::default(), b);
     let mut w = FrameWriter::new(&a);
     w.write_frame(kind::HELLO, &[b"GET / HTTP/1.1"]).unwrap();
+    w.flush().unwrap();
     let (g, r) = dst.join().unwrap();
     assert!(!g.resumed);
     assert!(r.unwrap_err().contains("not a tern migration stream"));

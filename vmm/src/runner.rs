@@ -185,9 +185,14 @@ pub fn run(args: &RunArgs) -> Result<ExitReason, RunError> {
             eprintln!("tern: waiting for an incoming migration on {uri}");
             let stream = listener.accept()?;
             drop(listener);
-            let reader = stream
-                .try_clone()
-                .map_err(|e| RunError::Os(format!("migration socket: {e}")))?;
+            // Buffered for the many small frames; a page run bigger than the
+            // buffer is read straight into its frame buffer.
+            let reader = std::io::BufReader::with_capacity(
+                256 << 10,
+                stream
+                    .try_clone()
+                    .map_err(|e| RunError::Os(format!("migration socket: {e}")))?,
+            );
             let mut dest = TernDestination::new(machine.clone(), parts.vcpu_fds);
             let report = receive(reader, stream, &mut dest)?;
             eprintln!(

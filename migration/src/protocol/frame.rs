@@ -3,7 +3,7 @@
 //! unknown kind, an oversized length or a bad checksum before acting on
 //! anything in the frame, and says at which stream offset.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 
 use super::ProtocolError;
 
@@ -21,16 +21,27 @@ pub struct Frame {
     pub payload: Vec<u8>,
 }
 
-/// Writes frames, counting bytes.
+/// Frames up to this size are gathered in the writer's buffer; a frame that
+/// would overflow it goes out with the buffer in one gathered write, so page
+/// runs are never copied in user space.
+const WRITE_BUFFER: usize = 256 << 10;
+
+/// Writes frames, buffering small ones (call [`FrameWriter::flush`] to send
+/// them) and counting bytes.
 pub struct FrameWriter<W: Write> {
     inner: W,
+    buf: Vec<u8>,
     written: u64,
 }
 
 impl<W: Write> FrameWriter<W> {
     /// Wraps a stream.
     pub fn new(inner: W) -> Self {
-        FrameWriter { inner, written: 0 }
+        FrameWriter {
+            inner,
+            buf: Vec::new(),
+            written: 0,
+        }
     }
 
     /// Bytes written so far.
@@ -52,25 +63,55 @@ impl<W: Write> FrameWriter<W> {
         header[4..8].copy_from_slice(&(len as u32).to_le_bytes());
         let mut crc = crc32fast::Hasher::new();
         crc.update(&header);
-        self.inner.write_all(&header)?;
         for p in parts {
             crc.update(p);
-            self.inner.write_all(p)?;
         }
-        self.inner.write_all(&crc.finalize().to_le_bytes())?;
-        self.written += (HEADER_LEN + len + 4) as u64;
+        let crc = crc.finalize().to_le_bytes();
+        let frame_len = HEADER_LEN + len + 4;
+        if self.buf.len() + frame_len <= WRITE_BUFFER {
+            self.buf.extend_from_slice(&header);
+            parts.iter().for_each(|p| self.buf.extend_from_slice(p));
+            self.buf.extend_from_slice(&crc);
+        } else {
+            let mut slices = Vec::with_capacity(parts.len() + 3);
+            slices.push(IoSlice::new(&self.buf));
+            slices.push(IoSlice::new(&header));
+            slices.extend(parts.iter().map(|p| IoSlice::new(p)));
+            slices.push(IoSlice::new(&crc));
+            write_all_vectored(&mut self.inner, &mut slices)?;
+            self.buf.clear();
+        }
+        self.written += frame_len as u64;
         Ok(())
     }
 
-    /// Flushes buffered bytes.
+    /// Sends buffered frames.
     pub fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.inner.write_all(&self.buf)?;
+            self.buf.clear();
+        }
         self.inner.flush()
     }
 
-    /// The underlying stream.
+    /// The underlying stream (frames not yet flushed are not in it).
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.inner
     }
+}
+
+/// `Write::write_all_vectored`, which is not stable yet.
+fn write_all_vectored<W: Write>(w: &mut W, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        match w.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Reads frames, tracking the stream offset for error messages.
@@ -145,7 +186,7 @@ impl<R: Read> FrameReader<R> {
                 what: format!("frame length {len} exceeds {MAX_PAYLOAD}"),
             });
         }
-        payload.clear();
+        // Only growth is zero-filled; the rest is overwritten by the read.
         payload.resize(len as usize, 0);
         self.fill(payload, "frame payload", false)?;
         let mut crc_bytes = [0u8; 4];
@@ -181,6 +222,7 @@ mod tests {
     fn one_frame() -> Vec<u8> {
         let mut w = FrameWriter::new(Vec::new());
         w.write_frame(7, &[b"hello ", b"world"]).unwrap();
+        w.flush().unwrap();
         w.get_mut().clone()
     }
 
@@ -196,6 +238,49 @@ mod tests {
                 payload: b"hello world".to_vec()
             }
         );
+        assert!(matches!(r.read_frame(), Err(ProtocolError::PeerClosed)));
+    }
+
+    /// A stream that takes at most 3 bytes per write, and is interrupted
+    /// every other call.
+    struct Trickle {
+        out: Vec<u8>,
+        calls: u32,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.calls % 2 == 0 {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let n = buf.len().min(3);
+            self.out.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn short_and_interrupted_writes_still_write_the_whole_frame() {
+        let mut w = FrameWriter::new(Trickle {
+            out: Vec::new(),
+            calls: 0,
+        });
+        w.write_frame(7, &[b"hello ", b"", b"world"]).unwrap();
+        w.flush().unwrap();
+        assert_eq!(w.get_mut().out, one_frame());
+        assert_eq!(w.bytes_written(), one_frame().len() as u64);
+        // A frame bigger than the buffer goes out with what is buffered, in order.
+        let big = vec![9u8; WRITE_BUFFER];
+        w.write_frame(1, &[b"small"]).unwrap();
+        w.write_frame(2, &[&big[..1000], &big[1000..]]).unwrap();
+        w.flush().unwrap();
+        let mut r = FrameReader::new(&w.get_mut().out[one_frame().len()..], any);
+        assert_eq!(r.read_frame().unwrap().payload, b"small");
+        assert_eq!(r.read_frame().unwrap().payload, big);
         assert!(matches!(r.read_frame(), Err(ProtocolError::PeerClosed)));
     }
 

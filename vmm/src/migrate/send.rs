@@ -14,6 +14,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::MigrationError;
 use crate::machine::Machine;
+use crate::vstate::populated::Pagemap;
 use crate::vstate::vm::DirtyTracking;
 
 /// Words per window: 64 × 64 pages = 16 MiB of guest memory.
@@ -92,6 +93,12 @@ pub struct SendTotals {
 pub struct PageSender {
     buf: Vec<u8>,
     words: Vec<u64>,
+    /// Where never-populated pages are found (None: every page is read).
+    pagemap: Option<Pagemap>,
+    /// Per window: pages that may hold data (see [`Pagemap::populated`]).
+    populated: Vec<u64>,
+    /// Per run: pages sent as zero markers without being read.
+    known_zero: Vec<u64>,
     /// What has been sent so far.
     pub totals: SendTotals,
     /// Debugging aid (`TERN_DEBUG_CHECK_SENT=1`): a hash of every page as
@@ -103,9 +110,17 @@ pub struct PageSender {
 impl PageSender {
     /// A sender with its buffers.
     pub fn new() -> Self {
+        let pagemap = Pagemap::open()
+            .map_err(|e| {
+                log::info!("/proc/self/pagemap: {e}; every page will be read to find zero pages")
+            })
+            .ok();
         PageSender {
             buf: vec![0u8; MAX_RUN_PAGES as usize * PAGE_SIZE],
             words: Vec::with_capacity(WINDOW_WORDS),
+            pagemap,
+            populated: Vec::with_capacity(WINDOW_WORDS),
+            known_zero: Vec::with_capacity(MAX_RUN_PAGES.div_ceil(64) as usize),
             totals: SendTotals::default(),
             sent_hashes: None,
         }
@@ -186,6 +201,9 @@ impl PageSender {
                     )
                     .map_err(|e| MigrationError::DirtyLog(e.to_string()))?;
             }
+            // After the re-arm above: a page found empty here and written
+            // later is logged dirty again.
+            self.find_populated(slots[region].host_addr, first, end);
             let guest_base = slots[region].guest_addr;
             let words = std::mem::take(&mut self.words);
             let result =
@@ -212,7 +230,8 @@ impl PageSender {
         words: &[u64],
         guest_base: u64,
     ) -> Result<(), MigrationError> {
-        let mut pages = BitPositions::new(words, first_word as u64 * 64).peekable();
+        let window_start = first_word as u64 * 64;
+        let mut pages = BitPositions::new(words, window_start).peekable();
         while let Some(start) = pages.next() {
             let mut count = 1u64;
             while count < u64::from(MAX_RUN_PAGES) && pages.peek() == Some(&(start + count)) {
@@ -220,27 +239,72 @@ impl PageSender {
                 count += 1;
             }
             let len = count as usize * PAGE_SIZE;
-            let addr = GuestAddress(guest_base + start * PAGE_SIZE as u64);
-            machine
-                .mem
-                .read_slice(&mut self.buf[..len], addr)
-                .map_err(|e| {
+            self.known_zero.clear();
+            self.known_zero.resize(count.div_ceil(64) as usize, 0);
+            // Read the populated stretches of the run; mark the rest zero.
+            let mut i = 0u64;
+            while i < count {
+                if !self.may_hold_data(start + i - window_start) {
+                    self.known_zero[(i / 64) as usize] |= 1 << (i % 64);
+                    i += 1;
+                    continue;
+                }
+                let mut j = i + 1;
+                while j < count && self.may_hold_data(start + j - window_start) {
+                    j += 1;
+                }
+                let addr = GuestAddress(guest_base + (start + i) * PAGE_SIZE as u64);
+                let bytes = &mut self.buf[i as usize * PAGE_SIZE..j as usize * PAGE_SIZE];
+                machine.mem.read_slice(bytes, addr).map_err(|e| {
                     MigrationError::Memory(format!("reading guest page {:#x}: {e}", addr.0))
                 })?;
+                i = j;
+            }
             if let Some(hashes) = self.sent_hashes.as_mut().and_then(|h| h.get_mut(region)) {
                 for (k, page) in self.buf[..len].chunks(PAGE_SIZE).enumerate() {
+                    let known_zero = self.known_zero[k / 64] & (1 << (k % 64)) != 0;
                     if let Some(slot) = hashes.get_mut(start as usize + k) {
-                        *slot = page_hash(page);
+                        *slot = if known_zero { 0 } else { page_hash(page) };
                     }
                 }
             }
             let before = session.bytes_sent();
-            let c = session.send_run(region as u32, start, &self.buf[..len])?;
+            let c = session.send_run_skipping(
+                region as u32,
+                start,
+                &self.buf[..len],
+                &self.known_zero,
+            )?;
             pacer.sent(session.bytes_sent() - before);
             self.totals.data_pages += u64::from(c.data);
             self.totals.zero_pages += u64::from(c.zero);
         }
         Ok(())
+    }
+}
+
+impl PageSender {
+    /// Finds which pages of words `first..end` of the region mapped at
+    /// `host_addr` were ever populated; on any error every page counts as
+    /// populated (read and tested).
+    fn find_populated(&mut self, host_addr: u64, first: usize, end: usize) {
+        let Some(pm) = self.pagemap.as_mut() else {
+            return;
+        };
+        let from = host_addr + (first * 64 * PAGE_SIZE) as u64;
+        if let Err(e) = pm.populated(from, (end - first) * 64, &mut self.populated) {
+            log::info!("/proc/self/pagemap at {from:#x}: {e}; reading every page");
+            self.pagemap = None;
+        }
+    }
+
+    /// Whether page `i` of the current window may hold data.
+    fn may_hold_data(&self, i: u64) -> bool {
+        self.pagemap.is_none()
+            || self
+                .populated
+                .get((i / 64) as usize)
+                .is_none_or(|w| w & (1 << (i % 64)) != 0)
     }
 }
 

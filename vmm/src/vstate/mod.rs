@@ -5,5 +5,6 @@ pub mod dirty_tracker;
 pub mod fault_stats;
 pub mod kvm;
 pub mod memory;
+pub mod populated;
 pub mod vcpu;
 pub mod vm;

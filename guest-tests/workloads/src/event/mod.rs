@@ -82,7 +82,8 @@ pub struct Ready {
     pub workload: Workload,
     pub cpus: u32,
     pub cpus_source: CpuSource,
-    /// CPUs that dirty memory.
+    /// CPUs that run the workload loop (the dirtier's writers; for `idle`
+    /// every CPU, each running the stall meter).
     pub busy: CpuSet,
     pub mem_mib: u64,
     pub mem_source: MemSource,
