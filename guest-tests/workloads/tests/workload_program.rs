@@ -21,6 +21,16 @@ struct Program {
     events: Receiver<Event>,
 }
 
+/// A failing test must not leave the program spinning on every CPU.
+impl Drop for Program {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Program {
     fn start(args: &[&str]) -> Program {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tern-workload"))
