@@ -35,6 +35,25 @@ fn disk_guest(dir: &Path, disk: &str) -> (TernVm, std::path::PathBuf) {
     (vm, api)
 }
 
+/// Holds every block request from now on and waits until the guest's disk
+/// is stuck: a whole `disk_tick` interval with nothing completed and requests
+/// in flight (so a migration started now finds the device busy).
+fn hold_disk_until_stuck(vm: &TernVm) {
+    vm.api("PUT", "/devices/blk0/fault", Some(json!({"hold": true})))
+        .unwrap();
+    let from = vm.events("disk_tick").len() + 1;
+    vm.wait_console(
+        "a disk_tick with the disk stuck",
+        Duration::from_secs(20),
+        |lines| {
+            parse_events(lines, "disk_tick")
+                .into_iter()
+                .skip(from)
+                .find(|t| t["requests"] == 0 && t["in_flight"].as_u64().unwrap_or(0) > 0)
+        },
+    );
+}
+
 /// The longest gap any stall-meter tick reported, ms.
 fn worst_stall_ms(vm: &TernVm) -> f64 {
     vm.events("tick")
@@ -74,8 +93,7 @@ fn a_disk_held_near_switchover_never_pauses_the_guest() {
     let mut dst = start_destination(&uri, 2, "256M", None, &["--disk", &disk]);
 
     // Hold every block request from now on: the ones in flight stay in flight.
-    src.api("PUT", "/devices/blk0/fault", Some(json!({"hold": true})))
-        .unwrap();
+    hold_disk_until_stuck(&src);
     let api2 = api.clone();
     let uri2 = uri.clone();
     let migration = std::thread::spawn(move || migrate(&api2, &uri2, &["--max-downtime", "300"]));
@@ -135,8 +153,7 @@ fn a_disk_hung_until_the_timeout_ends_the_migration_by_policy() {
     let (mut src, api) = disk_guest(&dir, &disk);
     let uri = format!("tcp:127.0.0.1:{}", free_port());
     let mut dst = start_destination(&uri, 2, "256M", None, &["--disk", &disk]);
-    src.api("PUT", "/devices/blk0/fault", Some(json!({"hold": true})))
-        .unwrap();
+    hold_disk_until_stuck(&src);
     let (code, stats, _) = migrate(&api, &uri, &["--timeout", "6", "--on-no-converge", "abort"]);
     assert_ne!(code, 0);
     assert_eq!(stats["phase"], "aborted", "{stats}");

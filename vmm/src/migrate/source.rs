@@ -31,7 +31,9 @@ use crate::vstate::vm::DirtyTracking;
 
 /// Shortest round: when there is little to send (a small dirty set, devices
 /// being drained), rounds would otherwise spin, costing a core and flooding
-/// the statistics without learning anything new.
+/// the statistics without learning anything new. The wait comes at the start
+/// of the round after a short one, once the controller has decided to go on:
+/// a short round that ends in a switchover costs nothing extra.
 const MIN_ROUND: Duration = Duration::from_millis(20);
 /// Most progress points kept; older ones are thinned out, keeping the shape.
 const MAX_HISTORY: usize = 2000;
@@ -351,10 +353,14 @@ fn migrate_guest(
     let mut pacer = Pacer::new(req.max_bandwidth_bytes_per_sec);
     let mut round = 0u32;
     let forced_downtime;
+    let mut wait_before_round = Duration::ZERO;
     'rounds: loop {
         let mut cursor = Cursor::default();
-        pacer.restart();
         let mut iv = Interval::begin(machine, session, &sender);
+        // Inside the round's interval: what the guest dirties meanwhile is
+        // this round's.
+        std::thread::sleep(wait_before_round);
+        pacer.restart();
         loop {
             let done = sender.pass(
                 machine,
@@ -400,10 +406,7 @@ fn migrate_guest(
                 _ => {}
             }
         }
-        let round_time = iv.start.elapsed();
-        if round_time < MIN_ROUND {
-            std::thread::sleep(MIN_ROUND - round_time);
-        }
+        wait_before_round = MIN_ROUND.saturating_sub(iv.start.elapsed());
         let h = harvester.harvest(machine, &set)?;
         session.end_round(round)?;
         let obs = observe(
@@ -457,6 +460,7 @@ fn migrate_guest(
         .with_vcpus(|v| v.pause(PAUSE_TIMEOUT))
         .ok_or_else(|| MigrationError::Vcpu("no vCPUs".into()))?
         .map_err(|e| MigrationError::Vcpu(e.to_string()))?;
+    log::debug!("switchover: vCPUs paused after {:?}", paused_at.elapsed());
     let in_flight = machine.devices.quiesce_for_switchover(&ctl.drain);
     if in_flight > 0 {
         // Forced with requests in flight: they are resubmitted on the destination.
@@ -475,6 +479,11 @@ fn migrate_guest(
         far,
         &ctl.cancel,
     )? {}
+    log::debug!(
+        "switchover: dirty set sent after {:?} ({} data pages so far)",
+        paused_at.elapsed(),
+        sender.totals.data_pages
+    );
     // Pages written while saving device state (e.g. a completion) go too.
     let devices = machine
         .devices
@@ -519,7 +528,16 @@ fn migrate_guest(
     .encode()
     .map_err(MigrationError::Device)?;
     session.send_state(&blob)?;
+    log::debug!(
+        "switchover: state ({} bytes) sent after {:?}",
+        blob.len(),
+        paused_at.elapsed()
+    );
     session.complete(COMPLETE_TIMEOUT)?;
+    log::debug!(
+        "switchover: destination ready after {:?}",
+        paused_at.elapsed()
+    );
     if ctl.cancel.load(Ordering::Relaxed) {
         return Err(MigrationError::Cancelled);
     }
