@@ -41,4 +41,13 @@ pub trait Quiesce {
     /// makes quiet points come sooner under load; devices without a useful notion of depth
     /// ignore it.
     fn set_queue_depth_limit(&mut self, limit: Option<u16>);
+
+    /// Whether the device must reach a quiet point while the guest still runs. Devices whose
+    /// requests complete asynchronously (disk I/O) do: at the pause nothing may be left that
+    /// could hang. A device whose every request completes at once and whose pending data is
+    /// part of its saved state (virtio-net) does not: quiescing it early would only cut the
+    /// guest off its network for the whole drain window, so it is quiesced at the pause.
+    fn drains_before_pause(&self) -> bool {
+        true
+    }
 }

@@ -90,7 +90,9 @@ pub struct MigrateArgs {
     /// Largest acceptable guest pause at switchover, ms.
     #[arg(long, default_value_t = 300)]
     pub max_downtime: u64,
-    /// Send-rate cap, bytes per second with an optional unit: 100M, 1G, 2Gbit.
+    /// Send-rate cap while the guest runs, bytes per second with an optional unit: 100M, 1G,
+    /// 2Gbit. The final copy, with the guest paused, is not capped: it is bounded by
+    /// --max-downtime instead.
     #[arg(long)]
     pub max_bandwidth: Option<String>,
     /// Give up (per --on-no-converge) after this many seconds.

@@ -286,7 +286,7 @@ impl DeviceManager {
 
     /// Where the devices are in their drain (None: no device needs draining).
     pub fn drain_status(&self) -> Option<DeviceStatus> {
-        if lock(&self.virtio).is_empty() {
+        if !lock(&self.virtio).iter().any(|s| s.drains_before_pause()) {
             return None;
         }
         let d = lock(&self.drain);
@@ -303,7 +303,9 @@ impl DeviceManager {
     /// attempt of the per-round drain. A window that stays busy longer than
     /// `QUIESCE_WINDOW` is closed (I/O resumes) and the next round retries.
     pub fn try_quiesce(&self, stats: &Mutex<DrainStats>) {
-        let slots = lock(&self.virtio);
+        let all = lock(&self.virtio);
+        // The others keep serving the guest until the pause.
+        let slots: Vec<&VirtioSlot> = all.iter().filter(|s| s.drains_before_pause()).collect();
         if slots.is_empty() {
             return;
         }
@@ -345,6 +347,16 @@ impl DeviceManager {
             st.max_in_flight = st.max_in_flight.max(in_flight);
         }
         d.in_flight = Some(in_flight);
+    }
+
+    /// Sends a RARP announcement from every NIC's guest MAC, so the network
+    /// learns that the guest is now behind this host's taps.
+    pub fn announce_nics(&self) {
+        for slot in lock(&self.virtio).iter() {
+            if let Err(e) = slot.announce() {
+                log::warn!("{}: announcing the guest on its network: {e}", slot.id);
+            }
+        }
     }
 
     /// Lets every device take requests again and lifts the depth limit.

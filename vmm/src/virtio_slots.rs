@@ -128,6 +128,17 @@ fn unwire_transport<D: VirtioDevice>(t: &MmioTransport<D>, vm: &VmFd, base: u64,
 }
 
 impl VirtioSlot {
+    /// For a NIC: announces its guest on the network (see
+    /// [`Net::announce`]); other devices have nothing to announce.
+    pub fn announce(&self) -> std::io::Result<()> {
+        match &self.dev {
+            VirtioDev::Net(t) => lock(t).device_mut().announce(),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl VirtioSlot {
     /// Creates the device for `config` in window `base` on `gsi` (not wired to KVM yet).
     pub fn create(
         id: String,
@@ -210,6 +221,12 @@ impl VirtioSlot {
     /// Stops taking requests; answers how many are in flight. Never blocks.
     pub fn try_quiesce(&self) -> QuiesceStatus {
         with_transport!(&self.dev, t => t.try_quiesce())
+    }
+
+    /// Whether the device is drained while the guest runs (see
+    /// [`Quiesce::drains_before_pause`]).
+    pub fn drains_before_pause(&self) -> bool {
+        with_transport!(&self.dev, t => t.drains_before_pause())
     }
 
     /// Takes requests again.

@@ -53,6 +53,27 @@ impl TernDestination {
     }
 }
 
+/// Delays before each announcement of the guest on its networks after it
+/// resumed here (QEMU's default schedule: five rounds over half a second, in
+/// case the first frames are lost or a switch is slow to learn).
+const ANNOUNCE_DELAYS_MS: [u64; 5] = [0, 50, 100, 150, 200];
+
+/// Announces the guest's NICs from a thread of its own, on the schedule above.
+fn announce_guest(machine: &Arc<Machine>) {
+    let devices = machine.devices.clone();
+    let spawned = std::thread::Builder::new()
+        .name("tern-announce".into())
+        .spawn(move || {
+            for ms in ANNOUNCE_DELAYS_MS {
+                std::thread::sleep(Duration::from_millis(ms));
+                devices.announce_nics();
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start announcing the guest on its networks: {e}");
+    }
+}
+
 fn mismatch(what: &str, ours: impl std::fmt::Debug, theirs: impl std::fmt::Debug) -> String {
     format!("configuration mismatch: the source has {what} {theirs:?}, this tern has {ours:?}")
 }
@@ -172,6 +193,8 @@ impl DestinationHost for TernDestination {
         let fds = self.fds.take().ok_or("vCPUs already started")?;
         self.machine
             .start_vcpus(fds, Target::Run)
-            .map_err(|e| format!("cannot start the vCPUs: {e}"))
+            .map_err(|e| format!("cannot start the vCPUs: {e}"))?;
+        announce_guest(&self.machine);
+        Ok(())
     }
 }

@@ -468,7 +468,11 @@ fn migrate_guest(
     }
     harvester.harvest(machine, &set)?;
     let mut cursor = Cursor::default();
-    pacer.restart();
+    // The guest is paused: the cap protected the link while the guest ran,
+    // now it would only stretch the pause (QEMU lifts its cap here too). The
+    // controller's downtime estimate used the capped rate, so the pause is no
+    // longer than it expected.
+    let mut pacer = Pacer::new(None);
     let far = Instant::now() + Duration::from_secs(3600);
     while !sender.pass(
         machine,

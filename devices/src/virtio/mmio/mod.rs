@@ -461,6 +461,10 @@ impl<D: VirtioDevice + Quiesce> Quiesce for MmioTransport<D> {
     fn set_queue_depth_limit(&mut self, limit: Option<u16>) {
         self.device.set_queue_depth_limit(limit);
     }
+
+    fn drains_before_pause(&self) -> bool {
+        self.device.drains_before_pause()
+    }
 }
 
 #[cfg(test)]

@@ -107,6 +107,15 @@ impl<B: NetBackend> Net<B> {
         &self.backend
     }
 
+    /// Sends a RARP announcement from the guest's MAC on the backend (see
+    /// [`rarp_announcement`](super::rarp_announcement)), so the network learns
+    /// where the guest now is.
+    pub fn announce(&mut self) -> std::io::Result<()> {
+        let mut frame = [0u8; VNET_HDR_LEN + 60];
+        frame[VNET_HDR_LEN..].copy_from_slice(&super::rarp_announcement(self.mac));
+        self.backend.send_frame(&frame).map(|_| ())
+    }
+
     fn walk(&mut self, mem: &GuestMemoryMmap, queue: usize, head: u16) -> bool {
         let q = &self.queues[queue];
         let table = GuestAddress(q.desc_table());
@@ -371,4 +380,9 @@ impl<B: NetBackend> Quiesce for Net<B> {
     }
 
     fn set_queue_depth_limit(&mut self, _limit: Option<u16>) {}
+
+    /// Transmits complete at once and the frame read ahead is saved with the device.
+    fn drains_before_pause(&self) -> bool {
+        false
+    }
 }

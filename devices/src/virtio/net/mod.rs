@@ -6,10 +6,12 @@
 //! RX reads at most one frame ahead: when the guest has no rx buffer the frame waits and the
 //! tap is not read again until the guest posts buffers (rx queue notification).
 
+mod announce;
 mod device;
 mod persist;
 mod tap;
 
+pub use announce::rarp_announcement;
 pub use device::Net;
 pub use persist::{NetArgs, NetState};
 pub use tap::{NetBackend, Tap};

@@ -394,3 +394,19 @@ fn real_tap_in_a_namespace_answers_arp() {
     );
     assert_eq!(&reply[32..38], &MAC);
 }
+
+#[test]
+fn announce_sends_a_rarp_from_the_guest_mac_with_a_clean_header() {
+    let mem = guest_memory();
+    let (_rx, _tx, peer, s) = pair_setup(&mem);
+    let mac = s.t().device().mac();
+    s.t().device_mut().announce().unwrap();
+    let mut buf = [0u8; 128];
+    let n = peer.recv(&mut buf).unwrap();
+    assert_eq!(n, VNET_HDR_LEN + 60);
+    assert_eq!(&buf[..VNET_HDR_LEN], &[0; VNET_HDR_LEN]);
+    assert_eq!(
+        &buf[VNET_HDR_LEN..n],
+        &crate::virtio::net::rarp_announcement(mac)
+    );
+}
