@@ -2,6 +2,7 @@
 //! judged by eye in docs/harness.md.
 
 pub mod boot;
+pub mod disk;
 pub mod loopback;
 pub mod memory;
 pub mod migrate;
