@@ -62,7 +62,7 @@ fn bench_once(hv: &dyn Hypervisor, image: &Path, dir: &Path) -> Result<Vec<DiskB
             .console
             .wait_for(&format!("disk_bench {phase}"), timeout, |l| {
                 match l.event() {
-                    Some(Event::DiskBench(b)) if b.phase == phase => Some(b.clone()),
+                    Some(Event::DiskBench(b)) if b.phase == phase => Some(*b),
                     _ => None,
                 }
             });
