@@ -117,6 +117,11 @@ pub struct MigrateArgs {
     /// (default: none; at 99 % throttle the duty cycle sleeps up to ~1 s).
     #[arg(long)]
     pub max_stall: Option<u64>,
+    /// Longest a device drain window stays open while its devices are busy, ms, before I/O
+    /// resumes and the next round retries (default 500; keep it far below the guest's disk
+    /// timeout).
+    #[arg(long)]
+    pub drain_window: Option<u64>,
     /// Print the statistics as JSON instead of a progress bar and summary.
     #[arg(long)]
     pub json: bool,

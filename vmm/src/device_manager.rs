@@ -35,8 +35,9 @@ use crate::vstate::vcpu::IoHandler;
 /// The serial port as tern builds it: guest output on stdout, watched for panics.
 pub type ConsoleSerial = Serial<ConsoleOutput<Stdout>>;
 
-/// Longest a quiesce window stays open: well below any guest block layer's
-/// request timeout (Linux: 30 s), so a drain never looks like a hung disk.
+/// Longest a quiesce window stays open by default (`--drain-window`): well
+/// below any guest block layer's request timeout (Linux: 30 s), so a drain
+/// never looks like a hung disk.
 pub const QUIESCE_WINDOW: Duration = Duration::from_millis(500);
 
 /// Errors wiring devices.
@@ -301,8 +302,8 @@ impl DeviceManager {
 
     /// Asks every device to stop taking requests, without blocking: one
     /// attempt of the per-round drain. A window that stays busy longer than
-    /// `QUIESCE_WINDOW` is closed (I/O resumes) and the next round retries.
-    pub fn try_quiesce(&self, stats: &Mutex<DrainStats>) {
+    /// `window` is closed (I/O resumes) and the next round retries.
+    pub fn try_quiesce(&self, stats: &Mutex<DrainStats>, window: Duration) {
         let all = lock(&self.virtio);
         // The others keep serving the guest until the pause.
         let slots: Vec<&VirtioSlot> = all.iter().filter(|s| s.drains_before_pause()).collect();
@@ -312,7 +313,7 @@ impl DeviceManager {
         let mut d = lock(&self.drain);
         let mut st = lock(stats);
         if let Some(start) = d.window_start {
-            if d.in_flight != Some(0) && start.elapsed() > QUIESCE_WINDOW {
+            if d.in_flight != Some(0) && start.elapsed() > window {
                 // Busy for the whole window: let the guest's I/O flow again.
                 for s in slots.iter() {
                     s.resume_io();

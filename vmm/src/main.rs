@@ -118,6 +118,7 @@ fn migrate(a: &MigrateArgs) -> ExitCode {
         "on_no_converge": a.on_no_converge,
         "no_throttle": a.no_throttle,
         "max_stall_ms": a.max_stall,
+        "drain_window_ms": a.drain_window,
     });
     if let Err(e) = call(&a.api_socket, "PUT", "/migration", Some(&body)) {
         return fail(e);

@@ -120,7 +120,7 @@ fn burst_is_recognised_and_aborted_leaving_the_guest_running() {
 }
 
 #[test]
-fn burst_forced_takes_the_downtime_it_announced() {
+fn burst_forced_takes_no_more_downtime_than_it_announced() {
     let _g = serial();
     let mut args = BURST_LIMITS.to_vec();
     args.extend(["--on-no-converge", "force"]);
@@ -132,8 +132,10 @@ fn burst_forced_takes_the_downtime_it_announced() {
         .expect("forced downtime announced");
     let actual = stats["downtime_ms"].as_f64().unwrap();
     assert!(announced > 300.0, "forcing was not needed: {announced} ms");
+    // The announcement is an upper bound: it is made at the capped rate, and
+    // the final copy (guest paused) is not paced.
     assert!(
-        (actual - announced).abs() <= 0.2 * announced,
+        actual <= 1.2 * announced,
         "announced {announced:.0} ms, took {actual:.0} ms"
     );
     dst.wait_event("tick", 4, Duration::from_secs(10));

@@ -154,8 +154,32 @@ fn a_disk_hung_until_the_timeout_ends_the_migration_by_policy() {
     let uri = format!("tcp:127.0.0.1:{}", free_port());
     let mut dst = start_destination(&uri, 2, "256M", None, &["--disk", &disk]);
     hold_disk_until_stuck(&src);
-    let (code, stats, _) = migrate(&api, &uri, &["--timeout", "6", "--on-no-converge", "abort"]);
+    let (code, stats, _) = migrate(
+        &api,
+        &uri,
+        &[
+            "--timeout",
+            "6",
+            "--on-no-converge",
+            "abort",
+            "--drain-window",
+            "200",
+        ],
+    );
     assert_ne!(code, 0);
+    // Busy windows were closed after the configured 200 ms (the default is 500),
+    // give or take the round that noticed.
+    let windows: Vec<f64> = stats["drain"]["windows_ms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_f64)
+        .collect();
+    assert!(windows.len() >= 2, "{stats}");
+    assert!(
+        windows.iter().all(|&w| (200.0..450.0).contains(&w)),
+        "{windows:?}"
+    );
     assert_eq!(stats["phase"], "aborted", "{stats}");
     assert!(
         stats["error"].as_str().unwrap().contains("timeout"),

@@ -36,6 +36,10 @@ pub struct MigrateRequest {
     /// cycle stretches its period up to 1 s at 99 % to keep throttling accurate).
     #[serde(default)]
     pub max_stall_ms: Option<u64>,
+    /// Longest a drain window stays open while devices are busy, in ms (none:
+    /// [`crate::device_manager::QUIESCE_WINDOW`]).
+    #[serde(default)]
+    pub drain_window_ms: Option<u64>,
 }
 
 fn default_max_downtime_ms() -> u64 {

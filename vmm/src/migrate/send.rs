@@ -201,8 +201,9 @@ impl PageSender {
                     )
                     .map_err(|e| MigrationError::DirtyLog(e.to_string()))?;
             }
-            // After the re-arm above: a page found empty here and written
-            // later is logged dirty again.
+            // A page found never populated here and written later is logged
+            // dirty: in bitmap mode the window was re-armed above; with the
+            // ring, KVM logs the write that first maps the page.
             self.find_populated(slots[region].host_addr, first, end);
             let guest_base = slots[region].guest_addr;
             let words = std::mem::take(&mut self.words);

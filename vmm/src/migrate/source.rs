@@ -71,6 +71,11 @@ pub fn controller_config(
             "max stall must be at least 1 ms".into(),
         ));
     }
+    if req.drain_window_ms == Some(0) {
+        return Err(MigrationError::BadRequest(
+            "drain window must be at least 1 ms".into(),
+        ));
+    }
     c.aggression = req.aggression;
     c.max_throttle = if req.no_throttle {
         0.0
@@ -338,6 +343,9 @@ fn migrate_guest(
     for c in &machine.controls {
         c.set_max_stall(req.max_stall_ms.map(Duration::from_millis));
     }
+    let drain_window = req
+        .drain_window_ms
+        .map_or(crate::device_manager::QUIESCE_WINDOW, Duration::from_millis);
     let set = start_tracking(machine)?;
     let mut harvester = Harvester::new(machine, &set);
     ctl.update(|s| {
@@ -431,7 +439,7 @@ fn migrate_guest(
         });
         match d.action {
             Action::Continue => machine.devices.resume_io_into(Some(&ctl.drain)),
-            Action::Quiesce => machine.devices.try_quiesce(&ctl.drain),
+            Action::Quiesce => machine.devices.try_quiesce(&ctl.drain, drain_window),
             Action::Switchover { .. } => {
                 forced_downtime = None;
                 break;
