@@ -86,6 +86,10 @@ pub struct Controller {
     /// The last completed round did not shrink the set enough: the model is not to be trusted
     /// for predicting the switchover.
     last_round_stuck: bool,
+    /// The current round began with every dirtier at the maximum throttle: only such a round's
+    /// shrink says what the maximum throttle achieves (one that ramped up to it mid-way says
+    /// little, and once aborted a guest that would have converged).
+    round_began_at_max: bool,
     terminal: Option<Decision>,
 }
 
@@ -118,6 +122,7 @@ impl Controller {
             probing_aggregate: false,
             probed_aggregate: false,
             commanded: vec![0.0; n],
+            round_began_at_max: false,
             last_round_stuck: false,
             terminal: None,
             config,
@@ -265,6 +270,7 @@ impl Controller {
             if devices_busy.is_none() && link > 0.0 {
                 let proven = cannot_shrink(floor, link);
                 let stuck_at_max = progress.is_some_and(|p| p.shrink < NO_CONVERGENCE_SHRINK)
+                    && self.round_began_at_max
                     && self.all_at_max(min_share);
                 if proven || stuck_at_max {
                     let reason = StopReason::NoConvergence {
@@ -313,6 +319,9 @@ impl Controller {
         let reason = self.explain(&o, &plan, expected, aim, bulk, devices_busy, soon);
         let estimates = self.estimates(&o, expected, link, &plan, reason);
         self.commanded.clone_from(&plan.throttles);
+        if o.end_of_round {
+            self.round_began_at_max = self.all_at_max(min_share);
+        }
         Decision {
             throttle_fractions: plan.throttles,
             action,
