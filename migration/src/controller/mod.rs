@@ -193,7 +193,7 @@ impl Controller {
 
         let expected = self.expected_downtime(o.remaining_bytes, link);
         let stalled =
-            progress.is_some_and(|p| p.stuck) || o.devices == Some(DeviceStatus::Quiesced);
+            progress.is_some_and(|p| p.stalled) || o.devices == Some(DeviceStatus::Quiesced);
         let nominal_aim = self
             .config
             .max_downtime

@@ -24,7 +24,11 @@ use super::policy::{Policy, NO_CONVERGENCE_SHRINK};
 pub(crate) struct RoundProgress {
     /// `1 − remaining/previous remaining` (negative when the set grew).
     pub shrink: f64,
-    /// The set shrank by less than half the policy's margin.
+    /// The set shrank by less than half the policy's margin: more rounds will not make the
+    /// switchover cheaper, so it may take the whole downtime limit.
+    pub stalled: bool,
+    /// Stalled with a remaining set that does not fit the downtime budget: the throttle must
+    /// escalate.
     pub stuck: bool,
 }
 
@@ -40,8 +44,8 @@ impl Progress {
     /// pass has nothing to compare with).
     ///
     /// A round whose remaining set already fits the downtime budget (`within_budget`) is never
-    /// stuck: what holds the switchover back then is not memory (busy devices), and throttling
-    /// the guest harder would not help.
+    /// stuck, only stalled: what holds the switchover back then is not memory (busy devices, or
+    /// an aim below the limit), and throttling the guest harder would not help.
     pub fn record(
         &mut self,
         remaining_bytes: f64,
@@ -56,9 +60,11 @@ impl Progress {
             } else {
                 1.0
             };
+            let stalled = shrink < policy.stuck_below_shrink();
             RoundProgress {
                 shrink,
-                stuck: !within_budget && shrink < policy.stuck_below_shrink(),
+                stalled,
+                stuck: stalled && !within_budget,
             }
         });
         if result.is_some_and(|p| p.stuck) {
