@@ -55,24 +55,7 @@ if [ -d /sys/module/kvm_pvm ]; then
   qemu_cmdline+=" noxsave nofsgsbase clearcpuid=cx16,popcnt,smap,smep,rdrand,rdseed,serialize,invpcid,pcid,rdpid"
 fi
 
-# qmp SOCKET JSON-COMMAND...: runs the commands, prints the last answer.
-qmp() {
-  python3 - "$@" <<'PY'
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rw")
-def cmd(c):
-    f.write(c + "\n"); f.flush()
-    while True:
-        m = json.loads(f.readline())
-        if "return" in m or "error" in m:
-            return m
-json.loads(f.readline())
-cmd('{"execute":"qmp_capabilities"}')
-for c in sys.argv[2:]:
-    r = cmd(c)
-print(json.dumps(r))
-PY
-}
+qmp() { python3 "$PWD/tools/qmp.py" "$@"; }
 
 wait_for() { # FILE PATTERN SECONDS
   for _ in $(seq "$3"); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 1; done

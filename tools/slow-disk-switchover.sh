@@ -56,23 +56,7 @@ print(f"{worst / 1000:.1f}")
 PY
 }
 
-qmp() {
-  python3 - "$@" <<'PY'
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rw")
-def cmd(c):
-    f.write(c + "\n"); f.flush()
-    while True:
-        m = json.loads(f.readline())
-        if "return" in m or "error" in m:
-            return m
-json.loads(f.readline())
-cmd('{"execute":"qmp_capabilities"}')
-for c in sys.argv[2:]:
-    r = cmd(c)
-print(json.dumps(r))
-PY
-}
+qmp() { python3 "$PWD/tools/qmp.py" "$@"; }
 
 declare -A result
 

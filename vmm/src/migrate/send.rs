@@ -220,6 +220,22 @@ impl PageSender {
         Ok(true)
     }
 
+    /// A whole pass over the set, without a deadline (the switchover's final
+    /// copies).
+    pub fn send_all(
+        &mut self,
+        machine: &Machine,
+        set: &DirtySet,
+        session: &mut SourceSession,
+        pacer: &mut Pacer,
+        cancel: &AtomicBool,
+    ) -> Result<(), MigrationError> {
+        let mut cursor = Cursor::default();
+        let far = Instant::now() + Duration::from_secs(3600);
+        while !self.pass(machine, set, session, pacer, &mut cursor, far, cancel)? {}
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn send_window(
         &mut self,

@@ -475,22 +475,12 @@ fn migrate_guest(
         log::warn!("switchover with {in_flight} device requests in flight");
     }
     harvester.harvest(machine, &set)?;
-    let mut cursor = Cursor::default();
     // The guest is paused: the cap protected the link while the guest ran,
     // now it would only stretch the pause (QEMU lifts its cap here too). The
     // controller's downtime estimate used the capped rate, so the pause is no
     // longer than it expected.
     let mut pacer = Pacer::new(None);
-    let far = Instant::now() + Duration::from_secs(3600);
-    while !sender.pass(
-        machine,
-        &set,
-        session,
-        &mut pacer,
-        &mut cursor,
-        far,
-        &ctl.cancel,
-    )? {}
+    sender.send_all(machine, &set, session, &mut pacer, &ctl.cancel)?;
     log::debug!(
         "switchover: dirty set sent after {:?} ({} data pages so far)",
         paused_at.elapsed(),
@@ -502,16 +492,7 @@ fn migrate_guest(
         .save_states()
         .map_err(MigrationError::Device)?;
     harvester.harvest(machine, &set)?;
-    let mut cursor = Cursor::default();
-    while !sender.pass(
-        machine,
-        &set,
-        session,
-        &mut pacer,
-        &mut cursor,
-        far,
-        &ctl.cancel,
-    )? {}
+    sender.send_all(machine, &set, session, &mut pacer, &ctl.cancel)?;
     if check_sent {
         let bad = sender.check_sent(machine, 16);
         if bad.is_empty() {
