@@ -108,6 +108,21 @@ impl NetNs {
         run(&cmd)
     }
 
+    /// Whether `ip` answers a ping from inside the namespace, in up to ten tries (a live Linux's
+    /// ring 0 is emulated here and the host is shared).
+    fn answers_ping(&self, ip: &str) -> bool {
+        (0..10).any(|_| {
+            Command::new("ip")
+                .args([
+                    "netns", "exec", &self.name, "ping", "-c", "1", "-W", "5", ip,
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    }
+
     /// A persistent tap, up (no carrier until tern attaches to it).
     fn tap(&self, name: &str) {
         self.ip(&["tuntap", "add", name, "mode", "tap"]);
@@ -602,15 +617,7 @@ fn linux_mounts_its_root_from_virtio_blk_and_gets_a_dhcp_lease_over_virtio_net()
     );
     // The live Linux answers ping on that address (a few tries: its ring 0
     // is emulated and the host is shared).
-    let answered = (0..10).any(|_| {
-        Command::new("ip")
-            .args(["netns", "exec", &ns.name, "ping", "-c", "1", "-W", "5", &ip])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    assert!(answered, "Linux at {ip} does not answer ping");
+    assert!(ns.answers_ping(&ip), "Linux at {ip} does not answer ping");
     assert!(vm.running(), "{}", vm.stderr());
 }
 
@@ -656,17 +663,10 @@ fn live_linux_keeps_answering_ping_across_a_live_migration() {
         ],
     );
     src.wait_for("Run /init as init process", LINUX_BOOT);
-    let answered = (0..10).any(|_| {
-        Command::new("ip")
-            .args([
-                "netns", "exec", &ns.name, "ping", "-c", "1", "-W", "5", guest_ip,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    assert!(answered, "Linux at {guest_ip} does not answer ping");
+    assert!(
+        ns.answers_ping(guest_ip),
+        "Linux at {guest_ip} does not answer ping"
+    );
 
     let uri = format!("unix:{}", dir.path("mig.sock").display());
     let mut dst = start_destination_in(ns.name(), &uri, 1, "256M", None, &["--net", "tap=tap1"]);
