@@ -941,10 +941,23 @@ fn last_net_tick(vm: &TernVm) -> Option<Value> {
     vm.events("net_tick").last().cloned()
 }
 
-/// Sends `stop` and returns `net_done`.
-fn net_stop(vm: &mut TernVm) -> Value {
+/// Waits until the guest has had `at_least` of its probes echoed back.
+fn wait_returned(vm: &TernVm, at_least: u64, what: &str, timeout: Duration) {
+    vm.wait_console(what, timeout, |lines| {
+        parse_events(lines, "net_tick")
+            .into_iter()
+            .find(|t| u(t, "returned") >= at_least)
+    });
+}
+
+/// Quiets the peer (its own frames end first, so the guest has them all when it stops), then
+/// sends `stop`; returns the guest's `net_done` and the peer's report.
+fn net_stop(vm: &mut TernVm, peer: Peer) -> (Value, PeerReport) {
+    peer.quiet();
+    std::thread::sleep(Duration::from_millis(100));
     vm.send("stop");
-    vm.wait_event("net_done", 0, Duration::from_secs(30))
+    let done = vm.wait_event("net_done", 0, Duration::from_secs(30));
+    (done, peer.finish())
 }
 
 #[test]
@@ -961,20 +974,13 @@ fn test_guest_exchanges_10_mib_of_frames_with_a_peer_on_the_tap() {
 
     // Until 10 MiB of probes went out and came back.
     let want = TEN_MIB.div_ceil(FRAME_BYTES);
-    vm.wait_console(
+    wait_returned(
+        &vm,
+        want,
         "10 MiB of frames echoed",
         Duration::from_secs(120),
-        |lines| {
-            parse_events(lines, "net_tick")
-                .into_iter()
-                .find(|t| u(t, "returned") >= want)
-        },
     );
-    // The peer's own frames end first, so the guest has them all when it stops.
-    peer.quiet();
-    std::thread::sleep(Duration::from_millis(100));
-    let done = net_stop(&mut vm);
-    let report = peer.finish();
+    let (done, report) = net_stop(&mut vm, peer);
     let sent = u(&done, "sent");
     eprintln!(
         "net_done: {done}\n{report:?}; missing {:?}",
@@ -1193,14 +1199,11 @@ fn network_traffic_continues_across_a_live_migration() {
         Some(&src_api),
         &["--net", "tap=tap0"],
     );
-    src.wait_console(
+    wait_returned(
+        &src,
+        1000,
         "frames echoed before the migration",
         Duration::from_secs(30),
-        |lines| {
-            parse_events(lines, "net_tick")
-                .into_iter()
-                .find(|t| u(t, "returned") >= 1000)
-        },
     );
     let mut dst = start_destination_in(ns.name(), &uri, 1, "256M", None, &["--net", "tap=tap1"]);
     let (code, stats, stderr) = migrate(&src_api, &uri, &[]);
@@ -1217,19 +1220,13 @@ fn network_traffic_continues_across_a_live_migration() {
 
     // Frames continue on the destination: 2000 more probes come back.
     let target = u(&before, "returned") + 2000;
-    dst.wait_console(
+    wait_returned(
+        &dst,
+        target,
         "frames echoed after the migration",
         Duration::from_secs(60),
-        |lines| {
-            parse_events(lines, "net_tick")
-                .into_iter()
-                .find(|t| u(t, "returned") >= target)
-        },
     );
-    peer.quiet();
-    std::thread::sleep(Duration::from_millis(100));
-    let done = net_stop(&mut dst);
-    let report = peer.finish();
+    let (done, report) = net_stop(&mut dst, peer);
     let lost = u(&done, "lost");
     let ticks: Vec<(&str, Value)> = src
         .events("net_tick")
