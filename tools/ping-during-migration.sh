@@ -93,6 +93,12 @@ PY
 }
 
 declare -A result
+# windows VMM T0 T1: the replies before, during and after the migration [T0, T1).
+windows() {
+  result[$1_before]=$(summary "$1" 0 "$2")
+  result[$1_during]=$(summary "$1" "$2" "$3")
+  result[$1_after]=$(summary "$1" "$3" 1e12)
+}
 run_tern() {
   in_ns "$tern" run --kernel "$vmlinux" --initrd "$initramfs_live" --memory 256M \
     --net "tap=tap0,mac=$mac" --api-socket "$work/src.sock" --cmdline "$cmdline" \
@@ -109,9 +115,7 @@ run_tern() {
   t1=$(date +%s.%N)
   sleep 3
   kill "$ping"
-  result[tern_before]=$(summary tern 0 "$t0")
-  result[tern_during]=$(summary tern "$t0" "$t1")
-  result[tern_after]=$(summary tern "$t1" 1e12)
+  windows tern "$t0" "$t1"
   result[tern_mig]=$(python3 -c "import json;d=json.load(open('$work/tern.json'));print(f\"{d['phase']}, {d['total_ms']:.0f} ms total, {d['downtime_ms']:.1f} ms downtime\")")
   in_ns pkill -x tern || true
   sleep 1
@@ -144,9 +148,7 @@ run_qemu() {
   t1=$(date +%s.%N)
   sleep 3
   kill "$ping"
-  result[qemu_before]=$(summary qemu 0 "$t0")
-  result[qemu_during]=$(summary qemu "$t0" "$t1")
-  result[qemu_after]=$(summary qemu "$t1" 1e12)
+  windows qemu "$t0" "$t1"
   result[qemu_mig]=$(python3 -c "import json,sys;d=json.loads(sys.argv[1])['return'];print(f\"{d['status']}, {d.get('total-time',0)} ms total, {d.get('downtime',0)} ms downtime\")" "$st")
   qmp "$work/q-src.qmp" '{"execute":"quit"}' >/dev/null 2>&1 || true
   qmp "$work/q-dst.qmp" '{"execute":"quit"}' >/dev/null 2>&1 || true

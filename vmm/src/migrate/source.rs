@@ -186,7 +186,6 @@ fn observe(
     round: u32,
     end_of_round: bool,
     started: Instant,
-    devices: Option<migration::controller::DeviceStatus>,
     remaining_pages: u64,
 ) -> RoundObservation {
     let interval = iv.start.elapsed();
@@ -211,7 +210,7 @@ fn observe(
         remaining_pages,
         page_size: PAGE_SIZE as u64,
         vcpu_throttle_fractions: throttles,
-        devices,
+        devices: machine.devices.drain_status(),
     }
 }
 
@@ -386,16 +385,7 @@ fn migrate_guest(
             let h = harvester.harvest(machine, &set)?;
             let remaining = remaining_data_pages(machine, &set, round, &cursor);
             let obs = observe(
-                machine,
-                &iv,
-                session,
-                &sender,
-                &h,
-                round,
-                false,
-                started,
-                machine.devices.drain_status(),
-                remaining,
+                machine, &iv, session, &sender, &h, round, false, started, remaining,
             );
             let d = controller.observe(&obs);
             apply(machine, &d, ctl, round, started);
@@ -426,7 +416,6 @@ fn migrate_guest(
             round,
             true,
             started,
-            machine.devices.drain_status(),
             set.count(),
         );
         let d = controller.observe(&obs);
