@@ -93,7 +93,10 @@ pub struct SendTotals {
 pub struct PageSender {
     buf: Vec<u8>,
     words: Vec<u64>,
-    /// Where never-populated pages are found (None: every page is read).
+    /// Where never-populated pages are found, during the bulk pass only
+    /// (None: every page is read). Pages dirtied later were written, so the
+    /// pagemap has nothing to say about them; it is dropped after the first
+    /// complete pass.
     pagemap: Option<Pagemap>,
     /// Per window: pages that may hold data (see [`Pagemap::populated`]).
     populated: Vec<u64>,
@@ -217,6 +220,7 @@ impl PageSender {
                 return Ok(false);
             }
         }
+        self.pagemap = None;
         Ok(true)
     }
 
