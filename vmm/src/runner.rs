@@ -168,7 +168,7 @@ pub fn run(args: &RunArgs) -> Result<ExitReason, RunError> {
         lifecycle,
     ));
     let migrations = Arc::new(MigrationManager::default());
-    let _api = match &args.api_socket {
+    let api = match &args.api_socket {
         Some(p) => Some(ApiServer::start(
             p,
             Arc::new(MachineApi {
@@ -209,8 +209,12 @@ pub fn run(args: &RunArgs) -> Result<ExitReason, RunError> {
     }
     let reason = event_loop.run_until_exit(&exit)?;
     machine.stop_vcpus();
-    if reason == ExitReason::MigratedAway && args.api_socket.is_some() {
-        migrations.wait_final_read(std::time::Duration::from_secs(2));
+    if let (ExitReason::MigratedAway, Some(api)) = (&reason, &api) {
+        // Give `tern migrate` the final statistics: wait until a client read
+        // them (the read marks it), then until its response is written out.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        migrations.wait_final_read(deadline);
+        api.wait_idle(deadline);
     }
     Ok(reason)
 }

@@ -1084,7 +1084,12 @@ fn disk_writes_at_qd32_survive_a_live_migration() {
     src.wait_event("disk_tick", 10, Duration::from_secs(30));
     let mut dst = start_destination(&uri, 1, "256M", None, &["--disk", &disk]);
     let (code, stats, stderr) = migrate(&src_api, &uri, &[]);
-    assert_eq!(code, 0, "migration failed: {stderr}\n{stats}");
+    assert_eq!(
+        code,
+        0,
+        "migration failed: {stderr}\n{stats}\nsource: {}",
+        src.stderr()
+    );
     assert_eq!(
         src.wait_exit(Duration::from_secs(10)).code(),
         Some(0),
@@ -1207,7 +1212,12 @@ fn network_traffic_continues_across_a_live_migration() {
     );
     let mut dst = start_destination_in(ns.name(), &uri, 1, "256M", None, &["--net", "tap=tap1"]);
     let (code, stats, stderr) = migrate(&src_api, &uri, &[]);
-    assert_eq!(code, 0, "migration failed: {stderr}\n{stats}");
+    assert_eq!(
+        code,
+        0,
+        "migration failed: {stderr}\n{stats}\nsource: {}",
+        src.stderr()
+    );
     assert_eq!(
         src.wait_exit(Duration::from_secs(10)).code(),
         Some(0),

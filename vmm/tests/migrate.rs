@@ -21,7 +21,12 @@ fn migrate_and_check(uri: &str, cmdline: &str, mem: &str, migrate_args: &[&str])
     let mut dst = start_destination(uri, 1, mem, None, &[]);
 
     let (code, stats, stderr) = migrate(&src_api, uri, migrate_args);
-    assert_eq!(code, 0, "migration failed: {stderr}\n{stats}");
+    assert_eq!(
+        code,
+        0,
+        "migration failed: {stderr}\n{stats}\nsource: {}",
+        src.stderr()
+    );
     assert_eq!(stats["phase"], "completed", "{stats}");
     let downtime_ms = stats["downtime_ms"].as_f64().expect("downtime reported");
 

@@ -3,8 +3,9 @@
 
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::http::{read_request, write_response, HttpError, Response};
 use super::{route, ApiHandler};
@@ -30,6 +31,8 @@ pub enum ApiServerError {
 /// The listening socket; removes its path when dropped.
 pub struct ApiServer {
     path: PathBuf,
+    /// Connections accepted whose response is not yet written.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl ApiServer {
@@ -48,17 +51,25 @@ impl ApiServer {
             path: path.to_owned(),
             source,
         })?;
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let counted = in_flight.clone();
         let spawned = std::thread::Builder::new()
             .name("tern-api".into())
             .spawn(move || {
                 for conn in listener.incoming() {
                     let Ok(conn) = conn else { continue };
                     let handler = handler.clone();
+                    // Counted from accept to the response's last byte, so
+                    // the process does not exit in between (see `wait_idle`).
+                    let in_flight = InFlight::enter(&counted);
                     // Each connection on its own short thread: a slow request
                     // (pause, estimate) does not block `GET /migration`.
                     let _ = std::thread::Builder::new()
                         .name("tern-api-conn".into())
-                        .spawn(move || serve(conn, handler.as_ref()));
+                        .spawn(move || {
+                            serve(conn, handler.as_ref());
+                            drop(in_flight);
+                        });
                 }
             });
         if let Err(source) = spawned {
@@ -70,7 +81,41 @@ impl ApiServer {
         }
         Ok(ApiServer {
             path: path.to_owned(),
+            in_flight,
         })
+    }
+
+    /// Waits until no response is being prepared or written, or until
+    /// `deadline`. Before the process exits: a client that asked for the
+    /// final migration statistics gets all of them, not a closed socket.
+    /// Returns whether the server went idle.
+    pub fn wait_idle(&self, deadline: Instant) -> bool {
+        loop {
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// One connection counted as in flight until dropped (also when its thread
+/// could not be spawned: the closure, and with it the guard, is dropped).
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -101,4 +146,60 @@ fn serve(conn: UnixStream, handler: &dyn ApiHandler) {
         Err(e) => Response::error(400, e.to_string()),
     };
     let _ = write_response(&conn, &resp);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::http::roundtrip;
+    use crate::api::ApiRequest;
+    use std::sync::mpsc;
+
+    /// Answers after `delay`, saying the handler has started first.
+    struct Slow {
+        delay: Duration,
+        started: std::sync::Mutex<mpsc::Sender<()>>,
+    }
+
+    impl ApiHandler for Slow {
+        fn handle(&self, _req: ApiRequest) -> Response {
+            let _ = self.started.lock().unwrap().send(());
+            std::thread::sleep(self.delay);
+            Response::ok(serde_json::json!({"phase": "completed"}))
+        }
+    }
+
+    #[test]
+    fn wait_idle_covers_a_response_being_written() {
+        let dir = std::env::temp_dir().join(format!("tern-api-idle-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let sock = dir.join("api.sock");
+        let (tx, started) = mpsc::channel();
+        let server = ApiServer::start(
+            &sock,
+            Arc::new(Slow {
+                delay: Duration::from_millis(300),
+                started: std::sync::Mutex::new(tx),
+            }),
+        )
+        .unwrap();
+        assert!(server.wait_idle(Instant::now()), "idle before any request");
+
+        let client_sock = sock.clone();
+        let client = std::thread::spawn(move || {
+            let conn = UnixStream::connect(client_sock).unwrap();
+            roundtrip(conn, "GET", "/migration", None)
+        });
+        started.recv_timeout(Duration::from_secs(5)).unwrap();
+        // The handler is running: not idle, and a short deadline says so.
+        assert!(!server.wait_idle(Instant::now() + Duration::from_millis(20)));
+        assert!(server.wait_idle(Instant::now() + Duration::from_secs(5)));
+        // Once idle, the whole response has been written: dropping the
+        // server (as the exiting process would) does not cut the client off.
+        drop(server);
+        let (status, body) = client.join().unwrap().expect("a complete response");
+        assert_eq!(status, 200);
+        assert_eq!(body["phase"], "completed");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -191,10 +191,11 @@ impl MigrationManager {
         }
     }
 
-    /// After the guest left for the destination: waits up to `grace` for a
-    /// client to read the final statistics, so `tern migrate` can show them.
-    pub fn wait_final_read(&self, grace: std::time::Duration) {
-        let deadline = Instant::now() + grace;
+    /// After the guest left for the destination: waits until `deadline` for
+    /// a client to read the final statistics, so `tern migrate` can show
+    /// them. The read is marked when they are taken, before the response is
+    /// written: the API server's `wait_idle` covers the rest.
+    pub fn wait_final_read(&self, deadline: Instant) {
         while !self.final_read.load(std::sync::atomic::Ordering::Acquire)
             && Instant::now() < deadline
         {
