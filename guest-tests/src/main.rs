@@ -114,11 +114,14 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
-    /// tern's send rate on a guest with no zero pages vs loopback TCP.
+    /// Send rate on a guest with no zero pages: tern, QEMU, loopback TCP.
     SendRate {
         /// Working set filled with non-zero pages, MiB.
         #[arg(long, default_value_t = 1024)]
         ws: u32,
+        /// Migrations per VMM (alternating).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// Loopback TCP copy throughput only.
     Loopback {
@@ -135,9 +138,9 @@ fn hypervisors(
 ) -> anyhow::Result<Vec<Box<dyn Hypervisor>>> {
     let mut out: Vec<Box<dyn Hypervisor>> = Vec::new();
     if which != WhichVmm::Qemu {
-        out.push(Box::new(Tern {
-            binary: artifacts::tern_binary(cli.tern.as_deref())?,
-        }));
+        out.push(Box::new(Tern::new(artifacts::tern_binary(
+            cli.tern.as_deref(),
+        )?)));
     }
     if which != WhichVmm::Tern {
         let binary = artifacts::qemu_binary()?;
@@ -272,26 +275,29 @@ fn main() -> anyhow::Result<()> {
                 BenchCommand::Boot { runs } => {
                     println!(
                         "{}",
-                        bench::boot::run(&Tern { binary: tern()? }, &qemu()?, *runs)?
+                        bench::boot::run(&Tern::new(tern()?), &qemu()?, *runs)?
                     )
                 }
                 BenchCommand::Disk { runs } => {
                     println!(
                         "{}",
-                        bench::disk::run(&Tern { binary: tern()? }, &qemu()?, *runs)?
+                        bench::disk::run(&Tern::new(tern()?), &qemu()?, *runs)?
                     )
                 }
                 BenchCommand::Memory { runs } => {
-                    println!("{}", bench::memory::run(&Tern { binary: tern()? }, *runs)?)
+                    println!("{}", bench::memory::run(&Tern::new(tern()?), *runs)?)
                 }
                 BenchCommand::Migrate { runs } => {
                     println!(
                         "{}",
-                        bench::migrate::run(&Tern { binary: tern()? }, &qemu()?, *runs)?
+                        bench::migrate::run(&Tern::new(tern()?), &qemu()?, *runs)?
                     )
                 }
-                BenchCommand::SendRate { ws } => {
-                    println!("{}", bench::send_rate::run(&Tern { binary: tern()? }, *ws)?)
+                BenchCommand::SendRate { ws, runs } => {
+                    println!(
+                        "{}",
+                        bench::send_rate::run(&Tern::new(tern()?), &qemu()?, *ws, *runs)?
+                    )
                 }
                 BenchCommand::Loopback { mib } => {
                     let r = bench::loopback::measure(*mib << 20)?;

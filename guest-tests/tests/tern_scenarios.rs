@@ -11,9 +11,7 @@ use tern_guest_tests::tern::Tern;
 use tern_guest_tests::vmm::MigrationStatus;
 
 fn tern() -> Tern {
-    Tern {
-        binary: artifacts::tern_binary(None).expect("a tern binary (cargo build -p tern-vmm)"),
-    }
+    Tern::new(artifacts::tern_binary(None).expect("a tern binary (cargo build -p tern-vmm)"))
 }
 
 #[test]

@@ -55,6 +55,11 @@ pub struct RunArgs {
     /// Guest memory, e.g. 512M or 2G.
     #[arg(long, default_value = "512M")]
     pub memory: String,
+    /// Back all guest memory before the guest starts (or, with --incoming,
+    /// before listening): no first-touch page faults later, at the cost of
+    /// committing the whole size up front (QEMU's -mem-prealloc).
+    #[arg(long)]
+    pub prefault: bool,
     /// Serve the control API on this Unix socket (it must not exist).
     #[arg(long)]
     pub api_socket: Option<PathBuf>,

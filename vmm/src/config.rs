@@ -364,6 +364,8 @@ pub struct VmConfig {
     pub cpus: u8,
     /// Guest RAM in bytes.
     pub mem_bytes: u64,
+    /// Back all guest RAM before starting.
+    pub prefault: bool,
     /// Disks.
     pub disks: Vec<DiskConfig>,
     /// Network interfaces.

@@ -20,6 +20,7 @@ use crate::machine::{Lifecycle, Machine};
 use crate::migrate::destination::TernDestination;
 use crate::migrate::MigrationManager;
 use crate::vstate::kvm::{self, KvmError, KvmHost};
+use crate::vstate::memory::prefault;
 use crate::vstate::vcpu::{Target, VcpuError};
 
 /// Why `tern run` could not run the VM.
@@ -103,6 +104,7 @@ pub fn config_from_args(args: &RunArgs, host_is_pvm: bool) -> Result<VmConfig, C
         cmdline: config::kernel_cmdline(args.cmdline.as_deref(), args.pvm_workarounds, host_is_pvm),
         cpus,
         mem_bytes,
+        prefault: args.prefault,
         disks,
         nets,
         vsock,
@@ -122,6 +124,15 @@ pub fn run(args: &RunArgs) -> Result<ExitReason, RunError> {
     }
     let host = KvmHost::open()?;
     let parts = builder::create(&host, cfg.mem_bytes, cfg.cpus, cfg.dirty_tracking)?;
+    if cfg.prefault {
+        let started = std::time::Instant::now();
+        prefault(&parts.machine.mem).map_err(BuildError::from)?;
+        log::info!(
+            "--prefault: {} MiB of guest memory backed in {:.0} ms",
+            cfg.mem_bytes >> 20,
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
     let exit = Arc::new(
         ExitNotifier::new().map_err(|e| RunError::Os(format!("cannot create an eventfd: {e}")))?,
     );

@@ -11,14 +11,42 @@ use serde_json::Value;
 
 const DIRTIER: &str = "tern.test=dirtier tern.ws=64 tern.rate=20";
 
-/// Migrates a test guest running `cmdline` over `uri` and checks everything
-/// the guest can tell about it. Returns the migration statistics.
-fn migrate_and_check(uri: &str, cmdline: &str, mem: &str, migrate_args: &[&str]) -> Value {
+/// How the destination is started.
+#[derive(Clone, Copy, PartialEq)]
+enum Destination {
+    Plain,
+    /// `--prefault`: all guest memory backed before the stream arrives.
+    Prefaulted,
+}
+
+/// Migrates a test guest with `mem_mib` of memory running `cmdline` over
+/// `uri` and checks everything the guest can tell about it. Returns the
+/// migration statistics.
+fn migrate_and_check(
+    uri: &str,
+    cmdline: &str,
+    mem_mib: u64,
+    migrate_args: &[&str],
+    destination: Destination,
+) -> Value {
+    let mem = &format!("{mem_mib}M");
     let dir = scratch_dir("mig");
     let src_api = dir.join("src.sock");
     let mut src = boot_testguest(1, mem, cmdline, Some(&src_api), &[]);
     src.wait_event("tick", 5, Duration::from_secs(10));
-    let mut dst = start_destination(uri, 1, mem, None, &[]);
+    let mut dst = match destination {
+        Destination::Plain => start_destination(uri, 1, mem, None, &[]),
+        Destination::Prefaulted => {
+            let dst = start_destination(uri, 1, mem, None, &["--prefault"]);
+            // Listening means the guest memory is already backed.
+            let rss_mib = dst.rss_kib() / 1024;
+            assert!(
+                rss_mib >= mem_mib,
+                "--prefault destination holds {rss_mib} MiB for a {mem_mib} MiB guest"
+            );
+            dst
+        }
+    };
 
     let (code, stats, stderr) = migrate(&src_api, uri, migrate_args);
     assert_eq!(
@@ -82,8 +110,9 @@ fn idle_guest_migrates_over_tcp() {
     let stats = migrate_and_check(
         &uri,
         "tern.test=dirtier tern.ws=16 tern.rate=0",
-        "256M",
+        256,
         &[],
+        Destination::Plain,
     );
     // Mostly zero memory travels as markers.
     assert!(
@@ -93,11 +122,11 @@ fn idle_guest_migrates_over_tcp() {
 }
 
 #[test]
-fn busy_guest_migrates_over_unix_socket() {
+fn busy_guest_migrates_over_unix_socket_to_a_prefaulted_destination() {
     let _g = serial();
     let dir = scratch_dir("unix");
     let uri = format!("unix:{}", dir.join("mig.sock").display());
-    let stats = migrate_and_check(&uri, DIRTIER, "256M", &[]);
+    let stats = migrate_and_check(&uri, DIRTIER, 256, &[], Destination::Prefaulted);
     assert!(
         stats["downtime_ms"].as_f64().unwrap() <= 300.0 * 1.1,
         "{stats}"
@@ -113,8 +142,9 @@ fn busy_guest_migrates_over_a_capped_link() {
     let stats = migrate_and_check(
         &uri,
         DIRTIER,
-        "256M",
+        256,
         &["--max-bandwidth", "48M", "--max-downtime", "200"],
+        Destination::Plain,
     );
     assert!(stats["rounds"].as_u64().unwrap() >= 2, "{stats}");
     assert!(

@@ -1,19 +1,42 @@
-//! tern's send rate when nothing can be skipped: the guest fills a working
-//! set with self-checking (never zero) pages and then only meters time
-//! (`tern.rate=0`), so the bulk pass is all data. Compared with a plain
-//! loopback TCP copy on the same machine.
+//! Send rate when nothing can be skipped: the guest fills a working set with
+//! self-checking (never zero) pages and then only meters time (`tern.rate=0`),
+//! so the bulk pass is all data. tern, tern with a `--prefault` destination
+//! (its memory backed before the stream arrives: the same migration without
+//! the destination's first-touch page faults, which on a nested host cost
+//! more than the copy) and QEMU on the same guest, alternating, against two
+//! plain loopback TCP copies on the same machine: into a reused buffer (the
+//! stream's ceiling) and into fresh memory.
 
 use crate::artifacts;
-use crate::bench::loopback;
+use crate::bench::loopback::{self, Sink};
+use crate::bench::stats::Spread;
 use crate::error::{Error, Result};
-use crate::report::table::{num, Table};
-use crate::run::{run_scenario, RunContext};
+use crate::report::table::{num, ratio, Table};
+use crate::run::{run_scenario, RunContext, RunResult};
 use crate::scenario::Scenario;
+use crate::tern::Tern;
 use crate::vmm::Hypervisor;
 use crate::workdir::WorkDir;
 
-/// Runs the benchmark with a `ws_mib` working set; the table as text.
-pub fn run(tern: &dyn Hypervisor, ws_mib: u32) -> Result<String> {
+/// MiB/s over the migration proper (setup excluded).
+fn send_rate(r: &RunResult) -> Option<f64> {
+    let m = &r.migration;
+    let seconds = m.total_ms.map(|t| (t - m.setup_ms.unwrap_or(0.0)) / 1e3)?;
+    let bytes = m.bytes_sent?;
+    (seconds > 0.0).then(|| bytes as f64 / 1048576.0 / seconds)
+}
+
+fn spread_cell(s: Option<Spread>) -> String {
+    match s {
+        Some(s) if s.n > 1 => format!("{:.0} ({:.0}–{:.0})", s.median, s.min, s.max),
+        Some(s) => format!("{:.0}", s.median),
+        None => "-".into(),
+    }
+}
+
+/// Runs the benchmark with a `ws_mib` working set, `runs` times per VMM; the
+/// table as text.
+pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Result<String> {
     artifacts::require_kvm()?;
     let images = artifacts::guest_images()?;
     let memory = u64::from(ws_mib) + 128;
@@ -28,56 +51,102 @@ pub fn run(tern: &dyn Hypervisor, ws_mib: u32) -> Result<String> {
             "warmup=3".into(),
         ],
     )?;
-    let dir = WorkDir::create("send-rate")?;
-    let ctx = RunContext {
-        images: &images,
-        work_dir: dir.path(),
-        injection: None,
+    let prefaulted = Tern {
+        prefault_destination: true,
+        ..Tern::new(tern.binary.clone())
     };
-    let r = run_scenario(tern, &scenario, &ctx)?;
-    if !r.migration.status.completed() {
+    let vmms: [(&str, &dyn Hypervisor); 3] = [
+        ("tern", tern),
+        ("tern, destination --prefault", &prefaulted),
+        ("qemu", qemu),
+    ];
+    let mut rates: [Vec<f64>; 3] = Default::default();
+    let mut last: [Option<RunResult>; 3] = Default::default();
+    let mut notes = Vec::new();
+    for _ in 0..runs.max(1) {
+        for (i, (label, hv)) in vmms.iter().enumerate() {
+            let dir = WorkDir::create("send-rate")?;
+            let ctx = RunContext {
+                images: &images,
+                work_dir: dir.path(),
+                injection: None,
+            };
+            let r = run_scenario(*hv, &scenario, &ctx)?;
+            if !r.migration.status.completed() || !r.verdict.passed {
+                notes.push(format!(
+                    "{label}: {}; verify {}",
+                    r.migration.status.short(),
+                    r.verdict.short()
+                ));
+                continue;
+            }
+            match send_rate(&r) {
+                Some(rate) => rates[i].push(rate),
+                None => notes.push(format!("{label}: no bytes sent or total time reported")),
+            }
+            last[i] = Some(r);
+        }
+    }
+    if rates[0].is_empty() {
         return Err(Error::vm(
             "tern",
-            format!("migration did not complete: {}", r.migration.status.short()),
+            format!("no migration completed and verified: {}", notes.join("; ")),
         ));
     }
-    let copy = loopback::measure(u64::from(ws_mib.max(1024)) << 20)?;
-    let m = &r.migration;
-    let seconds = m.total_ms.map(|t| (t - m.setup_ms.unwrap_or(0.0)) / 1e3);
-    let rate = match (m.bytes_sent, seconds) {
-        (Some(b), Some(s)) if s > 0.0 => Some(b as f64 / 1048576.0 / s),
-        _ => None,
-    };
+    let copy_bytes = u64::from(ws_mib.max(1024)) << 20;
+    let reused = loopback::measure_into(copy_bytes, Sink::Reused)?.mib_per_s();
+    let fresh = loopback::measure_into(copy_bytes, Sink::FreshMemory)?.mib_per_s();
+    let spreads = rates.each_ref().map(|r| Spread::of(r));
+
     let mut t = Table::key_value();
     t.row([
         "guest".to_string(),
         format!("{memory} MiB, {ws_mib} MiB of non-zero pages"),
     ]);
+    for (i, (label, _)) in vmms.iter().enumerate() {
+        if let Some(r) = &last[i] {
+            let m = &r.migration;
+            t.row([
+                format!("{label} data / zero pages, sent MiB"),
+                format!(
+                    "{} / {}, {}",
+                    m.data_pages.map_or("-".into(), |p| p.to_string()),
+                    m.zero_pages.map_or("-".into(), |p| p.to_string()),
+                    num(m.bytes_sent.map(|b| b as f64 / 1048576.0), 1)
+                ),
+            ]);
+        }
+    }
+    for (i, (label, _)) in vmms.iter().enumerate() {
+        t.row([
+            format!("{label}: send rate MiB/s (median of {})", rates[i].len()),
+            spread_cell(spreads[i]),
+        ]);
+    }
     t.row([
-        "data pages".to_string(),
-        m.data_pages.map_or("-".into(), |p| p.to_string()),
+        "loopback TCP copy, reused buffer MiB/s".into(),
+        num(Some(reused), 0),
     ]);
     t.row([
-        "zero pages".to_string(),
-        m.zero_pages.map_or("-".into(), |p| p.to_string()),
+        "loopback TCP copy, into fresh memory MiB/s".into(),
+        num(Some(fresh), 0),
     ]);
-    t.row([
-        "sent MiB".to_string(),
-        num(m.bytes_sent.map(|b| b as f64 / 1048576.0), 1),
-    ]);
-    t.row([
-        "total ms (setup excluded)".to_string(),
-        num(seconds.map(|s| s * 1e3), 0),
-    ]);
-    t.row(["tern send rate MiB/s".to_string(), num(rate, 0)]);
-    t.row([
-        "loopback TCP copy MiB/s".to_string(),
-        num(Some(copy.mib_per_s()), 0),
-    ]);
-    t.row([
-        "tern / loopback".to_string(),
-        num(rate.map(|r| r / copy.mib_per_s() * 100.0), 1) + " %",
-    ]);
-    t.row(["verify".to_string(), r.verdict.short()]);
-    Ok(t.render())
+    let median = |i: usize| spreads[i].map(|s| s.median);
+    let pct = |i: usize, base: f64| num(median(i).map(|r| r / base * 100.0), 1) + " %";
+    for (i, (label, _)) in vmms.iter().enumerate().take(2) {
+        t.row([
+            format!("{label} / loopback (reused buffer)"),
+            pct(i, reused),
+        ]);
+        t.row([
+            format!("{label} / loopback (into fresh memory)"),
+            pct(i, fresh),
+        ]);
+    }
+    t.row(["tern / qemu".into(), ratio(median(0), median(2))]);
+    let mut out = t.render();
+    for n in notes {
+        out.push_str(&format!("\nnote: {n}"));
+    }
+    Ok(out)
 }

@@ -27,9 +27,20 @@ const MIGRATE_GRACE: Duration = Duration::from_secs(60);
 #[derive(Clone, Debug)]
 pub struct Tern {
     pub binary: PathBuf,
+    /// Start destinations with `--prefault` (all guest memory backed before
+    /// the stream arrives, so a migration pays no first-touch faults there).
+    pub prefault_destination: bool,
 }
 
 impl Tern {
+    /// tern as users run it, from `binary`.
+    pub fn new(binary: PathBuf) -> Self {
+        Tern {
+            binary,
+            prefault_destination: false,
+        }
+    }
+
     fn machine_args(vm: &VmSpec, api_socket: &Path) -> Vec<String> {
         let mut args = vec![
             "--cpus".to_string(),
@@ -130,20 +141,27 @@ impl Hypervisor for Tern {
         clock: RunClock,
     ) -> Result<VmmProcess> {
         let socket = Self::socket(dir, "destination")?;
-        let spec = CommandSpec::new(self.binary.display().to_string())
+        let mut spec = CommandSpec::new(self.binary.display().to_string())
             .arg("run")
             .arg("--incoming")
-            .arg(listen.uri())
-            .args(Self::machine_args(vm, &socket))
-            .in_netns(netns);
+            .arg(listen.uri());
+        if self.prefault_destination {
+            spec = spec.arg("--prefault");
+        }
+        let spec = spec.args(Self::machine_args(vm, &socket)).in_netns(netns);
         let mut dst = VmmProcess::spawn("destination", VmmKind::Tern, spec, socket, clock)?;
-        let end = Instant::now() + Duration::from_secs(15);
+        // Backing all guest memory first takes its time on a nested host.
+        let within = Duration::from_secs(if self.prefault_destination { 120 } else { 15 });
+        let end = Instant::now() + within;
         while !dst.stderr().contains(LISTENING) {
             if !dst.running()? {
                 return Err(dst.failure("exited before listening"));
             }
             if Instant::now() > end {
-                return Err(dst.failure(format!("did not say {LISTENING:?} within 15 s")));
+                return Err(dst.failure(format!(
+                    "did not say {LISTENING:?} within {} s",
+                    within.as_secs()
+                )));
             }
             interrupt::sleep(Duration::from_millis(10))?;
         }

@@ -104,6 +104,17 @@ pub struct TernVm {
 }
 
 impl TernVm {
+    /// The process's resident memory, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("tern's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status")
+    }
+
     /// Starts `tern run ARGS`.
     pub fn start(args: &[&str]) -> TernVm {
         Self::start_in(None, args)
