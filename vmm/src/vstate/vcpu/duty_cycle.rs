@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use migration::throttle::DutyCycle;
+use migration::throttle::{DutyCycle, OversleepDebt};
 
 use super::control::VcpuControl;
 use super::timer::{ThreadTimer, TimerError};
@@ -31,6 +31,8 @@ pub struct DutyCycleRunner {
     phase_start: Option<Duration>,
     timer: ThreadTimer,
     armed: bool,
+    /// Overrun sleeps, taken off the next ones.
+    debt: OversleepDebt,
 }
 
 impl DutyCycleRunner {
@@ -40,6 +42,7 @@ impl DutyCycleRunner {
             phase_start: None,
             timer: ThreadTimer::for_current_thread()?,
             armed: false,
+            debt: OversleepDebt::default(),
         })
     }
 
@@ -49,6 +52,7 @@ impl DutyCycleRunner {
         let p = control.throttle();
         if p <= 0.0 {
             self.phase_start = None;
+            self.debt = OversleepDebt::default();
             if self.armed {
                 self.timer.disarm()?;
                 self.armed = false;
@@ -64,7 +68,9 @@ impl DutyCycleRunner {
         let start = *self.phase_start.get_or_insert(cpu);
         let ran = cpu.saturating_sub(start);
         let remaining = if ran >= slice {
-            let slept = control.sleep_unless_requested(Instant::now() + cycle.sleep_after(ran));
+            let asked = self.debt.sleep_for(cycle.sleep_after(ran));
+            let slept = control.sleep_unless_requested(Instant::now() + asked);
+            self.debt.record(asked, slept, cycle.period());
             control.counters.throttled_ns.fetch_add(
                 slept.as_nanos() as u64,
                 std::sync::atomic::Ordering::Relaxed,
