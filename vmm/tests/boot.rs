@@ -53,6 +53,46 @@ fn linux_reaches_init_with_two_vcpus() {
     linux_boots(2);
 }
 
+/// Linux user space: busybox's `/init` (a shell script: mounts, reads
+/// `/proc`, forks `cat`, `basename`, ...) makes its system calls, prints its
+/// ready line and reboots, which ends tern with exit 0. On kvm_pvm every
+/// user-mode `syscall` used to fault; the guest kernel's patch 0003 runs it
+/// from that fault.
+#[test]
+fn linux_user_space_runs_its_init_and_a_reboot_ends_tern() {
+    let _g = serial();
+    let vmlinux = artifact("vmlinux");
+    let initramfs = artifact("initramfs");
+    let mut vm = TernVm::start(&[
+        "--kernel",
+        vmlinux.to_str().unwrap(),
+        "--initrd",
+        initramfs.to_str().unwrap(),
+        "--cpus",
+        "2",
+        "--memory",
+        "256M",
+    ]);
+    vm.wait_for("GUEST-READY", LINUX_BOOT);
+    let status = vm.wait_exit(LINUX_BOOT);
+    let lines = vm.lines();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("segfault") || l.contains("Kernel panic")),
+        "{}",
+        lines.join("\n")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("reboot: Restarting system")),
+        "{}",
+        lines.join("\n")
+    );
+    assert_eq!(status.code(), Some(0), "{}", vm.stderr());
+}
+
 fn testguest_ready(cpus: u32) {
     let _g = serial();
     let vm = boot_testguest(cpus, "256M", "tern.test=idle", None, &[]);
