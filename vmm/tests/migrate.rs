@@ -179,7 +179,10 @@ fn linux_with_a_dirtying_process_migrates_and_the_process_verifies_its_memory() 
         "console=ttyS0 reboot=k panic=1 tern.test=dirtier tern.ws=16 tern.rate=5",
     ]);
     let ready = src.wait_event("ready", 0, LINUX_BOOT);
-    assert_eq!(ready["clock"], "monotonic", "not the Linux program: {ready}");
+    assert_eq!(
+        ready["clock"], "monotonic",
+        "not the Linux program: {ready}"
+    );
     src.wait_event("tick", 5, Duration::from_secs(30));
     let mut dst = start_destination(&uri, 1, "256M", None, &[]);
 
