@@ -13,8 +13,9 @@
 //!   be 100 µs, mostly spent on exit/entry). So the run slice never drops below
 //!   [`MIN_RUN_SLICE`] (10 ms); the period is lengthened instead (99 % → 10 ms run, 990 ms
 //!   sleep).
-//! - A sleep that overruns (timer slack, a late wake-up on a busy host: 0.2–0.9 ms measured
-//!   here) is off time the guest did not owe; [`OversleepDebt`] takes it off the next sleeps.
+//! - A sleep that overruns (timer slack, a late wake-up: 35–100 µs measured here on an idle
+//!   host, up to ~0.9 ms on a busy one) is off time the guest did not owe; [`OversleepDebt`]
+//!   takes it off the next sleeps.
 //! - The sleep compensating an overshooting run slice is capped at [`MAX_SLEEP`]: a vCPU that
 //!   ran 5 s in one `KVM_RUN` at 99 % would otherwise owe 495 s of sleep, which is exactly the
 //!   frozen guest tern exists to avoid. Forgiving the excess costs only throttle accuracy.

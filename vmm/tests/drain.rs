@@ -63,6 +63,14 @@ fn worst_stall_ms(vm: &TernVm) -> f64 {
         / 1e3
 }
 
+/// The ticks that saw a gap over 100 ms, for a failure message.
+fn stall_ticks(vm: &TernVm) -> Vec<Value> {
+    vm.events("tick")
+        .into_iter()
+        .filter(|t| t["max_gap_us"].as_f64().unwrap_or(0.0) > 100e3)
+        .collect()
+}
+
 /// Stops the disk workload and checks every acknowledged block.
 fn stop_and_verify_disk(vm: &mut TernVm) {
     vm.send("stop");
@@ -140,7 +148,9 @@ fn a_disk_held_near_switchover_never_pauses_the_guest() {
     let worst = worst_stall_ms(&src).max(worst_stall_ms(&dst));
     assert!(
         worst <= MAX_DOWNTIME_MS * 1.1,
-        "the guest stalled {worst} ms"
+        "the guest stalled {worst} ms\nmigration: {stats}\nsource ticks: {:?}\ndestination ticks: {:?}",
+        stall_ticks(&src),
+        stall_ticks(&dst)
     );
     stop_and_verify_disk(&mut dst);
 }

@@ -29,8 +29,8 @@ impl Throughput {
 pub enum Sink {
     /// One 1 MiB buffer, read into over and over.
     Reused,
-    /// A new anonymous mapping of the whole copy's size, advised for
-    /// transparent huge pages as tern's guest RAM is, filled front to back.
+    /// A new anonymous mapping of the whole copy's size (4 KiB pages, as
+    /// tern's guest RAM), filled front to back.
     FreshMemory,
 }
 
@@ -141,9 +141,6 @@ impl FreshMapping {
         if ptr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        // SAFETY: `ptr..ptr+len` is the mapping just made; the advice only
-        // changes how the kernel backs it. Failure leaves 4 KiB pages.
-        unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
         Ok(FreshMapping {
             ptr: ptr.cast(),
             len,

@@ -30,6 +30,21 @@ const HISTORY: usize = 4;
 const REFIT_RESET: f64 = 0.2;
 /// Smallest CPU share used in divisions (a paused vCPU has share 0).
 const MIN_SHARE: f64 = 1e-3;
+/// A round sample over at least this long counts fully; a shorter one in proportion, and is
+/// neither fitted against nor trusted alone. A round of 50 µs in which a vCPU wrote one page
+/// says "80 MB/s" and knows almost nothing: such rounds come when little is left to send (a
+/// few pages while a device is being drained), and taking them at face value once set a 99 %
+/// throttle, a one-second sleep, on a vCPU dirtying under 1 MB/s.
+pub(crate) const FULL_WEIGHT_SECS: f64 = 0.02;
+
+/// How much of a full sample a sample over `secs` counts for (0..=1).
+fn sample_weight(secs: f64) -> f64 {
+    if secs.is_finite() && secs > 0.0 {
+        (secs / FULL_WEIGHT_SECS).min(1.0)
+    } else {
+        0.0
+    }
+}
 
 /// An IIR running average: `new = α·old + (1 − α)·sample`; the first sample is taken as is.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -154,8 +169,8 @@ impl DirtierModel {
         let share = s.share.max(MIN_SHARE);
         let anchor = self.history.iter().copied().find(|a| {
             ratio(share, a.share.max(MIN_SHARE)) >= MIN_SHARE_RATIO
-                && a.secs > 0.0
-                && s.secs > 0.0
+                && a.secs >= FULL_WEIGHT_SECS
+                && s.secs >= FULL_WEIGHT_SECS
                 && ratio(s.secs, a.secs) <= MAX_INTERVAL_RATIO
         });
         let mut restart = false;
@@ -176,7 +191,8 @@ impl DirtierModel {
         if restart {
             self.unthrottled.reset(sample);
         } else {
-            self.unthrottled.update(sample);
+            self.unthrottled
+                .update_weighted(sample, sample_weight(s.secs));
         }
         self.min_share_seen = self.min_share_seen.min(share);
         self.history.insert(0, s);
@@ -192,7 +208,7 @@ impl DirtierModel {
         if self.fixed {
             return;
         }
-        if let Some(last) = self.last {
+        if let Some(last) = self.last.filter(|l| l.secs >= FULL_WEIGHT_SECS) {
             let sample = last.bytes_per_sec / last.share.max(MIN_SHARE).powf(self.elasticity);
             if self.unthrottled.value().is_none_or(|v| sample > v) {
                 self.unthrottled.reset(sample);
@@ -492,6 +508,33 @@ mod tests {
         });
         m.trust_latest();
         assert_eq!(m.unthrottled(), Some(200.0));
+    }
+
+    #[test]
+    fn a_round_of_microseconds_barely_moves_the_estimate_and_is_not_trusted_alone() {
+        let mut m = DirtierModel::new(0.5);
+        // 20 ms rounds at 800 kB/s, then a 50 µs round with one page: "82 MB/s".
+        m.commit_round(RateSample {
+            share: 1.0,
+            bytes_per_sec: 800e3,
+            secs: 0.02,
+        });
+        m.commit_round(RateSample {
+            share: 1.0,
+            bytes_per_sec: 4096.0 / 50e-6,
+            secs: 50e-6,
+        });
+        let after = m.unthrottled().unwrap();
+        assert!(after < 1e6, "a 50 µs sample moved the estimate to {after}");
+        m.trust_latest();
+        assert_eq!(m.unthrottled(), Some(after));
+        // Nor does a short round at another share fit an elasticity.
+        m.commit_round(RateSample {
+            share: 0.5,
+            bytes_per_sec: 4096.0 / 50e-6,
+            secs: 50e-6,
+        });
+        assert!(!m.fitted());
     }
 
     #[test]

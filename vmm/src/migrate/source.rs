@@ -367,6 +367,7 @@ fn migrate_guest(
         // Inside the round's interval: what the guest dirties meanwhile is
         // this round's.
         std::thread::sleep(wait_before_round);
+        let work_started = Instant::now();
         pacer.restart();
         loop {
             let done = sender.pass(
@@ -404,7 +405,9 @@ fn migrate_guest(
                 _ => {}
             }
         }
-        wait_before_round = MIN_ROUND.saturating_sub(iv.start.elapsed());
+        // From this round's work only: counting its own wait would make
+        // every other round a few-µs one, whose rates are noise.
+        wait_before_round = MIN_ROUND.saturating_sub(work_started.elapsed());
         let h = harvester.harvest(machine, &set)?;
         session.end_round(round)?;
         let obs = observe(

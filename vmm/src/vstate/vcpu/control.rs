@@ -150,8 +150,16 @@ impl VcpuControl {
         } else {
             0.0
         };
-        self.throttle_bp
-            .store((f * 10_000.0).round() as u32, Ordering::Relaxed);
+        let new = (f * 10_000.0).round() as u32;
+        let old = self.throttle_bp.swap(new, Ordering::SeqCst);
+        if new < old {
+            // A vCPU asleep for the old, higher throttle wakes up now
+            // (`sleep_unless_requested`): at 99 % it would sleep on for up
+            // to a second the controller no longer wants. Under the lock,
+            // so the sleeper either sees the new value or gets the wake-up.
+            let _state = self.lock();
+            self.notify();
+        }
     }
 
     /// The duty-cycle period.
@@ -179,18 +187,58 @@ impl VcpuControl {
         self.max_stall_us.store(us, Ordering::Relaxed);
     }
 
-    /// Sleeps until `until` unless a request (pause, exit, command) arrives first.
-    /// Returns the time actually slept.
-    pub(crate) fn sleep_unless_requested(&self, until: Instant) -> Duration {
+    /// Sleeps until `until` unless a request (pause, exit, command) arrives
+    /// first, or the throttle drops below `throttle`, the one the sleep was
+    /// computed for. Returns the time actually slept.
+    pub(crate) fn sleep_unless_requested(&self, until: Instant, throttle: f64) -> Duration {
         let start = Instant::now();
+        let throttle = (throttle * 10_000.0).round() as u32;
         let mut guard = self.lock();
         loop {
             let now = Instant::now();
-            if now >= until || guard.target != Target::Run || guard.command.is_some() {
+            if now >= until
+                || guard.target != Target::Run
+                || guard.command.is_some()
+                || self.throttle_bp.load(Ordering::SeqCst) < throttle
+            {
                 break;
             }
             guard = self.wait_timeout(guard, until - now);
         }
         start.elapsed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn lowering_the_throttle_ends_a_throttle_sleep() {
+        let control = Arc::new(VcpuControl::new(Target::Run));
+        control.set_throttle(0.99);
+        let sleeper = control.clone();
+        let slept = std::thread::spawn(move || {
+            sleeper.sleep_unless_requested(Instant::now() + Duration::from_secs(10), 0.99)
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        // Raising it, or setting the same, keeps the sleep going.
+        control.set_throttle(0.99);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!slept.is_finished());
+        control.set_throttle(0.0);
+        let slept = slept.join().unwrap();
+        assert!(slept < Duration::from_secs(5), "slept {slept:?}");
+        assert!(slept >= Duration::from_millis(100), "slept {slept:?}");
+    }
+
+    #[test]
+    fn a_throttle_lowered_before_the_sleep_began_ends_it_at_once() {
+        let control = VcpuControl::new(Target::Run);
+        // The sleep was computed for 50 %, but the throttle is already 10 %.
+        control.set_throttle(0.1);
+        let slept = control.sleep_unless_requested(Instant::now() + Duration::from_secs(10), 0.5);
+        assert!(slept < Duration::from_secs(1), "slept {slept:?}");
     }
 }

@@ -69,7 +69,7 @@ impl DutyCycleRunner {
         let ran = cpu.saturating_sub(start);
         let remaining = if ran >= slice {
             let asked = self.debt.sleep_for(cycle.sleep_after(ran));
-            let slept = control.sleep_unless_requested(Instant::now() + asked);
+            let slept = control.sleep_unless_requested(Instant::now() + asked, p);
             self.debt.record(asked, slept, cycle.period());
             control.counters.throttled_ns.fetch_add(
                 slept.as_nanos() as u64,
