@@ -7,23 +7,10 @@ use std::time::Duration;
 
 use common::*;
 
-const LINUX_BOOT: Duration = Duration::from_secs(240);
-
 fn linux_boots(cpus: u32) {
     let _g = serial();
-    let vmlinux = artifact("vmlinux");
-    let initramfs = artifact("initramfs_live");
     let cpus_s = cpus.to_string();
-    let vm = TernVm::start(&[
-        "--kernel",
-        vmlinux.to_str().unwrap(),
-        "--initrd",
-        initramfs.to_str().unwrap(),
-        "--cpus",
-        &cpus_s,
-        "--memory",
-        "256M",
-    ]);
+    let vm = start_linux(None, Some("initramfs_live"), &["--cpus", &cpus_s]);
     let up = vm.wait_for("smp: Brought up", LINUX_BOOT);
     let expect = if cpus == 1 {
         "1 CPU".to_string()
@@ -61,18 +48,7 @@ fn linux_reaches_init_with_two_vcpus() {
 #[test]
 fn linux_user_space_runs_its_init_and_a_reboot_ends_tern() {
     let _g = serial();
-    let vmlinux = artifact("vmlinux");
-    let initramfs = artifact("initramfs");
-    let mut vm = TernVm::start(&[
-        "--kernel",
-        vmlinux.to_str().unwrap(),
-        "--initrd",
-        initramfs.to_str().unwrap(),
-        "--cpus",
-        "2",
-        "--memory",
-        "256M",
-    ]);
+    let mut vm = start_linux(None, Some("initramfs"), &["--cpus", "2"]);
     vm.wait_for("GUEST-READY", LINUX_BOOT);
     let status = vm.wait_exit(LINUX_BOOT);
     let lines = vm.lines();

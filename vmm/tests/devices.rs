@@ -24,9 +24,6 @@ use serde_json::Value;
 use tern_workloads::disk::format::{check_block, Header, BLOCK_BYTES, BLOCK_WORDS};
 use tern_workloads::netload::frame::{self, Kind, Payload};
 
-/// Linux on kvm_pvm reaches its init in 20–60 s; a loaded host doubles that.
-const LINUX_BOOT: Duration = Duration::from_secs(300);
-
 // ---------------------------------------------------------------- guards
 
 /// Runs `cmd`; panics with its output if it fails. Returns stdout.
@@ -565,24 +562,13 @@ fn linux_mounts_its_root_from_virtio_blk_and_gets_a_dhcp_lease_over_virtio_net()
     ns.ip(&["addr", "add", "10.0.2.1/24", "dev", "tap0"]);
     let _dnsmasq = dnsmasq(&ns, "tap0", &dir);
 
-    let vmlinux = artifact("vmlinux");
     let disk = img.to_str().unwrap();
     let net = format!("tap=tap0,mac={LINUX_MAC}");
     let cmdline = format!("{LINUX_CMDLINE} ip=dhcp");
-    let mut vm = TernVm::start_in(
+    let mut vm = start_linux(
         ns.name(),
-        &[
-            "--kernel",
-            vmlinux.to_str().unwrap(),
-            "--memory",
-            "256M",
-            "--disk",
-            disk,
-            "--net",
-            &net,
-            "--cmdline",
-            &cmdline,
-        ],
+        None,
+        &["--disk", disk, "--net", &net, "--cmdline", &cmdline],
     );
     // Both devices probed: the disk with the image's size, the NIC as eth0
     // with the MAC tern put in its config space (virtio_net prints nothing
@@ -642,18 +628,11 @@ fn live_linux_keeps_answering_ping_across_a_live_migration() {
     let cmdline =
         format!("console=ttyS0 reboot=k panic=1 ip={guest_ip}::10.0.3.1:255.255.255.0::eth0:off");
     let api = dir.path("src.sock");
-    let vmlinux = artifact("vmlinux");
-    let initramfs = artifact("initramfs_live");
     let net = format!("tap=tap0,mac={LINUX_MAC}");
-    let mut src = TernVm::start_in(
+    let mut src = start_linux(
         ns.name(),
+        Some("initramfs_live"),
         &[
-            "--kernel",
-            vmlinux.to_str().unwrap(),
-            "--initrd",
-            initramfs.to_str().unwrap(),
-            "--memory",
-            "256M",
             "--net",
             &net,
             "--cmdline",
@@ -748,18 +727,8 @@ fn linux_mounts_a_readonly_disk_read_only() {
     let dir = Scratch::new("linux-ro");
     let img = linux_root_image(&dir);
     let before = std::fs::read(&img).unwrap();
-    let vmlinux = artifact("vmlinux");
     let disk = format!("{},readonly=on", img.display());
-    let mut vm = TernVm::start(&[
-        "--kernel",
-        vmlinux.to_str().unwrap(),
-        "--memory",
-        "256M",
-        "--disk",
-        &disk,
-        "--cmdline",
-        LINUX_CMDLINE,
-    ]);
+    let mut vm = start_linux(None, None, &["--disk", &disk, "--cmdline", LINUX_CMDLINE]);
     vm.wait_for("virtio_blk virtio0: [vda]", LINUX_BOOT);
     vm.wait_for("EXT4-fs (vda): mounted filesystem", LINUX_BOOT);
     let mounted = vm.wait_for("VFS: Mounted root (ext4 filesystem)", LINUX_BOOT);

@@ -159,25 +159,20 @@ fn busy_guest_migrates_over_a_capped_link() {
 /// with a continuous clock and verifies every page it wrote.
 #[test]
 fn linux_with_a_dirtying_process_migrates_and_the_process_verifies_its_memory() {
-    const LINUX_BOOT: Duration = Duration::from_secs(240);
     let _g = serial();
     let dir = scratch_dir("linux");
     let src_api = dir.join("src.sock");
     let uri = format!("unix:{}", dir.join("mig.sock").display());
-    let vmlinux = artifact("vmlinux");
-    let initramfs = artifact("initramfs");
-    let mut src = TernVm::start(&[
-        "--kernel",
-        vmlinux.to_str().unwrap(),
-        "--initrd",
-        initramfs.to_str().unwrap(),
-        "--memory",
-        "256M",
-        "--api-socket",
-        src_api.to_str().unwrap(),
-        "--cmdline",
-        "console=ttyS0 reboot=k panic=1 tern.test=dirtier tern.ws=16 tern.rate=5",
-    ]);
+    let mut src = start_linux(
+        None,
+        Some("initramfs"),
+        &[
+            "--api-socket",
+            src_api.to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0 reboot=k panic=1 tern.test=dirtier tern.ws=16 tern.rate=5",
+        ],
+    );
     let ready = src.wait_event("ready", 0, LINUX_BOOT);
     assert_eq!(
         ready["clock"], "monotonic",

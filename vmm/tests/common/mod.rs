@@ -77,6 +77,25 @@ pub fn tern() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tern"))
 }
 
+/// How long Linux may take to boot on a kvm_pvm host: its init comes after
+/// 20–60 s (ring 0 is emulated), and a loaded host doubles that.
+pub const LINUX_BOOT: Duration = Duration::from_secs(300);
+
+/// Starts `tern run` on the guest Linux kernel (PVH vmlinux) with 256 MiB,
+/// the initramfs artifact named `initramfs` if any, and `extra` arguments,
+/// inside network namespace `netns` if given.
+pub fn start_linux(netns: Option<&str>, initramfs: Option<&str>, extra: &[&str]) -> TernVm {
+    let vmlinux = artifact("vmlinux").display().to_string();
+    let mut args: Vec<String> = vec!["--kernel".into(), vmlinux, "--memory".into(), "256M".into()];
+    if let Some(name) = initramfs {
+        args.push("--initrd".into());
+        args.push(artifact(name).display().to_string());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    TernVm::start_in(netns, &argv)
+}
+
 /// A fresh private directory for sockets and disks.
 pub fn scratch_dir(tag: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
