@@ -26,14 +26,6 @@ fn send_rate(r: &RunResult) -> Option<f64> {
     (seconds > 0.0).then(|| bytes as f64 / 1048576.0 / seconds)
 }
 
-fn spread_cell(s: Option<Spread>) -> String {
-    match s {
-        Some(s) if s.n > 1 => format!("{:.0} ({:.0}–{:.0})", s.median, s.min, s.max),
-        Some(s) => format!("{:.0}", s.median),
-        None => "-".into(),
-    }
-}
-
 /// Runs the benchmark with a `ws_mib` working set, `runs` times per VMM; the
 /// table as text.
 pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Result<String> {
@@ -120,7 +112,7 @@ pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Resu
     for (i, (label, _)) in vmms.iter().enumerate() {
         t.row([
             format!("{label}: send rate MiB/s (median of {})", rates[i].len()),
-            spread_cell(spreads[i]),
+            spreads[i].map_or("-".into(), |s| s.show(0)),
         ]);
     }
     t.row([
