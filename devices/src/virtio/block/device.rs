@@ -15,8 +15,9 @@ use vm_memory::Bytes;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::fault::BlockFaultHandle;
+use super::merge::BatchShape;
 use super::request::{parse, DiskInfo, Parsed, Request, MAX_ZERO_SECTORS, S_IOERR};
-use super::worker::{open_image, Completion, WorkerPool};
+use super::worker::{open_image, Batch, WorkerPool};
 use super::{BlockConfig, BlockError, DEFAULT_WORKERS, QUEUE_SIZE, SECTOR_SIZE};
 use crate::quiesce::{Quiesce, QuiesceStatus};
 use crate::state::DeviceSummary;
@@ -48,11 +49,18 @@ pub struct Block {
     queues: Vec<Queue>,
     active: Option<Active>,
     pool: WorkerPool,
-    completions: Receiver<Completion>,
+    completions: Receiver<Batch>,
     done_evt: EventFd,
     fault: BlockFaultHandle,
     /// Unused requests, kept for their buffers.
     free: Vec<Request>,
+    /// Unused batches, kept for their buffers.
+    free_batches: Vec<Batch>,
+    /// Parsed requests of the current pass over the queue, not yet handed to the workers
+    /// (contiguous ones go together: see `merge`).
+    pending: Vec<Request>,
+    /// Requests that joined another's batch, since the device was made.
+    merged: u64,
     /// Scratch for chain walking.
     segs: Vec<Segment>,
     /// Heads taken from the queue and not yet completed, in submission order.
@@ -131,6 +139,9 @@ impl Block {
             done_evt,
             fault,
             free: Vec::new(),
+            free_batches: Vec::new(),
+            pending: Vec::with_capacity(QUEUE_SIZE as usize),
+            merged: 0,
             segs: Vec::with_capacity(QUEUE_SIZE as usize),
             in_flight: Vec::with_capacity(QUEUE_SIZE as usize),
             stale: 0,
@@ -155,6 +166,12 @@ impl Block {
     /// before a driver reset).
     pub fn in_flight(&self) -> u32 {
         self.in_flight.len() as u32 + self.stale
+    }
+
+    /// Requests that went to the image as part of another request's transfer (contiguous reads
+    /// or writes taken in one pass over the queue), since the device was made.
+    pub fn merged_requests(&self) -> u64 {
+        self.merged
     }
 
     fn can_take(&self) -> bool {
@@ -182,6 +199,7 @@ impl Block {
                 popped = true;
                 used |= self.start_request(&mem, chain.head_index());
             }
+            used |= self.submit_pending(&mem);
             if !self.can_take() {
                 break;
             }
@@ -218,7 +236,8 @@ impl Block {
         }
     }
 
-    /// Parses and submits the chain at `head`; returns whether it was completed at once.
+    /// Parses the chain at `head` and queues it for [`Self::submit_pending`]; returns whether it
+    /// was completed at once.
     fn start_request(&mut self, mem: &Arc<GuestMemoryMmap>, head: u16) -> bool {
         let q = &self.queues[0];
         let (table, size) = (vm_memory::GuestAddress(q.desc_table()), q.size());
@@ -244,20 +263,9 @@ impl Block {
             Parsed::Submit => {
                 req.generation = self.generation;
                 req.mem = Some(mem.clone());
-                match self.pool.submit(req) {
-                    Ok(()) => {
-                        self.in_flight.push(head);
-                        false
-                    }
-                    Err(mut req) => {
-                        log::error!("block: worker pool full, failing request {head}");
-                        req.mem = None;
-                        let status = req.status;
-                        self.free.push(req);
-                        self.finish(mem, head, status, S_IOERR, 1);
-                        true
-                    }
-                }
+                self.in_flight.push(head);
+                self.pending.push(req);
+                false
             }
             Parsed::Complete {
                 status,
@@ -273,6 +281,49 @@ impl Block {
                 self.add_used(mem, head, 0);
                 true
             }
+        }
+    }
+
+    /// Hands the pending requests to the workers, contiguous runs of reads or writes merged
+    /// into batches; returns whether any was completed at once (with an error: the pool was
+    /// full).
+    fn submit_pending(&mut self, mem: &GuestMemoryMmap) -> bool {
+        let mut failed = false;
+        let mut pending = std::mem::take(&mut self.pending);
+        let mut reqs = pending.drain(..).peekable();
+        while let Some(first) = reqs.next() {
+            let mut batch = self.free_batches.pop().unwrap_or_default();
+            let mut shape = BatchShape::of(&first);
+            batch.reqs.push(first);
+            while let Some(next) = reqs.next_if(|next| shape.admits(next)) {
+                shape.add(&next);
+                batch.reqs.push(next);
+                self.merged += 1;
+            }
+            if let Err(mut batch) = self.pool.submit(batch) {
+                log::error!(
+                    "block: worker pool full, failing {} request(s)",
+                    batch.reqs.len()
+                );
+                for mut req in batch.reqs.drain(..) {
+                    req.mem = None;
+                    let (head, status) = (req.head, req.status);
+                    self.free.push(req);
+                    self.forget_in_flight(head);
+                    self.finish(mem, head, status, S_IOERR, 1);
+                    failed = true;
+                }
+                self.free_batches.push(batch);
+            }
+        }
+        drop(reqs);
+        self.pending = pending;
+        failed
+    }
+
+    fn forget_in_flight(&mut self, head: u16) {
+        if let Some(i) = self.in_flight.iter().position(|&h| h == head) {
+            self.in_flight.remove(i);
         }
     }
 
@@ -311,26 +362,26 @@ impl Block {
     fn process_completions(&mut self) {
         let _ = self.done_evt.read();
         let mut used = false;
-        while let Ok(c) = self.completions.try_recv() {
-            let Completion {
-                req,
-                code,
-                used_len,
-            } = c;
-            let (head, status) = (req.head, req.status);
-            let current = req.generation == self.generation;
-            self.free.push(req);
-            if !current {
-                self.stale = self.stale.saturating_sub(1);
-                continue;
+        while let Ok(mut batch) = self.completions.try_recv() {
+            for (i, req) in batch.reqs.drain(..).enumerate() {
+                // A worker answers every request; were one missing, fail it rather than
+                // leave the guest waiting for it.
+                let (code, used_len) = batch.results.get(i).copied().unwrap_or((S_IOERR, 1));
+                let (head, status) = (req.head, req.status);
+                let current = req.generation == self.generation;
+                self.free.push(req);
+                if !current {
+                    self.stale = self.stale.saturating_sub(1);
+                    continue;
+                }
+                self.forget_in_flight(head);
+                if let Some(mem) = self.active.as_ref().map(|a| a.mem.clone()) {
+                    self.finish(&mem, head, status, code, used_len);
+                    used = true;
+                }
             }
-            if let Some(i) = self.in_flight.iter().position(|&h| h == head) {
-                self.in_flight.remove(i);
-            }
-            if let Some(mem) = self.active.as_ref().map(|a| a.mem.clone()) {
-                self.finish(&mem, head, status, code, used_len);
-                used = true;
-            }
+            batch.results.clear();
+            self.free_batches.push(batch);
         }
         if used {
             if let Some(mem) = self.active.as_ref().map(|a| a.mem.clone()) {
@@ -396,6 +447,7 @@ impl VirtioDevice for Block {
         for head in std::mem::take(&mut self.resubmit) {
             used |= self.start_request(&mem, head);
         }
+        used |= self.submit_pending(&mem);
         if used {
             self.signal(&mem);
         }

@@ -1,16 +1,19 @@
 //! virtio-blk on a raw file: read, write, flush, get-id, write-zeroes and (advisory) discard.
 //!
 //! The event loop parses requests and hands them to a small pool of worker threads
-//! (`tern-blk-N`); the vCPU and event-loop threads never wait on the disk. Workers move data
-//! between the file and guest memory through vm-memory (so reads land in the dirty bitmap) and
-//! send completions back over a channel plus an `EventFd`; the event loop writes the status and
-//! the used ring. The device counts what is in flight at every moment, which is what
+//! (`tern-blk-N`); the vCPU and event-loop threads never wait on the disk. Contiguous reads (or
+//! writes) taken from the queue in one pass go to a worker as one batch and one
+//! `preadv`/`pwritev` straight between the file and guest memory (`merge`, `vectored`; reads are
+//! marked in the dirty bitmap). Workers send finished batches back over a channel plus an
+//! `EventFd`; the event loop writes each request's status and the used ring. The device counts what is in flight at every moment, which is what
 //! [`crate::quiesce::Quiesce`] reports, and a [`BlockFaultHandle`] can delay or hold requests.
 
 mod device;
 mod fault;
+mod merge;
 mod persist;
 mod request;
+mod vectored;
 mod worker;
 
 pub use device::Block;
