@@ -227,6 +227,45 @@ pub fn assert_run_invariants(run: &PageRun<'_>) {
     }
 }
 
+impl MemHost {
+    /// Checks the phase and that pages `first_page..first_page + count` lie in `region` (the
+    /// same bounds as `vmm::migrate::destination::TernDestination`); returns the region's
+    /// index and the end page, with its memory allocated.
+    fn check_pages(
+        &mut self,
+        region: u32,
+        first_page: u64,
+        count: u32,
+    ) -> Result<(usize, u64), String> {
+        assert_eq!(
+            self.phase,
+            HostPhase::Checked,
+            "pages outside the memory phase"
+        );
+        assert!(
+            count >= 1 && count <= MAX_RUN_PAGES,
+            "run of {count} pages"
+        );
+        let (_, pages) = *REGIONS.get(region as usize).ok_or_else(|| {
+            format!(
+                "page run for memory region {region} (there are {})",
+                REGIONS.len()
+            )
+        })?;
+        let end = first_page.checked_add(u64::from(count)).unwrap_or(u64::MAX);
+        if end > pages {
+            return Err(format!(
+                "page run {first_page}..{end} beyond region {region}"
+            ));
+        }
+        let r = region as usize;
+        if self.mem[r].is_empty() {
+            self.mem[r] = vec![0u8; pages as usize * PAGE_SIZE];
+        }
+        Ok((r, end))
+    }
+}
+
 impl DestinationHost for MemHost {
     fn check(&mut self, theirs: &Hello) -> Result<(), String> {
         self.calls[0] += 1;
@@ -242,55 +281,41 @@ impl DestinationHost for MemHost {
         Ok(())
     }
 
-    fn write_pages(&mut self, run: &PageRun<'_>) -> Result<(), String> {
+    fn page_data(&mut self, region: u32, first_page: u64, count: u32) -> Result<&mut [u8], String> {
+        self.calls[1] += 1;
+        let (r, end) = self.check_pages(region, first_page, count)?;
+        let written = &mut self.written[r];
+        for page in first_page..end {
+            written[(page / 64) as usize] |= 1 << (page % 64);
+        }
+        let (from, to) = (first_page as usize * PAGE_SIZE, end as usize * PAGE_SIZE);
+        Ok(&mut self.mem[r][from..to])
+    }
+
+    fn zero_pages(
+        &mut self,
+        region: u32,
+        first_page: u64,
+        count: u32,
+        zero_map: &[u8],
+    ) -> Result<(), String> {
         self.calls[1] += 1;
         assert_eq!(
-            self.phase,
-            HostPhase::Checked,
-            "pages outside the memory phase"
+            zero_map.len(),
+            count.div_ceil(8) as usize,
+            "zero map length"
         );
-        assert_run_invariants(run);
-        // Same bounds as vmm::migrate::destination::TernDestination::write_pages.
-        let (_, pages) = *REGIONS.get(run.region as usize).ok_or_else(|| {
-            format!(
-                "page run for memory region {} (there are {})",
-                run.region,
-                REGIONS.len()
-            )
-        })?;
-        let end = run
-            .first_page
-            .checked_add(u64::from(run.count))
-            .unwrap_or(u64::MAX);
-        if end > pages {
-            return Err(format!(
-                "page run {}..{end} beyond region {}",
-                run.first_page, run.region
-            ));
-        }
-        let r = run.region as usize;
-        if self.mem[r].is_empty() {
-            self.mem[r] = vec![0u8; pages as usize * PAGE_SIZE];
-        }
-        let written = &mut self.written[r];
-        let mut data = run.data.chunks_exact(PAGE_SIZE);
-        let zero = [0u8; PAGE_SIZE];
-        for i in 0..run.count {
-            let page = run.first_page + u64::from(i);
+        let (r, _) = self.check_pages(region, first_page, count)?;
+        for i in (0..count).filter(|i| zero_map[(i / 8) as usize] & (1 << (i % 8)) != 0) {
+            let page = first_page + u64::from(i);
             let (word, bit) = ((page / 64) as usize, 1u64 << (page % 64));
-            let bytes = if run.is_zero(i) {
-                if written[word] & bit == 0 {
-                    continue;
-                }
-                &zero[..]
-            } else {
-                written[word] |= bit;
-                data.next().ok_or("page run data ends early")?
-            };
+            if self.written[r][word] & bit == 0 {
+                continue;
+            }
+            self.written[r][word] &= !bit;
             let at = page as usize * PAGE_SIZE;
-            self.mem[r][at..at + PAGE_SIZE].copy_from_slice(bytes);
+            self.mem[r][at..at + PAGE_SIZE].fill(0);
         }
-        assert!(data.next().is_none(), "page data left over");
         Ok(())
     }
 

@@ -9,13 +9,19 @@
 //! every byte arrived intact and the state was restored, so a destination that
 //! fails never runs a partial guest; until the source hears "Resumed" it keeps
 //! its own guest.
+//!
+//! Page data is read from the stream straight into guest memory (no copy
+//! through a buffer), so it lands there before its frame's checksum is
+//! checked; a bad checksum fails the migration like any other error, and the
+//! guest, which never ran here, is discarded with its memory. Zero markers
+//! take effect only after the checksum.
 
 use std::io::{Read, Write};
 
-use crate::protocol::frame::{FrameReader, FrameWriter};
+use crate::protocol::frame::{FrameReader, FrameWriter, PartialFrame};
 use crate::protocol::messages::{
-    decode_source, encode_dest, kind, DestMessage, Hello, PageRun, SourceMessage, PAGE_SIZE,
-    PROTOCOL_VERSION,
+    check_zero_map, decode_run_head, decode_source, encode_dest, kind, DestMessage, Hello, RunHead,
+    SourceMessage, MAX_RUN_PAGES, PAGE_SIZE, PROTOCOL_VERSION, RUN_HEADER,
 };
 use crate::protocol::ProtocolError;
 
@@ -23,8 +29,22 @@ use crate::protocol::ProtocolError;
 pub trait DestinationHost {
     /// Compares the source's configuration with ours; `Err(reason)` refuses.
     fn check(&mut self, hello: &Hello) -> Result<(), String>;
-    /// Stores a run of pages into guest memory.
-    fn write_pages(&mut self, run: &PageRun<'_>) -> Result<(), String>;
+    /// The guest memory of the `count` consecutive pages from `first_page` of memory region
+    /// `region`, exactly `count * PAGE_SIZE` bytes, for the stream to fill with their data (an
+    /// error if the range is not in the region). The data arrives before its frame's checksum
+    /// is verified (see the module notes).
+    fn page_data(&mut self, region: u32, first_page: u64, count: u32) -> Result<&mut [u8], String>;
+    /// Zero markers, after their frame was verified: page `first_page + i` of `region` must
+    /// read as zeros for every bit `i` set in `zero_map` (bit `i % 8` of byte `i / 8`; `count`
+    /// pages, an error if they are not all in the region). Pages that never held data are zero
+    /// already.
+    fn zero_pages(
+        &mut self,
+        region: u32,
+        first_page: u64,
+        count: u32,
+        zero_map: &[u8],
+    ) -> Result<(), String>;
     /// Restores vCPU, VM and device state from the opaque state blob (the guest does not run yet).
     fn restore(&mut self, state: &[u8]) -> Result<(), String>;
     /// Starts the guest.
@@ -137,7 +157,15 @@ fn run<R: Read, W: Write, H: DestinationHost>(
     let mut guest_state: Option<Vec<u8>> = None;
     let host_err = |step| move |message| ReceiveError::Host { step, message };
     loop {
-        let k = reader.read_frame_into(&mut payload)?;
+        let mut frame = reader.begin_frame()?;
+        let k = frame.kind();
+        if k == kind::PAGES && state == ReceiverState::Memory {
+            receive_run(reader, frame, host, &mut report)?;
+            continue;
+        }
+        payload.resize(frame.len() as usize, 0);
+        reader.read_part(&mut frame, &mut payload)?;
+        reader.finish_frame(frame)?;
         let msg = decode_source(k, &payload)?;
         state = match (state, msg) {
             (ReceiverState::AwaitHello, SourceMessage::Hello { version, hello }) => {
@@ -164,14 +192,6 @@ fn run<R: Read, W: Write, H: DestinationHost>(
                         tern_version: env!("CARGO_PKG_VERSION").into(),
                     },
                 )?;
-                ReceiverState::Memory
-            }
-            (ReceiverState::Memory, SourceMessage::Pages(run)) => {
-                host.write_pages(&run)
-                    .map_err(host_err("writing guest memory"))?;
-                let zeros = (0..run.count).filter(|&i| run.is_zero(i)).count() as u64;
-                report.zero_pages += zeros;
-                report.data_pages += u64::from(run.count) - zeros;
                 ReceiverState::Memory
             }
             (ReceiverState::Memory, SourceMessage::RoundEnd { round }) => {
@@ -204,6 +224,76 @@ fn run<R: Read, W: Write, H: DestinationHost>(
             }
         };
     }
+}
+
+/// A page run, its data read straight into the guest memory the host points at.
+fn receive_run<R: Read, H: DestinationHost>(
+    reader: &mut FrameReader<R>,
+    mut frame: PartialFrame,
+    host: &mut H,
+    report: &mut ReceiveReport,
+) -> Result<(), ReceiveError> {
+    let host_err = |message| ReceiveError::Host {
+        step: "writing guest memory",
+        message,
+    };
+    let mut head = [0u8; RUN_HEADER];
+    if (frame.len() as usize) < RUN_HEADER {
+        return Err(ProtocolError::BadMessage {
+            kind: kind::PAGES,
+            what: format!("{} bytes, shorter than a run header", frame.len()),
+        }
+        .into());
+    }
+    reader.read_part(&mut frame, &mut head)?;
+    let head: RunHead = decode_run_head(&head)?;
+    let mut map = [0u8; MAX_RUN_PAGES as usize / 8];
+    let map_len = head.zero_map_len();
+    if frame.len() as usize - RUN_HEADER < map_len {
+        return Err(ProtocolError::BadMessage {
+            kind: kind::PAGES,
+            what: "zero map cut short".into(),
+        }
+        .into());
+    }
+    let zero_map = &mut map[..map_len];
+    reader.read_part(&mut frame, zero_map)?;
+    check_zero_map(&head, zero_map, frame.len() as usize)?;
+    let is_zero = |i: u32| zero_map[(i / 8) as usize] & (1 << (i % 8)) != 0;
+    // Each stretch of consecutive data pages in one read.
+    let mut i = 0;
+    let mut zeros = 0u32;
+    while i < head.count {
+        if is_zero(i) {
+            zeros += 1;
+            i += 1;
+            continue;
+        }
+        let mut end = i + 1;
+        while end < head.count && !is_zero(end) {
+            end += 1;
+        }
+        let dst = host
+            .page_data(head.region, head.first_page + u64::from(i), end - i)
+            .map_err(host_err)?;
+        if dst.len() != (end - i) as usize * PAGE_SIZE {
+            return Err(host_err(format!(
+                "{} bytes of guest memory for {} pages",
+                dst.len(),
+                end - i
+            )));
+        }
+        reader.read_part(&mut frame, dst)?;
+        i = end;
+    }
+    reader.finish_frame(frame)?;
+    if zeros > 0 {
+        host.zero_pages(head.region, head.first_page, head.count, zero_map)
+            .map_err(host_err)?;
+    }
+    report.zero_pages += u64::from(zeros);
+    report.data_pages += u64::from(head.count - zeros);
+    Ok(())
 }
 
 fn describe(m: &SourceMessage<'_>) -> String {

@@ -1,12 +1,15 @@
 //! Source and destination sessions talking over a real socket pair: the full
 //! two-phase end, and each way a migration is refused or fails.
 
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::thread;
 use std::time::Duration;
 
 use migration::protocol::frame::FrameWriter;
-use migration::protocol::messages::{kind, DeviceSummary, Hello, MemoryRange, PageRun, PAGE_SIZE};
+use migration::protocol::messages::{
+    encode_run_header, kind, DeviceSummary, Hello, MemoryRange, PAGE_SIZE,
+};
 use migration::receiver::{receive, DestinationHost, ReceiveError};
 use migration::sender::{SendError, SourceSession};
 use migration::transport::Stream;
@@ -15,11 +18,28 @@ const T: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct FakeGuest {
-    pages: std::collections::HashMap<(u32, u64), Vec<u8>>,
+    /// Per region, its memory so far (grown as pages arrive).
+    mem: std::collections::HashMap<u32, Vec<u8>>,
     refuse: Option<String>,
     restored: Option<Vec<u8>>,
     resumed: bool,
     fail_restore: bool,
+}
+
+impl FakeGuest {
+    /// Region `region`'s memory, at least `len` bytes of it.
+    fn region(&mut self, region: u32, len: usize) -> &mut Vec<u8> {
+        let mem = self.mem.entry(region).or_default();
+        if mem.len() < len {
+            mem.resize(len, 0xcc); // not zero: a zero marker must really zero
+        }
+        mem
+    }
+
+    fn page(&self, region: u32, page: u64) -> &[u8] {
+        let at = page as usize * PAGE_SIZE;
+        &self.mem[&region][at..at + PAGE_SIZE]
+    }
 }
 
 impl DestinationHost for FakeGuest {
@@ -30,16 +50,26 @@ impl DestinationHost for FakeGuest {
             None => Ok(()),
         }
     }
-    fn write_pages(&mut self, run: &PageRun<'_>) -> Result<(), String> {
-        let mut data = run.data.chunks_exact(PAGE_SIZE);
-        for i in 0..run.count {
-            let page = if run.is_zero(i) {
-                vec![0; PAGE_SIZE]
-            } else {
-                data.next().unwrap().to_vec()
-            };
-            self.pages
-                .insert((run.region, run.first_page + u64::from(i)), page);
+    fn page_data(&mut self, region: u32, first_page: u64, count: u32) -> Result<&mut [u8], String> {
+        let (from, to) = (
+            first_page as usize * PAGE_SIZE,
+            (first_page as usize + count as usize) * PAGE_SIZE,
+        );
+        let mem = self.region(region, to);
+        Ok(&mut mem[from..to])
+    }
+    fn zero_pages(
+        &mut self,
+        region: u32,
+        first_page: u64,
+        count: u32,
+        zero_map: &[u8],
+    ) -> Result<(), String> {
+        let end = (first_page as usize + count as usize) * PAGE_SIZE;
+        let mem = self.region(region, end);
+        for i in (0..count).filter(|i| zero_map[(i / 8) as usize] & (1 << (i % 8)) != 0) {
+            let at = (first_page as usize + i as usize) * PAGE_SIZE;
+            mem[at..at + PAGE_SIZE].fill(0);
         }
         Ok(())
     }
@@ -107,9 +137,9 @@ fn full_migration_moves_pages_and_state() {
     r.unwrap();
     assert!(g.resumed);
     assert_eq!(g.restored.as_deref(), Some(&b"vcpu+devices"[..]));
-    assert_eq!(g.pages[&(0, 4)][10], 1);
-    assert!(g.pages[&(0, 5)].iter().all(|&b| b == 0));
-    assert_eq!(g.pages[&(0, 6)][5], 7);
+    assert_eq!(g.page(0, 4)[10], 1);
+    assert!(g.page(0, 5).iter().all(|&b| b == 0));
+    assert_eq!(g.page(0, 6)[5], 7);
 }
 
 #[test]
@@ -130,9 +160,9 @@ fn pages_known_to_be_zero_go_as_markers_whatever_their_bytes() {
     s.commit(T).unwrap();
     let (g, r) = dst.join().unwrap();
     r.unwrap();
-    assert_eq!(g.pages[&(0, 8)][5], 1);
-    assert!(g.pages[&(0, 9)].iter().all(|&b| b == 0));
-    assert_eq!(g.pages[&(0, 10)][0], 2);
+    assert_eq!(g.page(0, 8)[5], 1);
+    assert!(g.page(0, 9).iter().all(|&b| b == 0));
+    assert_eq!(g.page(0, 10)[0], 2);
 }
 
 #[test]
@@ -172,6 +202,28 @@ fn garbage_is_not_a_tern_stream() {
     let (g, r) = dst.join().unwrap();
     assert!(!g.resumed);
     assert!(r.unwrap_err().contains("not a tern migration stream"));
+}
+
+#[test]
+fn a_page_run_with_corrupt_data_fails_the_migration_and_never_runs_the_guest() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let dst = destination(FakeGuest::default(), b);
+    let _s = session(&a, &hello(2)).unwrap();
+    // A run of one data page, its data flipped in one bit after the checksum was computed.
+    let mut payload = Vec::new();
+    encode_run_header(0, 3, 1, &[0], &mut payload);
+    payload.extend_from_slice(&[0x5a; PAGE_SIZE]);
+    let mut w = FrameWriter::new(Vec::new());
+    w.write_frame(kind::PAGES, &[&payload]).unwrap();
+    w.flush().unwrap();
+    let mut bytes = w.get_mut().clone();
+    let at = bytes.len() - 4 - 100; // inside the page data
+    bytes[at] ^= 0x10;
+    (&a).write_all(&bytes).unwrap();
+    let (g, r) = dst.join().unwrap();
+    let err = r.unwrap_err();
+    assert!(err.contains("checksum mismatch"), "{err}");
+    assert!(!g.resumed && g.restored.is_none());
 }
 
 #[test]

@@ -114,6 +114,35 @@ fn write_all_vectored<W: Write>(w: &mut W, mut slices: &mut [IoSlice<'_>]) -> io
     Ok(())
 }
 
+/// A frame whose header was read and checked, its payload being read in parts.
+#[derive(Debug)]
+pub struct PartialFrame {
+    kind: u16,
+    len: u32,
+    /// Stream offset of its header.
+    start: u64,
+    /// Payload bytes not read yet.
+    remaining: u32,
+    crc: crc32fast::Hasher,
+}
+
+impl PartialFrame {
+    /// Message kind.
+    pub fn kind(&self) -> u16 {
+        self.kind
+    }
+
+    /// Payload length.
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// Reads frames, tracking the stream offset for error messages.
 pub struct FrameReader<R: Read> {
     inner: R,
@@ -163,6 +192,20 @@ impl<R: Read> FrameReader<R> {
 
     /// Reads the next frame, reusing `payload`'s allocation.
     pub fn read_frame_into(&mut self, payload: &mut Vec<u8>) -> Result<u16, ProtocolError> {
+        let mut frame = self.begin_frame()?;
+        // Only growth is zero-filled; the rest is overwritten by the read.
+        payload.resize(frame.len() as usize, 0);
+        self.read_part(&mut frame, payload)?;
+        let kind = frame.kind();
+        self.finish_frame(frame)?;
+        Ok(kind)
+    }
+
+    /// Reads and checks the next frame's header (kind, reserved bits, length) and starts its
+    /// checksum. The payload follows in parts ([`FrameReader::read_part`]) straight into the
+    /// caller's buffers, and [`FrameReader::finish_frame`] checks the checksum: until then the
+    /// bytes read are unverified.
+    pub fn begin_frame(&mut self) -> Result<PartialFrame, ProtocolError> {
         let start = self.offset;
         let mut header = [0u8; HEADER_LEN];
         self.fill(&mut header, "frame header", true)?;
@@ -186,21 +229,65 @@ impl<R: Read> FrameReader<R> {
                 what: format!("frame length {len} exceeds {MAX_PAYLOAD}"),
             });
         }
-        // Only growth is zero-filled; the rest is overwritten by the read.
-        payload.resize(len as usize, 0);
-        self.fill(payload, "frame payload", false)?;
-        let mut crc_bytes = [0u8; 4];
-        self.fill(&mut crc_bytes, "frame checksum", false)?;
         let mut crc = crc32fast::Hasher::new();
         crc.update(&header);
-        crc.update(payload);
-        if crc.finalize() != u32::from_le_bytes(crc_bytes) {
+        Ok(PartialFrame {
+            kind,
+            len,
+            start,
+            remaining: len,
+            crc,
+        })
+    }
+
+    /// Reads the next `buf.len()` payload bytes of `frame` into `buf`.
+    pub fn read_part(
+        &mut self,
+        frame: &mut PartialFrame,
+        buf: &mut [u8],
+    ) -> Result<(), ProtocolError> {
+        if buf.len() > frame.remaining as usize {
             return Err(ProtocolError::Corrupt {
-                offset: start,
-                what: format!("checksum mismatch in a kind-{kind} frame of {len} bytes"),
+                offset: self.offset,
+                what: format!(
+                    "a kind-{} frame of {} bytes has {} payload bytes left, {} wanted",
+                    frame.kind,
+                    frame.len,
+                    frame.remaining,
+                    buf.len()
+                ),
             });
         }
-        Ok(kind)
+        self.fill(buf, "frame payload", false)?;
+        frame.crc.update(buf);
+        frame.remaining -= buf.len() as u32;
+        Ok(())
+    }
+
+    /// Reads `frame`'s checksum and compares it with what was read; every payload byte must
+    /// have been read.
+    pub fn finish_frame(&mut self, frame: PartialFrame) -> Result<(), ProtocolError> {
+        if frame.remaining != 0 {
+            return Err(ProtocolError::Corrupt {
+                offset: self.offset,
+                what: format!(
+                    "{} payload bytes of a kind-{} frame of {} bytes left unread",
+                    frame.remaining, frame.kind, frame.len
+                ),
+            });
+        }
+        let mut crc_bytes = [0u8; 4];
+        self.fill(&mut crc_bytes, "frame checksum", false)?;
+        if frame.crc.finalize() != u32::from_le_bytes(crc_bytes) {
+            return Err(ProtocolError::Corrupt {
+                offset: frame.start,
+                what: format!(
+                    "checksum mismatch in a kind-{} frame of {} bytes",
+                    frame.kind, frame.len
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Reads the next frame.
@@ -323,5 +410,49 @@ mod tests {
         let bytes = one_frame();
         let r = FrameReader::new(&bytes[..], |k| k == 1).read_frame();
         assert!(matches!(r, Err(ProtocolError::Corrupt { offset: 0, .. })));
+    }
+
+    #[test]
+    fn a_frame_read_in_parts_is_checked_at_its_end() {
+        let bytes = one_frame();
+        let mut r = FrameReader::new(&bytes[..], any);
+        let mut f = r.begin_frame().unwrap();
+        assert_eq!((f.kind(), f.len()), (7, 11));
+        let (mut a, mut b) = ([0u8; 6], [0u8; 5]);
+        r.read_part(&mut f, &mut a).unwrap();
+        r.read_part(&mut f, &mut b).unwrap();
+        assert_eq!((&a, &b), (b"hello ", b"world"));
+        r.finish_frame(f).unwrap();
+        assert_eq!(r.offset(), bytes.len() as u64);
+
+        // A corrupt payload byte is only found at the end, by the checksum.
+        let mut bad = bytes.clone();
+        bad[HEADER_LEN + 2] ^= 1;
+        let mut r = FrameReader::new(&bad[..], any);
+        let mut f = r.begin_frame().unwrap();
+        let mut all = [0u8; 11];
+        r.read_part(&mut f, &mut all).unwrap();
+        assert!(matches!(
+            r.finish_frame(f),
+            Err(ProtocolError::Corrupt { offset: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn parts_cannot_read_past_the_payload_or_leave_it_unread() {
+        let bytes = one_frame();
+        let mut r = FrameReader::new(&bytes[..], any);
+        let mut f = r.begin_frame().unwrap();
+        let mut too_much = [0u8; 12];
+        assert!(matches!(
+            r.read_part(&mut f, &mut too_much),
+            Err(ProtocolError::Corrupt { .. })
+        ));
+        let mut some = [0u8; 4];
+        r.read_part(&mut f, &mut some).unwrap();
+        assert!(matches!(
+            r.finish_frame(f),
+            Err(ProtocolError::Corrupt { .. })
+        ));
     }
 }

@@ -110,7 +110,15 @@ impl PageRun<'_> {
     }
 }
 
-const RUN_HEADER: usize = 16;
+/// Bytes of a page run before its zero map: region, count, first page.
+pub const RUN_HEADER: usize = 16;
+
+fn bad_run(what: String) -> ProtocolError {
+    ProtocolError::BadMessage {
+        kind: kind::PAGES,
+        what,
+    }
+}
 
 /// Encodes a run's header and zero map (the caller appends the page data).
 pub fn encode_run_header(
@@ -127,50 +135,89 @@ pub fn encode_run_header(
     out.extend_from_slice(zero_map);
 }
 
-/// Decodes and checks a page run.
-pub fn decode_run(payload: &[u8]) -> Result<PageRun<'_>, ProtocolError> {
-    let bad = |what: String| ProtocolError::BadMessage {
-        kind: kind::PAGES,
-        what,
-    };
-    if payload.len() < RUN_HEADER {
-        return Err(bad(format!(
-            "{} bytes, shorter than a run header",
-            payload.len()
-        )));
+/// The head of a page run, checked: the data and zero map that follow it are not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunHead {
+    /// Memory region (slot) index.
+    pub region: u32,
+    /// First page index within the region.
+    pub first_page: u64,
+    /// Number of pages (1..=`MAX_RUN_PAGES`).
+    pub count: u32,
+}
+
+impl RunHead {
+    /// Bytes of its zero map.
+    pub fn zero_map_len(&self) -> usize {
+        self.count.div_ceil(8) as usize
     }
-    let region = u32::from_le_bytes(payload[0..4].try_into().unwrap_or_default());
-    let count = u32::from_le_bytes(payload[4..8].try_into().unwrap_or_default());
-    let first_page = u64::from_le_bytes(payload[8..16].try_into().unwrap_or_default());
+}
+
+/// Decodes the head of a page run and checks its page count.
+pub fn decode_run_head(head: &[u8; RUN_HEADER]) -> Result<RunHead, ProtocolError> {
+    let region = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    let count = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&head[8..16]);
+    let first_page = u64::from_le_bytes(first);
     if count == 0 || count > MAX_RUN_PAGES {
-        return Err(bad(format!(
+        return Err(bad_run(format!(
             "run of {count} pages (1..={MAX_RUN_PAGES} allowed)"
         )));
     }
-    let map_len = count.div_ceil(8) as usize;
-    let rest = &payload[RUN_HEADER..];
-    if rest.len() < map_len {
-        return Err(bad("zero map cut short".into()));
-    }
-    let (zero_map, data) = rest.split_at(map_len);
-    let zeros: u32 = (0..count)
-        .filter(|&i| zero_map[(i / 8) as usize] & (1 << (i % 8)) != 0)
-        .count() as u32;
-    let expect = (count - zeros) as usize * PAGE_SIZE;
-    if data.len() != expect {
-        return Err(bad(format!(
-            "{} data bytes for {} non-zero pages (expected {expect})",
-            data.len(),
-            count - zeros
-        )));
-    }
-    if count % 8 != 0 && zero_map[map_len - 1] >> (count % 8) != 0 {
-        return Err(bad("zero map has bits past the run".into()));
-    }
-    Ok(PageRun {
+    Ok(RunHead {
         region,
         first_page,
         count,
+    })
+}
+
+/// Checks a run's zero map (exactly `zero_map_len` bytes, no bits past the run) against the
+/// payload length the run's frame declared; returns the bytes of page data that follow it.
+pub fn check_zero_map(
+    head: &RunHead,
+    zero_map: &[u8],
+    payload_len: usize,
+) -> Result<usize, ProtocolError> {
+    let map_len = head.zero_map_len();
+    if zero_map.len() != map_len || payload_len < RUN_HEADER + map_len {
+        return Err(bad_run("zero map cut short".into()));
+    }
+    let count = head.count;
+    if count % 8 != 0 && zero_map[map_len - 1] >> (count % 8) != 0 {
+        return Err(bad_run("zero map has bits past the run".into()));
+    }
+    let zeros: u32 = zero_map.iter().map(|b| b.count_ones()).sum();
+    let expect = (count - zeros) as usize * PAGE_SIZE;
+    let data = payload_len - RUN_HEADER - map_len;
+    if data != expect {
+        return Err(bad_run(format!(
+            "{data} data bytes for {} non-zero pages (expected {expect})",
+            count - zeros
+        )));
+    }
+    Ok(expect)
+}
+
+/// Decodes and checks a page run.
+pub fn decode_run(payload: &[u8]) -> Result<PageRun<'_>, ProtocolError> {
+    let Some((head, rest)) = payload.split_first_chunk::<RUN_HEADER>() else {
+        return Err(bad_run(format!(
+            "{} bytes, shorter than a run header",
+            payload.len()
+        )));
+    };
+    let head = decode_run_head(head)?;
+    let map_len = head.zero_map_len();
+    if rest.len() < map_len {
+        return Err(bad_run("zero map cut short".into()));
+    }
+    let (zero_map, data) = rest.split_at(map_len);
+    check_zero_map(&head, zero_map, payload.len())?;
+    Ok(PageRun {
+        region: head.region,
+        first_page: head.first_page,
+        count: head.count,
         zero_map,
         data,
     })

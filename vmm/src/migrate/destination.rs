@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kvm_ioctls::VcpuFd;
-use migration::protocol::messages::{Hello, PageRun, PAGE_SIZE};
+use migration::protocol::messages::{Hello, PAGE_SIZE};
 use migration::receiver::DestinationHost;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -13,6 +13,7 @@ use super::guest_state::GuestState;
 use super::source::hello;
 use crate::arch::{cpuid, msr};
 use crate::machine::Machine;
+use crate::vstate::memory::MemSlot;
 use crate::vstate::vcpu::{state, Target};
 
 /// Real time since the epoch, ns.
@@ -78,6 +79,27 @@ fn mismatch(what: &str, ours: impl std::fmt::Debug, theirs: impl std::fmt::Debug
     format!("configuration mismatch: the source has {what} {theirs:?}, this tern has {ours:?}")
 }
 
+impl TernDestination {
+    /// The slot of `region`, if pages `first_page..first_page + count` lie in it.
+    fn slot_range(&self, region: u32, first_page: u64, count: u32) -> Result<MemSlot, String> {
+        let slots = self.machine.dirty.slots();
+        let slot = *slots.get(region as usize).ok_or_else(|| {
+            format!(
+                "page run for memory region {region} (there are {})",
+                slots.len()
+            )
+        })?;
+        let end = first_page.saturating_add(u64::from(count));
+        if end > slot.pages() {
+            return Err(format!(
+                "page run {first_page}..{end} beyond region {region} ({} pages)",
+                slot.pages()
+            ));
+        }
+        Ok(slot)
+    }
+}
+
 impl DestinationHost for TernDestination {
     fn check(&mut self, theirs: &Hello) -> Result<(), String> {
         let ours = hello(&self.machine);
@@ -110,44 +132,44 @@ impl DestinationHost for TernDestination {
         Ok(())
     }
 
-    fn write_pages(&mut self, run: &PageRun<'_>) -> Result<(), String> {
-        let slots = self.machine.dirty.slots();
-        let slot = slots.get(run.region as usize).ok_or_else(|| {
-            format!(
-                "page run for memory region {} (there are {})",
-                run.region,
-                slots.len()
-            )
-        })?;
-        let end = run.first_page.saturating_add(u64::from(run.count));
-        if end > slot.pages() {
-            return Err(format!(
-                "page run {}..{end} beyond region {} ({} pages)",
-                run.first_page,
-                run.region,
-                slot.pages()
-            ));
+    fn page_data(&mut self, region: u32, first_page: u64, count: u32) -> Result<&mut [u8], String> {
+        let slot = self.slot_range(region, first_page, count)?;
+        let written = &mut self.written[region as usize];
+        for page in first_page..first_page + u64::from(count) {
+            written[(page / 64) as usize] |= 1 << (page % 64);
         }
-        let written = &mut self.written[run.region as usize];
-        let mut data = run.data.chunks_exact(PAGE_SIZE);
+        let len = count as usize * PAGE_SIZE;
+        let host = slot.host_addr + first_page * PAGE_SIZE as u64;
+        // SAFETY: `slot_range` checked that the pages lie inside the slot, a live mapping of
+        // guest memory that `self.machine` owns and keeps for longer than this borrow of
+        // `self`. Nothing else touches guest memory before `resume`: the vCPUs have not run
+        // and no device is activated before `restore`, and the receiver holds this slice only
+        // while it reads the stream into it.
+        Ok(unsafe { std::slice::from_raw_parts_mut(host as *mut u8, len) })
+    }
+
+    fn zero_pages(
+        &mut self,
+        region: u32,
+        first_page: u64,
+        count: u32,
+        zero_map: &[u8],
+    ) -> Result<(), String> {
+        let slot = self.slot_range(region, first_page, count)?;
+        let written = &mut self.written[region as usize];
         let zero = [0u8; PAGE_SIZE];
-        for i in 0..run.count {
-            let page = run.first_page + u64::from(i);
-            let addr = GuestAddress(slot.guest_addr + page * PAGE_SIZE as u64);
+        for i in (0..count).filter(|i| zero_map[(i / 8) as usize] & (1 << (i % 8)) != 0) {
+            let page = first_page + u64::from(i);
             let (word, bit) = ((page / 64) as usize, 1u64 << (page % 64));
-            let bytes = if run.is_zero(i) {
-                if written[word] & bit == 0 {
-                    continue;
-                }
-                &zero[..]
-            } else {
-                written[word] |= bit;
-                data.next().ok_or("page run data ends early")?
-            };
+            if written[word] & bit == 0 {
+                continue; // Never held data: still the zeros it was mapped with.
+            }
+            written[word] &= !bit;
+            let addr = GuestAddress(slot.guest_addr + page * PAGE_SIZE as u64);
             self.machine
                 .mem
-                .write_slice(bytes, addr)
-                .map_err(|e| format!("writing guest page {:#x}: {e}", addr.0))?;
+                .write_slice(&zero, addr)
+                .map_err(|e| format!("zeroing guest page {:#x}: {e}", addr.0))?;
         }
         Ok(())
     }
