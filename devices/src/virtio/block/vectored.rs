@@ -71,7 +71,14 @@ pub(crate) fn transfer<'a>(
         Ok(moved) if moved == total => Ok(()),
         Ok(moved) => Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
-            format!("{moved} of {total} bytes at offset {offset}: the image ended"),
+            match dir {
+                Direction::Read => {
+                    format!("{moved} of {total} bytes read at offset {offset}: the image ended")
+                }
+                Direction::Write => {
+                    format!("{moved} of {total} bytes written at offset {offset}: no progress")
+                }
+            },
         )),
         Err(e) => Err(e),
     }

@@ -28,7 +28,7 @@ pub(crate) struct Batch {
 /// before a reset.
 const CHANNEL_DEPTH: usize = 2 * QUEUE_SIZE as usize;
 
-/// Worker threads, each with its own file description (so seeks do not race).
+/// Worker threads, each with its own open file (positioned I/O only: no shared offset).
 pub(crate) struct WorkerPool {
     submit: Option<SyncSender<Batch>>,
     threads: Vec<JoinHandle<()>>,
