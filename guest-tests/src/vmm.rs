@@ -153,6 +153,9 @@ pub struct MigrationOutcome {
     pub setup_ms: Option<f64>,
     /// The VMM's own downtime (guest paused), ms.
     pub downtime_ms: Option<f64>,
+    /// Guest paused until the source had sent everything, ms: QEMU's downtime measure (for
+    /// QEMU the same as `downtime_ms`; tern's own runs on until the destination resumed).
+    pub downtime_sent_ms: Option<f64>,
     pub bytes_sent: Option<u64>,
     /// tern: rounds; QEMU: dirty-sync-count.
     pub rounds: Option<u64>,
@@ -177,6 +180,7 @@ impl MigrationOutcome {
             total_ms: None,
             setup_ms: None,
             downtime_ms: None,
+            downtime_sent_ms: None,
             bytes_sent: None,
             rounds: None,
             data_pages: None,

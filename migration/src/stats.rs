@@ -88,6 +88,9 @@ pub struct MigrationStats {
     pub setup_ms: f64,
     /// Source pause → destination says resumed, ms (final when completed).
     pub downtime_ms: Option<f64>,
+    /// Source pause → the source has sent everything (memory and guest state, before the
+    /// destination restores and resumes), ms: where QEMU's reported downtime ends.
+    pub downtime_sent_ms: Option<f64>,
     /// Expected downtime per the latest estimate, ms.
     pub expected_downtime_ms: Option<f64>,
     /// Expected downtime announced before a forced switchover, ms.

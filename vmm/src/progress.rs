@@ -57,7 +57,11 @@ pub fn summary(v: &Value) -> String {
         "\n  total time   {:.0} ms\n  setup        {:.0} ms\n  downtime     {}\n  rounds       {}\n  bytes sent   {:.1} MiB\n  data pages   {}\n  zero pages   {} (not sent)",
         f(v, "total_ms"),
         f(v, "setup_ms"),
-        v["downtime_ms"].as_f64().map(|d| format!("{d:.1} ms")).unwrap_or_else(|| "-".into()),
+        match (v["downtime_ms"].as_f64(), v["downtime_sent_ms"].as_f64()) {
+            (Some(d), Some(sent)) => format!("{d:.1} ms (everything sent after {sent:.1} ms)"),
+            (Some(d), None) => format!("{d:.1} ms"),
+            _ => "-".into(),
+        },
         v["rounds"].as_u64().unwrap_or(0),
         mib(f(v, "bytes_sent")),
         v["data_pages"].as_u64().unwrap_or(0),

@@ -71,6 +71,7 @@ pub fn fill_outcome(o: &mut MigrationOutcome, info: &Value) {
     o.total_ms = number(info, &["total-time"]);
     o.setup_ms = number(info, &["setup-time"]);
     o.downtime_ms = number(info, &["downtime"]);
+    o.downtime_sent_ms = o.downtime_ms;
     o.bytes_sent = integer(info, &["ram", "transferred"]);
     o.rounds = integer(info, &["ram", "dirty-sync-count"]);
     o.data_pages = integer(info, &["ram", "normal"]);
@@ -284,6 +285,7 @@ impl Hypervisor for Qemu {
                 fill_outcome(&mut outcome, &last);
                 outcome.total_ms = Some(after_s * 1e3);
                 outcome.downtime_ms = None;
+                outcome.downtime_sent_ms = None;
                 outcome.vmm_stats = json!({ "final": info, "last_before_cancel": last });
             }
             _ => fill_outcome(&mut outcome, &info),

@@ -513,6 +513,7 @@ fn migrate_guest(
     .encode()
     .map_err(MigrationError::Device)?;
     session.send_state(&blob)?;
+    let sent_after = paused_at.elapsed();
     log::debug!(
         "switchover: state ({} bytes) sent after {:?}",
         blob.len(),
@@ -531,6 +532,7 @@ fn migrate_guest(
     ctl.update(|s| {
         s.phase = MigrationPhase::Completed;
         s.downtime_ms = Some(downtime.as_secs_f64() * 1e3);
+        s.downtime_sent_ms = Some(sent_after.as_secs_f64() * 1e3);
         s.bytes_sent = session.bytes_sent();
         s.data_pages = sender.totals.data_pages;
         s.zero_pages = sender.totals.zero_pages;
