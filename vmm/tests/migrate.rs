@@ -57,6 +57,13 @@ fn migrate_and_check(
     );
     assert_eq!(stats["phase"], "completed", "{stats}");
     let downtime_ms = stats["downtime_ms"].as_f64().expect("downtime reported");
+    let sent_ms = stats["downtime_sent_ms"]
+        .as_f64()
+        .expect("time to everything sent reported");
+    assert!(
+        sent_ms > 0.0 && sent_ms <= downtime_ms,
+        "everything sent after {sent_ms} ms of a {downtime_ms} ms downtime"
+    );
 
     // The source lets go of the guest and exits cleanly.
     let status = src.wait_exit(Duration::from_secs(10));

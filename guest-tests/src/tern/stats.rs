@@ -123,7 +123,7 @@ pub fn outcome(
 mod tests {
     use super::*;
 
-    const COMPLETED: &str = r#"{"bytes_sent":18510069,"data_pages":4514,"dirty_tracking":"ring","downtime_ms":2.88,
+    const COMPLETED: &str = r#"{"bytes_sent":18510069,"data_pages":4514,"dirty_tracking":"ring","downtime_ms":2.88,"downtime_sent_ms":0.61,
       "error":null,"history":[{"t_ms":128.7,"round":0,"remaining_bytes":1380352,"transfer_bytes_per_sec":1.4e8,
       "dirty_bytes_per_sec":1.0e7,"throttle_pct":[0.0,35.5],"expected_downtime_ms":39.8}],"phase":"completed",
       "reason":"switchover","rounds":1,"setup_ms":1.02,"total_ms":131.6,"zero_pages":61391,"future_field":1}"#;
@@ -134,6 +134,7 @@ mod tests {
         assert_eq!(o.status, MigrationStatus::Completed);
         assert_eq!(o.bytes_sent, Some(18510069));
         assert_eq!(o.downtime_ms, Some(2.88));
+        assert_eq!(o.downtime_sent_ms, Some(0.61));
         assert_eq!(o.max_throttle_pct, Some(35.5));
         assert_eq!(o.progress[0].remaining_bytes, Some(1380352));
         assert_eq!(o.vmm_stats["future_field"], 1);
