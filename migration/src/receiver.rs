@@ -20,8 +20,8 @@ use std::io::{Read, Write};
 
 use crate::protocol::frame::{FrameReader, FrameWriter, PartialFrame};
 use crate::protocol::messages::{
-    check_zero_map, decode_run_head, decode_source, encode_dest, kind, DestMessage, Hello, RunHead,
-    SourceMessage, MAX_RUN_PAGES, PAGE_SIZE, PROTOCOL_VERSION, RUN_HEADER,
+    check_zero_map, decode_run_head, decode_source, encode_dest, kind, zero_map_has, DestMessage,
+    Hello, RunHead, SourceMessage, MAX_RUN_PAGES, PAGE_SIZE, PROTOCOL_VERSION, RUN_HEADER,
 };
 use crate::protocol::ProtocolError;
 
@@ -259,7 +259,7 @@ fn receive_run<R: Read, H: DestinationHost>(
     let zero_map = &mut map[..map_len];
     reader.read_part(&mut frame, zero_map)?;
     check_zero_map(&head, zero_map, frame.len() as usize)?;
-    let is_zero = |i: u32| zero_map[(i / 8) as usize] & (1 << (i % 8)) != 0;
+    let is_zero = |i: u32| zero_map_has(zero_map, i);
     // Each stretch of consecutive data pages in one read.
     let mut i = 0;
     let mut zeros = 0u32;

@@ -106,8 +106,14 @@ pub struct PageRun<'a> {
 impl PageRun<'_> {
     /// Whether page `i` of the run is a zero page.
     pub fn is_zero(&self, i: u32) -> bool {
-        self.zero_map[(i / 8) as usize] & (1 << (i % 8)) != 0
+        zero_map_has(self.zero_map, i)
     }
+}
+
+/// Whether a run's zero map marks its page `i` zero (bit `i % 8` of byte `i / 8`). `i` must be
+/// within the map.
+pub fn zero_map_has(zero_map: &[u8], i: u32) -> bool {
+    zero_map[(i / 8) as usize] & (1 << (i % 8)) != 0
 }
 
 /// Bytes of a page run before its zero map: region, count, first page.
@@ -163,6 +169,11 @@ pub fn decode_run_head(head: &[u8; RUN_HEADER]) -> Result<RunHead, ProtocolError
     if count == 0 || count > MAX_RUN_PAGES {
         return Err(bad_run(format!(
             "run of {count} pages (1..={MAX_RUN_PAGES} allowed)"
+        )));
+    }
+    if first_page.checked_add(u64::from(count)).is_none() {
+        return Err(bad_run(format!(
+            "run of {count} pages from page {first_page} passes the end of any address space"
         )));
     }
     Ok(RunHead {
@@ -431,6 +442,16 @@ mod tests {
         let mut big = Vec::new();
         encode_run_header(0, 0, MAX_RUN_PAGES + 1, &[0xff; 33], &mut big);
         assert!(decode_run(&big).is_err());
+        // A run whose pages would pass u64::MAX (all zero, so nothing else is wrong with it).
+        let mut wraps = Vec::new();
+        encode_run_header(0, u64::MAX - 1, 8, &[0xff], &mut wraps);
+        assert!(matches!(
+            decode_run(&wraps),
+            Err(ProtocolError::BadMessage { .. })
+        ));
+        let mut last = Vec::new();
+        encode_run_header(0, u64::MAX - 8, 8, &[0xff], &mut last);
+        assert!(decode_run(&last).is_ok());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kvm_ioctls::VcpuFd;
-use migration::protocol::messages::{Hello, PAGE_SIZE};
+use migration::protocol::messages::{zero_map_has, Hello, PAGE_SIZE};
 use migration::receiver::DestinationHost;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -123,8 +123,7 @@ fn take_written_zero_pages(
             if page < first_page || page >= end {
                 continue;
             }
-            let i = (page - first_page) as usize;
-            if zero_map[i / 8] & (1 << (i % 8)) != 0 {
+            if zero_map_has(zero_map, (page - first_page) as u32) {
                 *word &= !(1 << bit);
                 pages.push(page);
             }
