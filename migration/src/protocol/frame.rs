@@ -165,11 +165,14 @@ impl<R: Read> FrameReader<R> {
         self.offset
     }
 
+    /// Fills `buf` from the stream; with `crc`, checksums each piece as it arrives (while it is
+    /// still in the cache).
     fn fill(
         &mut self,
         buf: &mut [u8],
         what: &'static str,
         at_start: bool,
+        mut crc: Option<&mut crc32fast::Hasher>,
     ) -> Result<(), ProtocolError> {
         let mut got = 0;
         while got < buf.len() {
@@ -181,7 +184,12 @@ impl<R: Read> FrameReader<R> {
                         what,
                     })
                 }
-                Ok(n) => got += n,
+                Ok(n) => {
+                    if let Some(crc) = crc.as_deref_mut() {
+                        crc.update(&buf[got..got + n]);
+                    }
+                    got += n;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(ProtocolError::Io(e)),
             }
@@ -208,7 +216,7 @@ impl<R: Read> FrameReader<R> {
     pub fn begin_frame(&mut self) -> Result<PartialFrame, ProtocolError> {
         let start = self.offset;
         let mut header = [0u8; HEADER_LEN];
-        self.fill(&mut header, "frame header", true)?;
+        self.fill(&mut header, "frame header", true, None)?;
         let kind = u16::from_le_bytes([header[0], header[1]]);
         let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
         if !(self.valid_kinds)(kind) {
@@ -258,8 +266,7 @@ impl<R: Read> FrameReader<R> {
                 ),
             });
         }
-        self.fill(buf, "frame payload", false)?;
-        frame.crc.update(buf);
+        self.fill(buf, "frame payload", false, Some(&mut frame.crc))?;
         frame.remaining -= buf.len() as u32;
         Ok(())
     }
@@ -277,7 +284,7 @@ impl<R: Read> FrameReader<R> {
             });
         }
         let mut crc_bytes = [0u8; 4];
-        self.fill(&mut crc_bytes, "frame checksum", false)?;
+        self.fill(&mut crc_bytes, "frame checksum", false, None)?;
         if frame.crc.finalize() != u32::from_le_bytes(crc_bytes) {
             return Err(ProtocolError::Corrupt {
                 offset: frame.start,
