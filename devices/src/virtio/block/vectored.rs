@@ -40,17 +40,19 @@ pub(crate) fn transfer<'a>(
     file: &File,
     offset: u64,
     mem: &GuestMemoryMmap,
-    segments: impl Iterator<Item = &'a Segment> + Clone,
+    segments: impl Iterator<Item = &'a Segment>,
     dir: Direction,
     scratch: &mut IoVecs,
 ) -> io::Result<()> {
     scratch.iov.clear();
-    // Pointer guards keep each slice's mapping alive until the call is done (a no-op for
-    // plain mmap; required by vm-memory's contract). The mutable kind for both directions:
-    // one type, and a write only reads through it.
+    // The slices are kept to mark reads dirty afterwards; their pointer guards keep each
+    // mapping alive until the call is done (a no-op for plain mmap; required by vm-memory's
+    // contract). The mutable kind for both directions: one type, and a write only reads
+    // through it.
+    let mut slices = Vec::new();
     let mut guards = Vec::new();
     let mut total = 0u64;
-    for seg in segments.clone() {
+    for seg in segments {
         for slice in mem.get_slices(seg.addr, seg.len as usize) {
             let slice = slice.map_err(memory_error)?;
             let guard = slice.ptr_guard_mut();
@@ -60,11 +62,15 @@ pub(crate) fn transfer<'a>(
             });
             total += slice.len() as u64;
             guards.push(guard);
+            slices.push(slice);
         }
     }
     let result = run(file, offset, &mut scratch.iov, dir);
     if dir == Direction::Read {
-        mark_dirty(mem, segments)?;
+        // Device writes are invisible to KVM's dirty log.
+        for slice in &slices {
+            slice.bitmap().mark_dirty(0, slice.len());
+        }
     }
     drop(guards);
     match result {
@@ -132,19 +138,4 @@ fn run(file: &File, offset: u64, iov: &mut [libc::iovec], dir: Direction) -> io:
         }
     }
     Ok(done)
-}
-
-/// Marks `segments` dirty in the guest memory's bitmap: device writes are invisible to KVM's
-/// dirty log.
-fn mark_dirty<'a>(
-    mem: &GuestMemoryMmap,
-    segments: impl Iterator<Item = &'a Segment>,
-) -> io::Result<()> {
-    for seg in segments {
-        for slice in mem.get_slices(seg.addr, seg.len as usize) {
-            let slice = slice.map_err(memory_error)?;
-            slice.bitmap().mark_dirty(0, slice.len());
-        }
-    }
-    Ok(())
 }

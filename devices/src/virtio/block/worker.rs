@@ -182,7 +182,7 @@ impl Worker {
     fn transfer<'a>(
         &self,
         first: &Request,
-        reqs: impl Iterator<Item = &'a Request> + Clone,
+        reqs: impl Iterator<Item = &'a Request>,
         iov: &mut IoVecs,
     ) -> io::Result<()> {
         let mem = first
