@@ -41,6 +41,9 @@ pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Resu
             "baseline=1".into(),
             "after=1".into(),
             "warmup=3".into(),
+            // Nothing to do after the fill: halt, not spin, so the vCPU does
+            // not take one of the host's cores from the migration.
+            "guest.idle=halt".into(),
         ],
     )?;
     let prefaulted = Tern {

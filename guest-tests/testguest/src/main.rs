@@ -16,6 +16,7 @@ mod cpu;
 mod devices;
 mod fault;
 mod heap;
+mod idle;
 mod kvmclock;
 mod mem;
 mod netdev;
@@ -59,6 +60,7 @@ extern "C" fn bsp_main(start_info_paddr: u64) -> ! {
         tsc_hz: 0,
         boot_tsc,
         kvmclock: false,
+        halt_timer: false,
     };
 
     let boot = BootInfo::read(start_info_paddr);
@@ -70,6 +72,7 @@ extern "C" fn bsp_main(start_info_paddr: u64) -> ! {
         Err(e) => fail(&platform, ErrorKind::Param, format_args!("{e}")),
     };
 
+    platform.halt_timer = idle::available();
     platform.kvmclock = kvmclock::available();
     let mut kvmclock_hz = None;
     if platform.kvmclock {
@@ -146,6 +149,7 @@ extern "C" fn bsp_main(start_info_paddr: u64) -> ! {
                 tsc_hz: hz,
                 boot_tsc,
                 kvmclock: false,
+                halt_timer: false,
             },
             ErrorKind::Memory,
             format_args!("heap exhausted"),

@@ -4,13 +4,15 @@ use tern_workloads::platform::Platform;
 
 use crate::boot::service;
 use crate::cpu::{self, rdtsc};
-use crate::{console, kvmclock};
+use crate::{console, idle, kvmclock};
 
 pub struct GuestPlatform {
     pub tsc_hz: u64,
     pub boot_tsc: u64,
     /// Whether every CPU registered a kvmclock area.
     pub kvmclock: bool,
+    /// Whether CPUs can halt until a deadline (a TSC-deadline APIC timer).
+    pub halt_timer: bool,
 }
 
 impl Platform for GuestPlatform {
@@ -40,6 +42,14 @@ impl Platform for GuestPlatform {
 
     fn reboot(&self) -> ! {
         reboot(self.tsc_hz)
+    }
+
+    fn idle_until(&self, cpu: usize, deadline: u64) {
+        if self.halt_timer {
+            idle::halt_until(cpu, deadline);
+        } else {
+            cpu::spin_until(deadline);
+        }
     }
 
     fn fault(&self) {

@@ -15,7 +15,10 @@
 //! `rate_pct` answers "how much work did the guest keep doing".
 //!
 //! Time the worker spends on its own business (printing its tick line,
-//! polling for commands, parked for a verify) is excluded from both.
+//! polling for commands, parked for a verify) is excluded from both. Time
+//! it chose to halt (`tern.idle=halt`) counts as time it ran, as it had
+//! the CPU whenever it wanted it: of a halt only a late wake, past the
+//! deadline it set, is a stall.
 
 use crate::clock::ClockCheck;
 use crate::event::{Baseline, Tick};
@@ -111,6 +114,19 @@ impl StallMeter {
     #[inline]
     pub fn tick_due(&self, now: u64) -> bool {
         now.saturating_sub(self.start) >= self.cfg.interval
+    }
+
+    /// When the current interval is due to end.
+    #[inline]
+    pub fn tick_at(&self) -> u64 {
+        self.start.saturating_add(self.cfg.interval)
+    }
+
+    /// The worker halted to wake at `deadline` and woke at `woke`: the time
+    /// it meant to halt counts as run time; a late wake shows as the gap from
+    /// `deadline` to the next iteration.
+    pub fn halted(&mut self, deadline: u64, woke: u64) {
+        self.last = self.last.max(woke.min(deadline));
     }
 
     /// The worker was busy with its own overhead from `from` to `to`.
@@ -271,6 +287,26 @@ mod tests {
             (20_000, 0, Some(10_000))
         );
         assert!(t.max_gap_us <= 1);
+    }
+
+    #[test]
+    fn a_halt_counts_only_its_late_wake() {
+        let mut m = meter(0);
+        run(&mut m, 0, 10_000, 1, &[]);
+        assert_eq!(m.tick_at(), 100_000);
+        // Halts for 20 ms and wakes on time: not a stall.
+        m.halted(30_000, 30_000);
+        run(&mut m, 30_000, 40_000, 1, &[]);
+        // Halts for 20 ms and wakes 5 ms late (the vCPU was paused).
+        m.halted(60_000, 65_000);
+        run(&mut m, 65_000, 70_000, 1, &[]);
+        // Wakes early (a spurious interrupt).
+        m.halted(90_000, 80_000);
+        run(&mut m, 80_000, 100_000, 1, &[]);
+        let (t, _) = m.finish(100_000, None);
+        assert_eq!((t.excluded_us, t.max_gap_us), (0, 5_000));
+        assert_eq!(t.stalled_us, 5_000);
+        assert_eq!(t.busy_x100, Some(9_500));
     }
 
     #[test]

@@ -49,6 +49,20 @@ named_enum! {
     }
 }
 
+named_enum! {
+    /// What a CPU does when its loop has nothing to do until its next tick
+    /// or command poll (no dirtier: `tern.rate=0` or the `idle` workload).
+    pub enum IdleMode {
+        /// Keeps iterating: the stall meter sees every gap longer than
+        /// `tern.gap_us`, at the price of a CPU spinning the whole time.
+        Spin = "spin",
+        /// Halts until the next tick or poll (at most 10 ms), where the
+        /// platform can; the meter then sees a stall only as a late wake.
+        /// An idle guest that leaves the host's CPUs to others.
+        Halt = "halt",
+    }
+}
+
 /// The dirty rate of the whole guest, shared evenly by the busy CPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rate {
@@ -174,6 +188,8 @@ pub struct Config {
     pub frames: u32,
     /// `tern.frame_bytes`: size of those frames, Ethernet header included (128).
     pub frame_bytes: u32,
+    /// `tern.idle`: `spin` or `halt` when there is nothing to do (`spin`).
+    pub idle: IdleMode,
 }
 
 impl Default for Config {
@@ -198,6 +214,7 @@ impl Default for Config {
             bench_ms: 3000,
             frames: 1000,
             frame_bytes: 128,
+            idle: IdleMode::Spin,
         }
     }
 }
@@ -293,6 +310,10 @@ impl Config {
             "bench_ms" => self.bench_ms = number(1, 600_000)? as u32,
             "frames" => self.frames = number(0, 1_000_000)? as u32,
             "frame_bytes" => self.frame_bytes = number(64, 1514)? as u32,
+            "idle" => {
+                self.idle =
+                    IdleMode::from_name(value).ok_or(err(Problem::NotOneOf("spin, halt")))?
+            }
             _ => return Err(err(Problem::UnknownKey)),
         }
         Ok(())
@@ -325,9 +346,10 @@ mod tests {
         let c = Config::parse(
             "tern.test=dirtier tern.ws=256 tern.rate=40 tern.pattern=hotcold tern.busy=0,2-3 \
              tern.threads=4 tern.tick_ms=50 tern.gap_us=20 tern.poll_ms=5 tern.baseline_ms=0 \
-             tern.seed=99 tern.mem_mib=512 virtio_mmio.device=512@0xfeb00e00:12",
+             tern.seed=99 tern.mem_mib=512 tern.idle=halt virtio_mmio.device=512@0xfeb00e00:12",
         )
         .unwrap();
+        assert_eq!(c.idle, IdleMode::Halt);
         assert_eq!(c.ws_mib, 256);
         assert_eq!(c.rate, Rate::MibPerSec(40));
         assert_eq!(c.pattern, Pattern::HotCold);
@@ -378,6 +400,10 @@ mod tests {
             Config::parse("tern.pattern=zigzag").unwrap_err().problem,
             Problem::NotOneOf(_)
         ));
+        assert_eq!(
+            Config::parse("tern.idle=doze").unwrap_err().problem,
+            Problem::NotOneOf("spin, halt")
+        );
         assert!(Config::parse("tern.busy=3-1").is_err());
         assert!(Config::parse("tern.busy=64").is_err());
         assert!(Config::parse("tern.seed=-1").is_err());

@@ -18,6 +18,16 @@ pub trait Platform: Sync {
     fn read_input(&self, buf: &mut [u8]) -> usize;
     /// Resets the VM (or ends the program).
     fn reboot(&self) -> !;
+    /// Waits on `cpu` until about `deadline` (TSC) without using the host's
+    /// CPU where the platform can (the test guest halts until its local APIC
+    /// timer fires); it may return early, or late if the CPU was not run.
+    /// By default it spins.
+    fn idle_until(&self, cpu: usize, deadline: u64) {
+        let _ = cpu;
+        while self.tsc() < deadline {
+            core::hint::spin_loop();
+        }
+    }
     /// Takes a CPU exception on purpose (the `fault` command); returns only
     /// where that is not possible.
     fn fault(&self);

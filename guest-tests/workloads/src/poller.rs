@@ -30,6 +30,12 @@ impl CommandPoller {
         now >= self.next_poll
     }
 
+    /// When the next poll is due.
+    #[inline]
+    pub fn next_due(&self) -> u64 {
+        self.next_poll
+    }
+
     /// Reads the waiting input and calls `handle` for each complete command.
     pub fn poll<P: Platform + ?Sized>(&mut self, platform: &P, mut handle: impl FnMut(Command)) {
         let mut bytes = [0u8; 64];

@@ -17,7 +17,7 @@ use crate::line::LineBuf;
 use crate::memory::{GenTable, PageSet};
 use crate::meter::{MeterConfig, StallMeter};
 use crate::pacer::Pacer;
-use crate::params::{Config, CpuSet, Rate};
+use crate::params::{Config, CpuSet, IdleMode, Rate};
 use crate::platform::Platform;
 use crate::poller::CommandPoller;
 use crate::verify::verify;
@@ -62,6 +62,10 @@ pub fn emit_error<P: Platform + ?Sized>(
         },
     );
 }
+
+/// The longest a CPU halts at once with `tern.idle=halt`, so that a worker
+/// still notices a pause or stop request promptly.
+const MAX_HALT_MS: u64 = 10;
 
 /// One fixed unit of CPU work per iteration: 16 dependent multiply-adds
 /// (a few ns), so that work counts compare across runs.
@@ -225,6 +229,18 @@ impl<'a, P: Platform> Run<'a, P> {
                             return;
                         }
                     }
+                }
+            }
+            if dirtier.is_none() && self.config.idle == IdleMode::Halt {
+                let now = p.tsc();
+                let poll = control.as_deref().map_or(u64::MAX, CommandPoller::next_due);
+                let deadline = meter
+                    .tick_at()
+                    .min(poll)
+                    .min(now.saturating_add(MAX_HALT_MS * (self.hz() / 1000)));
+                if deadline > now {
+                    p.idle_until(cpu, deadline);
+                    meter.halted(deadline, p.tsc());
                 }
             }
         }

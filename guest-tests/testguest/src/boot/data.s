@@ -22,7 +22,7 @@ gdt_ptr:
     .word tern_gdt_end - tern_gdt - 1
     .quad tern_gdt
 idt_ptr:
-    .word 16 * 32 - 1
+    .word 16 * {IDT_VECTORS} - 1
     .quad tern_idt
 empty_idt_ptr:
     .word 0
@@ -82,7 +82,7 @@ tern_boot_pd:
 .balign 16
 .global tern_idt
 tern_idt:
-    .skip 16 * 32
+    .skip 16 * {IDT_VECTORS}
 .balign 4096
 .global tern_bsp_rsp0_top, tern_bsp_ist_top, tern_bsp_user_stack_top
     .skip {RSP0_SIZE}

@@ -49,7 +49,20 @@ const RFLAGS_RING3: u64 = (3 << 12) | (1 << 1);
 pub const TSS_DESCRIPTOR_TYPE_LIMIT: u64 = (0x89 << 40) | 103;
 /// Gate bits 32-47: present interrupt gate (type 0xE), DPL 0, IST 1.
 const GATE_EXCEPTION: u32 = (0x8e << 8) | 1;
+/// Gate bits 32-47: present interrupt gate, DPL 0, no IST (the current stack).
+const GATE_INTERRUPT: u32 = 0x8e << 8;
 const STUB_SIZE: usize = 16;
+/// IDT entries: the 32 exceptions and the idle service's two interrupts.
+const IDT_VECTORS: usize = 48;
+/// The local APIC timer's vector (idle.rs programs it).
+pub const TIMER_VECTOR: u8 = 32;
+/// The local APIC's spurious-interrupt vector.
+pub const SPURIOUS_VECTOR: u8 = 47;
+const _: () =
+    assert!((SPURIOUS_VECTOR as usize) < IDT_VECTORS && (TIMER_VECTOR as usize) < IDT_VECTORS);
+/// xAPIC end-of-interrupt register (identity mapped).
+const LAPIC_EOI: u32 = 0xfee0_00b0;
+const MSR_TSC_DEADLINE: u32 = 0x6e0;
 /// Page-table entry flags: present, writable, user.
 pub const PT_TABLE: u64 = 0x7;
 /// PD entry flags for a 2 MiB page: present, writable, user, large.
@@ -77,6 +90,12 @@ global_asm!(
     RFLAGS_RING3 = const RFLAGS_RING3,
     TSS_DESCRIPTOR_TYPE_LIMIT = const TSS_DESCRIPTOR_TYPE_LIMIT,
     GATE_EXCEPTION = const GATE_EXCEPTION,
+    GATE_INTERRUPT = const GATE_INTERRUPT,
+    IDT_VECTORS = const IDT_VECTORS,
+    TIMER_VECTOR = const TIMER_VECTOR,
+    SPURIOUS_VECTOR = const SPURIOUS_VECTOR,
+    LAPIC_EOI = const LAPIC_EOI,
+    MSR_TSC_DEADLINE = const MSR_TSC_DEADLINE,
     SERVICE_MAGIC = const service::SERVICE_MAGIC,
     STUB_SIZE = const STUB_SIZE,
     PT_TABLE = const PT_TABLE,
@@ -88,6 +107,7 @@ global_asm!(
     SERVICE_CPUID = const service::CPUID,
     SERVICE_ENABLE_KVMCLOCK = const service::ENABLE_KVMCLOCK,
     SERVICE_HALT = const service::HALT,
+    SERVICE_IDLE_UNTIL = const service::IDLE_UNTIL,
     SERVICE_TRIPLE_FAULT = const service::TRIPLE_FAULT,
     bsp_main = sym crate::bsp_main,
     fault_reporter = sym crate::fault::fault_reporter,

@@ -15,6 +15,7 @@ pub const CPUID: u32 = 4;
 pub const ENABLE_KVMCLOCK: u32 = 5;
 pub const HALT: u32 = 6;
 pub const TRIPLE_FAULT: u32 = 7;
+pub const IDLE_UNTIL: u32 = 8;
 /// Marks a `ud2` as a service call rather than a fault.
 pub const SERVICE_MAGIC: u64 = 0x7465_726e_5356_4321;
 
@@ -77,6 +78,12 @@ pub fn cpuid(leaf: u32) -> core::arch::x86_64::CpuidResult {
 /// mapped) with MSR_KVM_SYSTEM_TIME_NEW.
 pub fn enable_kvmclock(paddr: u64) {
     call(ENABLE_KVMCLOCK, paddr | 1, 0, 0);
+}
+
+/// Arms this CPU's TSC-deadline timer for `deadline` (non-zero) and halts
+/// until an interrupt; see [`crate::idle`].
+pub fn idle_until(deadline: u64) {
+    call(IDLE_UNTIL, deadline, 0, 0);
 }
 
 /// Stops this CPU for good (cli; hlt).

@@ -6,7 +6,8 @@
  * error event and halts.
  *
  * The service call does the few things ring 3 cannot: port I/O, the guest's
- * cpuid, wrmsr, hlt, a triple fault. kvm_pvm turns `int n` from ring 3 into
+ * cpuid, wrmsr, hlt (for good, or until the local APIC timer fires), a
+ * triple fault. kvm_pvm turns `int n` from ring 3 into
  * #UD (and `syscall` is broken) but delivers exceptions faithfully, so a
  * service call is a `ud2` with SERVICE_MAGIC in %r11 (boot/service.rs);
  * any other #UD is a fault like the rest. */
@@ -14,8 +15,11 @@
 .pushsection .text.boot, "ax"
 .code64
 
-/* Fills IDT vectors 0-31 with the exception stubs (all on IST 1). Runs once,
- * on the BSP; the APs load the same IDT. */
+/* Fills IDT vectors 0-31 with the exception stubs (all on IST 1) and the
+ * two interrupt vectors the idle service takes (no IST: they only arrive in
+ * ring 0, inside that service, on its stack). The vectors between stay not
+ * present, so a stray interrupt is reported as a fault. Runs once, on the
+ * BSP; the APs load the same IDT. */
 .global build_idt
 build_idt:
     mov $fault_stubs, %esi
@@ -27,7 +31,28 @@ build_idt:
     add $16, %rdi
     dec %ecx
     jnz 1b
+    mov $timer_interrupt, %esi
+    mov $tern_idt + 16 * {TIMER_VECTOR}, %edi
+    mov ${GATE_INTERRUPT}, %edx
+    call write_gate
+    mov $spurious_interrupt, %esi
+    mov $tern_idt + 16 * {SPURIOUS_VECTOR}, %edi
+    mov ${GATE_INTERRUPT}, %edx
+    call write_gate
     ret
+
+/* The local APIC timer (TSC-deadline mode) ended an idle halt: acknowledge
+ * it and go back to the idle service, which returns to ring 3. */
+timer_interrupt:
+    push %rax
+    mov ${LAPIC_EOI}, %eax
+    movl $0, (%rax)
+    pop %rax
+    iretq
+
+/* A spurious APIC interrupt needs no acknowledgement. */
+spurious_interrupt:
+    iretq
 
 /* Writes the interrupt gate for handler %rsi at %rdi; %edx holds the
  * gate's bits 32-47 (IST index, type, DPL). Preserves %ecx, %rsi, %rdi. */
@@ -143,6 +168,8 @@ service_dispatch:
     je enable_kvmclock
     cmp ${SERVICE_HALT}, %eax
     je halt_forever
+    cmp ${SERVICE_IDLE_UNTIL}, %eax
+    je idle_until
     cmp ${SERVICE_TRIPLE_FAULT}, %eax
     je triple_fault
     iretq
@@ -192,6 +219,22 @@ enable_kvmclock:
     mov %rdi, %rdx
     shr $32, %rdx
     wrmsr
+    iretq
+
+/* %rdi = TSC deadline (non-zero). Arms this CPU's local APIC timer (set to
+ * TSC-deadline mode by ring 3, idle.rs) and halts with interrupts on
+ * until it fires: sti's one-instruction shadow makes sti; hlt atomic, and a
+ * deadline already past leaves its interrupt pending, which ends the hlt at
+ * once. Any other wake (a spurious interrupt) returns early; ring 3 copes. */
+idle_until:
+    mov ${MSR_TSC_DEADLINE}, %ecx
+    mov %edi, %eax
+    mov %rdi, %rdx
+    shr $32, %rdx
+    wrmsr
+    sti
+    hlt
+    cli
     iretq
 
 halt_forever:

@@ -71,6 +71,12 @@ impl Platform for LinuxPlatform {
         std::process::exit(0)
     }
 
+    fn idle_until(&self, _cpu: usize, deadline: u64) {
+        let ticks = deadline.saturating_sub(rdtsc());
+        let ns = u128::from(ticks) * 1_000_000_000 / u128::from(self.tsc_hz.max(1));
+        std::thread::sleep(Duration::from_nanos(ns.min(u128::from(u64::MAX)) as u64));
+    }
+
     fn fault(&self) {}
 }
 
