@@ -5,6 +5,7 @@ pub mod dirty;
 pub mod predict;
 pub mod protocol;
 pub mod receiver;
+pub mod send_queue;
 pub mod sender;
 pub mod sim;
 pub mod stats;

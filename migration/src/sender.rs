@@ -7,12 +7,15 @@
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::time::Duration;
 
-use crate::protocol::frame::{FrameReader, FrameWriter};
+use crate::protocol::frame::{encode_frame, FrameReader};
 use crate::protocol::messages::{
-    decode_dest, encode_abandon, encode_hello_with_version, encode_round_end, encode_run_header,
-    kind, DestMessage, Hello, MAX_RUN_PAGES, PAGE_SIZE, PROTOCOL_VERSION,
+    decode_dest, encode_abandon, encode_hello_with_version, encode_round_end, kind, DestMessage,
+    Hello, PAGE_SIZE, PROTOCOL_VERSION,
 };
+pub use crate::protocol::run_frame::RunCounts;
+use crate::protocol::run_frame::RunFrame;
 use crate::protocol::ProtocolError;
+use crate::send_queue::SendQueue;
 use crate::transport::Stream;
 
 /// Why the source side of a session failed. In every case the source keeps
@@ -50,30 +53,11 @@ impl From<std::io::Error> for SendError {
     }
 }
 
-/// Counts for one page run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RunCounts {
-    /// Pages sent with data.
-    pub data: u32,
-    /// Pages sent as zero markers.
-    pub zero: u32,
-}
-
 /// An open session to a destination.
 pub struct SourceSession {
     stream: Stream,
-    out: FrameWriter<Stream>,
+    out: SendQueue,
     inbox: Receiver<Result<DestMessage, ProtocolError>>,
-    header: Vec<u8>,
-    zero_map: Vec<u8>,
-}
-
-fn page_is_zero(page: &[u8]) -> bool {
-    // OR 64-byte blocks together (the compiler vectorises the fold) and stop
-    // at the first non-zero block: most data pages are rejected in the first one.
-    let mut blocks = page.chunks_exact(64);
-    blocks.all(|b| b.iter().fold(0u8, |acc, &x| acc | x) == 0)
-        && blocks.remainder().iter().all(|&x| x == 0)
 }
 
 impl SourceSession {
@@ -107,13 +91,10 @@ impl SourceSession {
             .map_err(|e| SendError::Protocol(ProtocolError::Io(e)))?;
         let mut s = SourceSession {
             stream,
-            out: FrameWriter::new(output),
+            out: SendQueue::start(output, "tern-mig-tx")?,
             inbox,
-            header: Vec::with_capacity(64),
-            zero_map: Vec::with_capacity(MAX_RUN_PAGES as usize / 8),
         };
-        s.out
-            .write_frame(kind::HELLO, &[&encode_hello_with_version(hello, version)])?;
+        s.write_frame(kind::HELLO, &[&encode_hello_with_version(hello, version)])?;
         s.out.flush()?;
         match s.wait(timeout, "the handshake answer")? {
             DestMessage::Accept { .. } => Ok(s),
@@ -124,7 +105,15 @@ impl SourceSession {
 
     /// Bytes written to the stream so far.
     pub fn bytes_sent(&self) -> u64 {
-        self.out.bytes_written()
+        self.out.bytes_queued()
+    }
+
+    /// Queues one frame whose payload is the concatenation of `parts`.
+    fn write_frame(&mut self, kind: u16, parts: &[&[u8]]) -> Result<(), SendError> {
+        let mut frame = self.out.buffer()?;
+        encode_frame(kind, parts, &mut frame)?;
+        self.out.send(frame)?;
+        Ok(())
     }
 
     fn wait(&mut self, timeout: Duration, what: &'static str) -> Result<DestMessage, SendError> {
@@ -175,52 +164,55 @@ impl SourceSession {
         known_zero: &[u64],
     ) -> Result<RunCounts, SendError> {
         let count = (pages.len() / PAGE_SIZE) as u32;
-        debug_assert!(pages.len() % PAGE_SIZE == 0 && count > 0 && count <= MAX_RUN_PAGES);
-        self.zero_map.clear();
-        self.zero_map.resize(count.div_ceil(8) as usize, 0);
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(count as usize + 1);
-        let mut counts = RunCounts::default();
-        let known = |i: usize| {
-            known_zero
-                .get(i / 64)
-                .is_some_and(|w| w & (1 << (i % 64)) != 0)
-        };
-        for (i, page) in pages.chunks_exact(PAGE_SIZE).enumerate() {
-            if known(i) || page_is_zero(page) {
-                self.zero_map[i / 8] |= 1 << (i % 8);
-                counts.zero += 1;
-            } else {
-                counts.data += 1;
-            }
-        }
-        encode_run_header(region, first_page, count, &self.zero_map, &mut self.header);
-        parts.push(&self.header);
-        for (i, page) in pages.chunks_exact(PAGE_SIZE).enumerate() {
-            if self.zero_map[i / 8] & (1 << (i % 8)) == 0 {
-                parts.push(page);
-            }
-        }
-        self.out.write_frame(kind::PAGES, &parts)?;
+        debug_assert!(pages.len() % PAGE_SIZE == 0);
+        let mut run = self.begin_run(region, first_page, count)?;
+        run.pages_mut()
+            .copy_from_slice(&pages[..count as usize * PAGE_SIZE]);
+        self.send_run_frame(run, known_zero)
+    }
+
+    /// Starts a run of `count` pages (1..=`MAX_RUN_PAGES`) from `first_page`
+    /// of `region`, to be filled in place ([`RunFrame::pages_mut`]) and sent
+    /// with [`SourceSession::send_run_frame`]. Waits while every frame
+    /// buffer is in flight.
+    pub fn begin_run(
+        &mut self,
+        region: u32,
+        first_page: u64,
+        count: u32,
+    ) -> Result<RunFrame, SendError> {
+        Ok(RunFrame::new(self.out.buffer()?, region, first_page, count))
+    }
+
+    /// Sends a run started with [`SourceSession::begin_run`]; pages flagged
+    /// in `known_zero` (bit `i % 64` of word `i / 64`) and pages found all
+    /// zero go as markers.
+    pub fn send_run_frame(
+        &mut self,
+        run: RunFrame,
+        known_zero: &[u64],
+    ) -> Result<RunCounts, SendError> {
+        let (frame, counts) = run.finish(known_zero);
+        self.out.send(frame)?;
         Ok(counts)
     }
 
     /// Ends round `round`: flushes, and fails if the destination reported an error.
     pub fn end_round(&mut self, round: u32) -> Result<(), SendError> {
-        self.out
-            .write_frame(kind::ROUND_END, &[&encode_round_end(round)])?;
+        self.write_frame(kind::ROUND_END, &[&encode_round_end(round)])?;
         self.out.flush()?;
         self.check_destination()
     }
 
     /// Sends the guest state blob.
     pub fn send_state(&mut self, state: &[u8]) -> Result<(), SendError> {
-        self.out.write_frame(kind::STATE, &[state])?;
+        self.write_frame(kind::STATE, &[state])?;
         Ok(())
     }
 
     /// Says everything was sent and waits until the destination has restored it.
     pub fn complete(&mut self, timeout: Duration) -> Result<(), SendError> {
-        self.out.write_frame(kind::COMPLETE, &[])?;
+        self.write_frame(kind::COMPLETE, &[])?;
         self.out.flush()?;
         match self.wait(timeout, "Ready")? {
             DestMessage::Ready => Ok(()),
@@ -230,7 +222,7 @@ impl SourceSession {
 
     /// Tells the destination to run the guest and waits until it says it does.
     pub fn commit(&mut self, timeout: Duration) -> Result<(), SendError> {
-        self.out.write_frame(kind::COMMIT, &[])?;
+        self.write_frame(kind::COMMIT, &[])?;
         self.out.flush()?;
         match self.wait(timeout, "Resumed")? {
             DestMessage::Resumed => Ok(()),
@@ -240,9 +232,7 @@ impl SourceSession {
 
     /// Tells the destination to discard everything (best effort).
     pub fn abandon(&mut self, reason: &str) {
-        let _ = self
-            .out
-            .write_frame(kind::ABANDON, &[&encode_abandon(reason)]);
+        let _ = self.write_frame(kind::ABANDON, &[&encode_abandon(reason)]);
         let _ = self.out.flush();
     }
 }

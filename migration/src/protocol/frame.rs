@@ -51,22 +51,8 @@ impl<W: Write> FrameWriter<W> {
 
     /// Writes one frame whose payload is the concatenation of `parts`.
     pub fn write_frame(&mut self, kind: u16, parts: &[&[u8]]) -> io::Result<()> {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        if len > MAX_PAYLOAD as usize {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "frame payload too large",
-            ));
-        }
-        let mut header = [0u8; HEADER_LEN];
-        header[0..2].copy_from_slice(&kind.to_le_bytes());
-        header[4..8].copy_from_slice(&(len as u32).to_le_bytes());
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&header);
-        for p in parts {
-            crc.update(p);
-        }
-        let crc = crc.finalize().to_le_bytes();
+        let (header, len) = frame_header(kind, parts)?;
+        let crc = frame_crc(&header, parts).to_le_bytes();
         let frame_len = HEADER_LEN + len + 4;
         if self.buf.len() + frame_len <= WRITE_BUFFER {
             self.buf.extend_from_slice(&header);
@@ -98,6 +84,41 @@ impl<W: Write> FrameWriter<W> {
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.inner
     }
+}
+
+/// The header of a frame of `kind` whose payload is `parts`, and the payload's length.
+fn frame_header(kind: u16, parts: &[&[u8]]) -> io::Result<([u8; HEADER_LEN], usize)> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    if len > MAX_PAYLOAD as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "frame payload too large",
+        ));
+    }
+    let mut header = [0u8; HEADER_LEN];
+    header[0..2].copy_from_slice(&kind.to_le_bytes());
+    header[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok((header, len))
+}
+
+fn frame_crc(header: &[u8], parts: &[&[u8]]) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(header);
+    for p in parts {
+        crc.update(p);
+    }
+    crc.finalize()
+}
+
+/// Encodes one whole frame (header, the concatenation of `parts`, checksum)
+/// into `out`, replacing its contents.
+pub fn encode_frame(kind: u16, parts: &[&[u8]], out: &mut Vec<u8>) -> io::Result<()> {
+    let (header, _) = frame_header(kind, parts)?;
+    out.clear();
+    out.extend_from_slice(&header);
+    parts.iter().for_each(|p| out.extend_from_slice(p));
+    out.extend_from_slice(&frame_crc(&header, parts).to_le_bytes());
+    Ok(())
 }
 
 /// `Write::write_all_vectored`, which is not stable yet.
@@ -333,6 +354,15 @@ mod tests {
             }
         );
         assert!(matches!(r.read_frame(), Err(ProtocolError::PeerClosed)));
+    }
+
+    #[test]
+    fn an_encoded_frame_is_what_the_writer_writes() {
+        let mut out = vec![1, 2, 3];
+        encode_frame(7, &[b"hello ", b"world"], &mut out).unwrap();
+        assert_eq!(out, one_frame());
+        let big = vec![0u8; MAX_PAYLOAD as usize + 1];
+        assert!(encode_frame(7, &[&big], &mut out).is_err());
     }
 
     /// A stream that takes at most 3 bytes per write, and is interrupted

@@ -3,6 +3,7 @@
 
 pub mod frame;
 pub mod messages;
+pub mod run_frame;
 
 /// Everything that can go wrong reading or writing the stream.
 #[derive(Debug, thiserror::Error)]

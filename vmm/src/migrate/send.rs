@@ -91,7 +91,6 @@ pub struct SendTotals {
 
 /// Sends the dirty set page run by page run.
 pub struct PageSender {
-    buf: Vec<u8>,
     words: Vec<u64>,
     /// Where never-populated pages are found, during the bulk pass only
     /// (None: every page is read). Pages dirtied later were written, so the
@@ -119,7 +118,6 @@ impl PageSender {
             })
             .ok();
         PageSender {
-            buf: vec![0u8; MAX_RUN_PAGES as usize * PAGE_SIZE],
             words: Vec::with_capacity(WINDOW_WORDS),
             pagemap,
             populated: Vec::with_capacity(WINDOW_WORDS),
@@ -259,9 +257,11 @@ impl PageSender {
                 pages.next();
                 count += 1;
             }
-            let len = count as usize * PAGE_SIZE;
             self.known_zero.clear();
             self.known_zero.resize(count.div_ceil(64) as usize, 0);
+            // Guest pages go straight into the frame's buffer.
+            let mut run = session.begin_run(region as u32, start, count as u32)?;
+            let buf = run.pages_mut();
             // Read the populated stretches of the run; mark the rest zero.
             let mut i = 0u64;
             while i < count {
@@ -275,14 +275,14 @@ impl PageSender {
                     j += 1;
                 }
                 let addr = GuestAddress(guest_base + (start + i) * PAGE_SIZE as u64);
-                let bytes = &mut self.buf[i as usize * PAGE_SIZE..j as usize * PAGE_SIZE];
+                let bytes = &mut buf[i as usize * PAGE_SIZE..j as usize * PAGE_SIZE];
                 machine.mem.read_slice(bytes, addr).map_err(|e| {
                     MigrationError::Memory(format!("reading guest page {:#x}: {e}", addr.0))
                 })?;
                 i = j;
             }
             if let Some(hashes) = self.sent_hashes.as_mut().and_then(|h| h.get_mut(region)) {
-                for (k, page) in self.buf[..len].chunks(PAGE_SIZE).enumerate() {
+                for (k, page) in buf.chunks(PAGE_SIZE).enumerate() {
                     let known_zero = self.known_zero[k / 64] & (1 << (k % 64)) != 0;
                     if let Some(slot) = hashes.get_mut(start as usize + k) {
                         *slot = if known_zero { 0 } else { page_hash(page) };
@@ -290,12 +290,7 @@ impl PageSender {
                 }
             }
             let before = session.bytes_sent();
-            let c = session.send_run_skipping(
-                region as u32,
-                start,
-                &self.buf[..len],
-                &self.known_zero,
-            )?;
+            let c = session.send_run_frame(run, &self.known_zero)?;
             pacer.sent(session.bytes_sent() - before);
             self.totals.data_pages += u64::from(c.data);
             self.totals.zero_pages += u64::from(c.zero);

@@ -1,0 +1,210 @@
+//! The source's outgoing frames, written by a thread of their own.
+//!
+//! The migration thread builds each frame whole in a buffer from a small
+//! pool (a page run: guest pages copied in, zero pages found, checksummed;
+//! see [`crate::protocol::run_frame`]) and queues it; the writer thread
+//! hands it to the socket and returns the buffer. Building the next run then
+//! overlaps the kernel's send of the last one, which on a fast link is most
+//! of the cost of a byte. The pool bounds what is in flight (and so the
+//! memory this takes) to [`POOL_BUFFERS`] frames; taking a buffer waits for
+//! the writer, which is the back-pressure a blocking write used to give.
+//!
+//! Frames go out in the order they were queued. [`SendQueue::flush`] waits
+//! until everything queued is written, so a caller that then waits for the
+//! destination's answer knows its question left. A write error ends the
+//! writing; every later call reports it.
+
+use std::io::{self, Write};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+
+use crate::protocol::run_frame::MAX_RUN_FRAME;
+
+/// Frames in flight at most: one being built, the others queued or being
+/// written.
+pub const POOL_BUFFERS: usize = 4;
+
+enum Job {
+    Frame(Vec<u8>),
+    Flush(SyncSender<io::Result<()>>),
+}
+
+/// The first write error, shared with the writer thread.
+type Failure = Arc<Mutex<Option<(io::ErrorKind, String)>>>;
+
+/// A queue of whole frames to one stream, written in order by its own thread.
+pub struct SendQueue {
+    jobs: SyncSender<Job>,
+    free: Receiver<Vec<u8>>,
+    failure: Failure,
+    queued: u64,
+}
+
+fn failed(failure: &Failure) -> Option<io::Error> {
+    let f = failure.lock().unwrap_or_else(|e| e.into_inner());
+    f.as_ref()
+        .map(|(kind, msg)| io::Error::new(*kind, msg.clone()))
+}
+
+impl SendQueue {
+    /// Starts the writer thread (`name`) on `out`.
+    pub fn start<W: Write + Send + 'static>(out: W, name: &str) -> io::Result<Self> {
+        let (jobs, job_rx) = mpsc::sync_channel::<Job>(POOL_BUFFERS + 2);
+        let (free_tx, free) = mpsc::sync_channel::<Vec<u8>>(POOL_BUFFERS);
+        for _ in 0..POOL_BUFFERS {
+            // Cannot block: the channel holds exactly the pool.
+            let _ = free_tx.send(Vec::with_capacity(MAX_RUN_FRAME));
+        }
+        let failure = Failure::default();
+        let writer_failure = failure.clone();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || write_jobs(out, job_rx, free_tx, writer_failure))?;
+        Ok(SendQueue {
+            jobs,
+            free,
+            failure,
+            queued: 0,
+        })
+    }
+
+    /// Bytes queued so far (what the socket has, or soon will have).
+    pub fn bytes_queued(&self) -> u64 {
+        self.queued
+    }
+
+    /// A buffer for the next frame; waits while every buffer is in flight.
+    pub fn buffer(&mut self) -> io::Result<Vec<u8>> {
+        if let Some(e) = failed(&self.failure) {
+            return Err(e);
+        }
+        self.free.recv().map_err(|_| self.gone())
+    }
+
+    /// Queues `frame` (from [`SendQueue::buffer`], holding one whole frame).
+    pub fn send(&mut self, frame: Vec<u8>) -> io::Result<()> {
+        if let Some(e) = failed(&self.failure) {
+            return Err(e);
+        }
+        let len = frame.len() as u64;
+        self.jobs.send(Job::Frame(frame)).map_err(|_| self.gone())?;
+        self.queued += len;
+        Ok(())
+    }
+
+    /// Waits until everything queued has been written (and the stream flushed).
+    pub fn flush(&mut self) -> io::Result<()> {
+        let (ack, done) = mpsc::sync_channel(1);
+        self.jobs.send(Job::Flush(ack)).map_err(|_| self.gone())?;
+        done.recv().map_err(|_| self.gone())?
+    }
+
+    fn gone(&self) -> io::Error {
+        failed(&self.failure)
+            .unwrap_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "the writer thread ended"))
+    }
+}
+
+/// The writer thread: writes frames in order and recycles their buffers
+/// until the queue is dropped; after an error, only recycles and reports it.
+fn write_jobs<W: Write>(
+    mut out: W,
+    jobs: Receiver<Job>,
+    free: SyncSender<Vec<u8>>,
+    failure: Failure,
+) {
+    let mut broken = false;
+    for job in jobs {
+        match job {
+            Job::Frame(frame) => {
+                if !broken {
+                    if let Err(e) = out.write_all(&frame) {
+                        broken = true;
+                        *failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some((e.kind(), e.to_string()));
+                    }
+                }
+                // A frame far bigger than a run (device state) is not kept.
+                let frame = if frame.capacity() > 2 * MAX_RUN_FRAME {
+                    Vec::with_capacity(MAX_RUN_FRAME)
+                } else {
+                    frame
+                };
+                // Never blocks: at most the pool's buffers exist. Fails only
+                // when the queue is gone, and then nobody needs it.
+                let _ = free.try_send(frame);
+            }
+            Job::Flush(ack) => {
+                let r = match failed(&failure) {
+                    Some(e) => Err(e),
+                    None => out.flush(),
+                };
+                let _ = ack.send(r);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shared byte sink that can be told to fail.
+    #[derive(Clone, Default)]
+    struct Sink {
+        bytes: Arc<Mutex<Vec<u8>>>,
+        fail: Arc<Mutex<bool>>,
+    }
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if *self.fail.lock().unwrap() {
+                return Err(io::Error::new(io::ErrorKind::BrokenPipe, "peer gone"));
+            }
+            // A few bytes at a time, as a socket may take them.
+            let n = buf.len().min(3);
+            self.bytes.lock().unwrap().extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn frames_arrive_in_order_and_buffers_come_back() {
+        let sink = Sink::default();
+        let mut q = SendQueue::start(sink.clone(), "test-writer").unwrap();
+        // More frames than buffers: each buffer is used several times.
+        for i in 0..(3 * POOL_BUFFERS as u8) {
+            let mut b = q.buffer().unwrap();
+            b.clear();
+            b.extend_from_slice(&[i; 5]);
+            q.send(b).unwrap();
+        }
+        q.flush().unwrap();
+        assert_eq!(q.bytes_queued(), 5 * 3 * POOL_BUFFERS as u64);
+        let bytes = sink.bytes.lock().unwrap().clone();
+        let expected: Vec<u8> = (0..(3 * POOL_BUFFERS as u8)).flat_map(|i| [i; 5]).collect();
+        assert_eq!(bytes, expected);
+    }
+
+    #[test]
+    fn a_write_error_is_reported_by_every_later_call() {
+        let sink = Sink::default();
+        let mut q = SendQueue::start(sink.clone(), "test-writer").unwrap();
+        *sink.fail.lock().unwrap() = true;
+        let mut b = q.buffer().unwrap();
+        b.push(1);
+        // Queued; the writer's write fails, and the flush says so.
+        q.send(b).unwrap();
+        let e = q.flush().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+        assert_eq!(q.buffer().unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+        assert_eq!(
+            q.send(Vec::new()).unwrap_err().kind(),
+            io::ErrorKind::BrokenPipe
+        );
+        assert!(q.flush().is_err());
+    }
+}
