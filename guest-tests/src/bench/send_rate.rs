@@ -1,11 +1,11 @@
 //! Send rate when nothing can be skipped: the guest fills a working set with
-//! self-checking (never zero) pages and then only meters time (`tern.rate=0`),
-//! so the bulk pass is all data. tern, tern with a `--prefault` destination
+//! self-checking (never zero) pages and then only meters time (`tern.rate=0`,
+//! halting between ticks: `tern.idle=halt`), so the bulk pass is all data. tern, tern with a `--prefault` destination
 //! (its memory backed before the stream arrives: the same migration without
 //! the destination's first-touch page faults, which on a nested host cost
 //! more than the copy) and QEMU on the same guest, alternating, against two
-//! plain loopback TCP copies on the same machine: into a reused buffer (the
-//! stream's ceiling) and into fresh memory.
+//! plain loopback TCP copies on the same machine, measured once per round:
+//! into a reused buffer (the stream's ceiling) and into fresh memory.
 
 use crate::artifacts;
 use crate::bench::loopback::{self, Sink};
@@ -58,7 +58,16 @@ pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Resu
     let mut rates: [Vec<f64>; 3] = Default::default();
     let mut last: [Option<RunResult>; 3] = Default::default();
     let mut notes = Vec::new();
+    // The copies are measured in every round too: the machine's speed moves
+    // between rounds (other tenants, the host's memory), and a ratio against
+    // one measurement would carry its luck.
+    let copy_bytes = u64::from(ws_mib.max(1024)) << 20;
+    let mut reused = Vec::new();
+    let mut fresh = Vec::new();
+    // Per round and VMM: its rate over the round's reused-buffer copy.
+    let mut ratios: [Vec<f64>; 3] = Default::default();
     for _ in 0..runs.max(1) {
+        let mut round: [Option<f64>; 3] = [None; 3];
         for (i, (label, hv)) in vmms.iter().enumerate() {
             let dir = WorkDir::create("send-rate")?;
             let ctx = RunContext {
@@ -76,10 +85,21 @@ pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Resu
                 continue;
             }
             match send_rate(&r) {
-                Some(rate) => rates[i].push(rate),
+                Some(rate) => {
+                    rates[i].push(rate);
+                    round[i] = Some(rate);
+                }
                 None => notes.push(format!("{label}: no bytes sent or total time reported")),
             }
             last[i] = Some(r);
+        }
+        let copy = loopback::measure_into(copy_bytes, Sink::Reused)?.mib_per_s();
+        reused.push(copy);
+        fresh.push(loopback::measure_into(copy_bytes, Sink::FreshMemory)?.mib_per_s());
+        for (i, rate) in round.iter().enumerate() {
+            if let Some(rate) = rate {
+                ratios[i].push(rate / copy * 100.0);
+            }
         }
     }
     if rates[0].is_empty() {
@@ -88,10 +108,10 @@ pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Resu
             format!("no migration completed and verified: {}", notes.join("; ")),
         ));
     }
-    let copy_bytes = u64::from(ws_mib.max(1024)) << 20;
-    let reused = loopback::measure_into(copy_bytes, Sink::Reused)?.mib_per_s();
-    let fresh = loopback::measure_into(copy_bytes, Sink::FreshMemory)?.mib_per_s();
     let spreads = rates.each_ref().map(|r| Spread::of(r));
+    let (Some(reused), Some(fresh)) = (Spread::of(&reused), Spread::of(&fresh)) else {
+        return Err(Error::vm("loopback", "no copy measured".to_string()));
+    };
 
     let mut t = Table::key_value();
     t.row([
@@ -119,13 +139,14 @@ pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Resu
         ]);
     }
     t.row([
-        "loopback TCP copy, reused buffer MiB/s".into(),
-        num(Some(reused), 0),
+        format!("loopback TCP copy, reused buffer MiB/s (median of {runs})"),
+        reused.show(0),
     ]);
     t.row([
-        "loopback TCP copy, into fresh memory MiB/s".into(),
-        num(Some(fresh), 0),
+        format!("loopback TCP copy, into fresh memory MiB/s (median of {runs})"),
+        fresh.show(0),
     ]);
+    let (reused, fresh) = (reused.median, fresh.median);
     let median = |i: usize| spreads[i].map(|s| s.median);
     let pct = |i: usize, base: f64| num(median(i).map(|r| r / base * 100.0), 1) + " %";
     for (i, (label, _)) in vmms.iter().enumerate().take(2) {
@@ -136,6 +157,12 @@ pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Resu
         t.row([
             format!("{label} / loopback (into fresh memory)"),
             pct(i, fresh),
+        ]);
+    }
+    for (i, (label, _)) in vmms.iter().enumerate().take(2) {
+        t.row([
+            format!("{label} / that round's loopback (reused buffer), %"),
+            Spread::of(&ratios[i]).map_or("-".into(), |s| s.show(1)),
         ]);
     }
     t.row(["tern / qemu".into(), ratio(median(0), median(2))]);
