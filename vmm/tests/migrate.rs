@@ -103,6 +103,22 @@ fn migrate_and_check(
         "the guest saw a {stall_ms} ms stall for a {downtime_ms} ms downtime"
     );
 
+    if cmdline.contains("tern.idle=halt") {
+        // A halting CPU counts a handful of wakes per tick, a spinning one
+        // millions of iterations: it halted on both sides, so its timer
+        // fires on the destination too.
+        for (side, ticks) in [
+            ("source", src.events("tick")),
+            ("destination", dst.events("tick")),
+        ] {
+            let t = ticks.last().expect("ticks");
+            assert!(
+                t["work"].as_u64().unwrap() < 1000,
+                "the {side}'s vCPU did not halt: {t}"
+            );
+        }
+    }
+
     // Memory: every page the guest wrote is there, current and whole.
     assert_verified(&verify(&mut dst));
     // The console still takes input and the guest still answers.
@@ -114,9 +130,13 @@ fn migrate_and_check(
 fn idle_guest_migrates_over_tcp() {
     let _g = serial();
     let uri = format!("tcp:127.0.0.1:{}", free_port());
+    // Idle as an idle guest is: its vCPU halts until its local APIC timer
+    // (TSC-deadline mode) fires for the next tick or command poll. A vCPU
+    // halted at the switchover must wake on the destination: the LAPIC, the
+    // deadline MSR and the halted MP state all travel.
     let stats = migrate_and_check(
         &uri,
-        "tern.test=dirtier tern.ws=16 tern.rate=0",
+        "tern.test=dirtier tern.ws=16 tern.rate=0 tern.idle=halt",
         256,
         &[],
         Destination::Plain,
