@@ -2,7 +2,9 @@
 //! pages become markers), round ends, guest state and the two-phase end
 //! (Complete → Ready, Commit → Resumed). Messages from the destination are
 //! read on their own thread, so an error it reports mid-stream is seen at the
-//! next round end instead of after the whole memory was sent.
+//! next round end instead of after the whole memory was sent. Frames to it
+//! are built whole and written by a thread of their own as well
+//! ([`crate::send_queue`]), so building a page run overlaps sending the last.
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::time::Duration;
@@ -10,7 +12,7 @@ use std::time::Duration;
 use crate::protocol::frame::{encode_frame, FrameReader};
 use crate::protocol::messages::{
     decode_dest, encode_abandon, encode_hello_with_version, encode_round_end, kind, DestMessage,
-    Hello, PAGE_SIZE, PROTOCOL_VERSION,
+    Hello, MAX_RUN_PAGES, PAGE_SIZE, PROTOCOL_VERSION,
 };
 pub use crate::protocol::run_frame::RunCounts;
 use crate::protocol::run_frame::RunFrame;
@@ -103,7 +105,8 @@ impl SourceSession {
         }
     }
 
-    /// Bytes written to the stream so far.
+    /// Bytes handed to the stream so far (the writer thread may still be
+    /// writing the last few frames; a flush waits for them).
     pub fn bytes_sent(&self) -> u64 {
         self.out.bytes_queued()
     }
@@ -181,6 +184,12 @@ impl SourceSession {
         first_page: u64,
         count: u32,
     ) -> Result<RunFrame, SendError> {
+        if !(1..=MAX_RUN_PAGES).contains(&count) {
+            return Err(SendError::Protocol(ProtocolError::BadMessage {
+                kind: kind::PAGES,
+                what: format!("a run has 1..={MAX_RUN_PAGES} pages, not {count}"),
+            }));
+        }
         Ok(RunFrame::new(self.out.buffer()?, region, first_page, count))
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use migration::protocol::frame::FrameWriter;
 use migration::protocol::messages::{
-    encode_run_header, kind, DeviceSummary, Hello, MemoryRange, PAGE_SIZE,
+    encode_run_header, kind, DeviceSummary, Hello, MemoryRange, MAX_RUN_PAGES, PAGE_SIZE,
 };
 use migration::receiver::{receive, DestinationHost, ReceiveError};
 use migration::sender::{SendError, SourceSession};
@@ -140,6 +140,28 @@ fn full_migration_moves_pages_and_state() {
     assert_eq!(g.page(0, 4)[10], 1);
     assert!(g.page(0, 5).iter().all(|&b| b == 0));
     assert_eq!(g.page(0, 6)[5], 7);
+}
+
+#[test]
+fn a_run_of_no_pages_or_too_many_is_refused_before_anything_is_sent() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let dst = destination(FakeGuest::default(), b);
+    let mut s = session(&a, &hello(2)).unwrap();
+    for count in [0, MAX_RUN_PAGES + 1] {
+        let e = s.begin_run(0, 0, count).unwrap_err();
+        assert!(e.to_string().contains("pages"), "{e}");
+    }
+    // Nothing reached the stream: the session goes on.
+    let mut run = s.begin_run(0, 2, 1).unwrap();
+    run.pages_mut().fill(3);
+    assert_eq!(s.send_run_frame(run, &[]).unwrap().data, 1);
+    s.end_round(1).unwrap();
+    s.send_state(b"state").unwrap();
+    s.complete(T).unwrap();
+    s.commit(T).unwrap();
+    let (g, r) = dst.join().unwrap();
+    r.unwrap();
+    assert_eq!(g.page(0, 2)[4095], 3);
 }
 
 #[test]
