@@ -119,6 +119,22 @@ fn session(sock: &UnixStream, h: &Hello) -> Result<SourceSession, SendError> {
     SourceSession::start(Stream::Unix(sock.try_clone().unwrap()), h, T)
 }
 
+/// Ends the round, sends `state`, completes and commits; returns the
+/// destination's guest once it says it resumed.
+fn finish(
+    mut s: SourceSession,
+    dst: thread::JoinHandle<(FakeGuest, Result<(), String>)>,
+    state: &[u8],
+) -> FakeGuest {
+    s.end_round(1).unwrap();
+    s.send_state(state).unwrap();
+    s.complete(T).unwrap();
+    s.commit(T).unwrap();
+    let (g, r) = dst.join().unwrap();
+    r.unwrap();
+    g
+}
+
 #[test]
 fn full_migration_moves_pages_and_state() {
     let (a, b) = UnixStream::pair().unwrap();
@@ -129,12 +145,7 @@ fn full_migration_moves_pages_and_state() {
     pages[2 * PAGE_SIZE + 5] = 7;
     let c = s.send_run(0, 4, &pages).unwrap();
     assert_eq!((c.data, c.zero), (2, 1));
-    s.end_round(1).unwrap();
-    s.send_state(b"vcpu+devices").unwrap();
-    s.complete(T).unwrap();
-    s.commit(T).unwrap();
-    let (g, r) = dst.join().unwrap();
-    r.unwrap();
+    let g = finish(s, dst, b"vcpu+devices");
     assert!(g.resumed);
     assert_eq!(g.restored.as_deref(), Some(&b"vcpu+devices"[..]));
     assert_eq!(g.page(0, 4)[10], 1);
@@ -155,12 +166,7 @@ fn a_run_of_no_pages_or_too_many_is_refused_before_anything_is_sent() {
     let mut run = s.begin_run(0, 2, 1).unwrap();
     run.pages_mut().fill(3);
     assert_eq!(s.send_run_frame(run, &[]).unwrap().data, 1);
-    s.end_round(1).unwrap();
-    s.send_state(b"state").unwrap();
-    s.complete(T).unwrap();
-    s.commit(T).unwrap();
-    let (g, r) = dst.join().unwrap();
-    r.unwrap();
+    let g = finish(s, dst, b"state");
     assert_eq!(g.page(0, 2)[4095], 3);
 }
 
@@ -176,12 +182,7 @@ fn pages_known_to_be_zero_go_as_markers_whatever_their_bytes() {
     pages[2 * PAGE_SIZE] = 2;
     let c = s.send_run_skipping(0, 8, &pages, &[0b010]).unwrap();
     assert_eq!((c.data, c.zero), (2, 1));
-    s.end_round(1).unwrap();
-    s.send_state(b"state").unwrap();
-    s.complete(T).unwrap();
-    s.commit(T).unwrap();
-    let (g, r) = dst.join().unwrap();
-    r.unwrap();
+    let g = finish(s, dst, b"state");
     assert_eq!(g.page(0, 8)[5], 1);
     assert!(g.page(0, 9).iter().all(|&b| b == 0));
     assert_eq!(g.page(0, 10)[0], 2);
