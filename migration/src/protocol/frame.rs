@@ -95,10 +95,15 @@ fn frame_header(kind: u16, parts: &[&[u8]]) -> io::Result<([u8; HEADER_LEN], usi
             "frame payload too large",
         ));
     }
+    Ok((header_bytes(kind, len as u32), len))
+}
+
+/// The header of a frame of `kind` with a `len`-byte payload.
+pub(crate) fn header_bytes(kind: u16, len: u32) -> [u8; HEADER_LEN] {
     let mut header = [0u8; HEADER_LEN];
     header[0..2].copy_from_slice(&kind.to_le_bytes());
-    header[4..8].copy_from_slice(&(len as u32).to_le_bytes());
-    Ok((header, len))
+    header[4..8].copy_from_slice(&len.to_le_bytes());
+    header
 }
 
 fn frame_crc(header: &[u8], parts: &[&[u8]]) -> u32 {

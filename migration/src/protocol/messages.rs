@@ -135,10 +135,17 @@ pub fn encode_run_header(
     out: &mut Vec<u8>,
 ) {
     out.clear();
-    out.extend_from_slice(&region.to_le_bytes());
-    out.extend_from_slice(&count.to_le_bytes());
-    out.extend_from_slice(&first_page.to_le_bytes());
+    out.extend_from_slice(&run_head_bytes(region, first_page, count));
     out.extend_from_slice(zero_map);
+}
+
+/// A run's head: region, page count, first page.
+pub fn run_head_bytes(region: u32, first_page: u64, count: u32) -> [u8; RUN_HEADER] {
+    let mut head = [0u8; RUN_HEADER];
+    head[0..4].copy_from_slice(&region.to_le_bytes());
+    head[4..8].copy_from_slice(&count.to_le_bytes());
+    head[8..16].copy_from_slice(&first_page.to_le_bytes());
+    head
 }
 
 /// The head of a page run, checked: the data and zero map that follow it are not.

@@ -10,8 +10,8 @@
 //! zero map, then the pages. The zero map's size depends only on the page
 //! count, so the pages' place is fixed before anyone knows which are zero.
 
-use super::frame::HEADER_LEN;
-use super::messages::{kind, MAX_RUN_PAGES, PAGE_SIZE, RUN_HEADER};
+use super::frame::{header_bytes, HEADER_LEN};
+use super::messages::{kind, run_head_bytes, MAX_RUN_PAGES, PAGE_SIZE, RUN_HEADER};
 
 /// Pages and zero pages of a run as sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -118,14 +118,13 @@ impl RunFrame {
             counts.data += 1;
         }
         let payload = RUN_HEADER + count.div_ceil(8) + packed * PAGE_SIZE;
-        let header = &mut self.buf[..HEADER_LEN + RUN_HEADER];
-        header[0..2].copy_from_slice(&kind::PAGES.to_le_bytes());
-        header[2..4].fill(0);
         // At most MAX_RUN_FRAME bytes: fits a u32.
-        header[4..8].copy_from_slice(&(payload as u32).to_le_bytes());
-        header[8..12].copy_from_slice(&self.region.to_le_bytes());
-        header[12..16].copy_from_slice(&self.count.to_le_bytes());
-        header[16..24].copy_from_slice(&self.first_page.to_le_bytes());
+        self.buf[..HEADER_LEN].copy_from_slice(&header_bytes(kind::PAGES, payload as u32));
+        self.buf[HEADER_LEN..map_at].copy_from_slice(&run_head_bytes(
+            self.region,
+            self.first_page,
+            self.count,
+        ));
         let end = HEADER_LEN + payload;
         let crc = crc32fast::hash(&self.buf[..end]);
         self.buf[end..end + 4].copy_from_slice(&crc.to_le_bytes());
