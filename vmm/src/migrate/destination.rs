@@ -13,6 +13,7 @@ use super::guest_state::GuestState;
 use super::source::hello;
 use crate::arch::{cpuid, msr};
 use crate::machine::Machine;
+use crate::vstate::kvmclock;
 use crate::vstate::memory::MemSlot;
 use crate::vstate::vcpu::{state, Target};
 
@@ -97,6 +98,28 @@ impl TernDestination {
             ));
         }
         Ok(slot)
+    }
+
+    /// The kvmclock value to set now: the saved clock advanced by as far as
+    /// vCPU 0's TSC has moved on since it was saved, so that the two clocks
+    /// stay in step however long the restore took (see `kvmclock`). Without
+    /// a saved TSC (`saved_tsc`: value and kHz), by the real time that passed.
+    fn clock_now(
+        &self,
+        saved: u64,
+        saved_tsc: Option<(u64, u32)>,
+        elapsed: Duration,
+    ) -> Result<u64, String> {
+        let Some((saved_tsc, khz)) = saved_tsc else {
+            return Ok(saved.saturating_add(elapsed.as_nanos() as u64));
+        };
+        let fd = self
+            .fds
+            .as_ref()
+            .and_then(|f| f.first())
+            .ok_or("no vCPUs to read the TSC of")?;
+        let tsc_now = state::read_msr(fd, 0, msr::MSR_IA32_TSC).map_err(|e| e.to_string())?;
+        Ok(kvmclock::clock_at(saved, saved_tsc, tsc_now, khz))
     }
 }
 
@@ -214,11 +237,16 @@ impl DestinationHost for TernDestination {
             .min(MAX_CLOCK_ADVANCE);
         self.machine
             .vm
-            .restore_state(&gs.vm, elapsed)
+            .restore_state(&gs.vm)
             .map_err(|e| e.to_string())?;
         self.machine
             .devices
             .restore_states(&self.machine.vm.fd, &self.machine.mem, &gs.devices)?;
+        // vCPU 0's saved TSC and its rate, which the clock is computed from.
+        let first_tsc = gs
+            .vcpus
+            .first()
+            .and_then(|v| Some((v.msr(msr::MSR_IA32_TSC)?, v.tsc_khz?)));
         let count = fds.len() as u8;
         for (i, (fd, vs)) in fds.iter().zip(gs.vcpus).enumerate() {
             let id = i as u8;
@@ -234,7 +262,11 @@ impl DestinationHost for TernDestination {
             }
             state::restore(fd, id, &vs).map_err(|e| e.to_string())?;
         }
-        Ok(())
+        let clock = self.clock_now(gs.vm.clock.clock, first_tsc, elapsed)?;
+        self.machine
+            .vm
+            .set_clock_ns(clock)
+            .map_err(|e| e.to_string())
     }
 
     fn resume(&mut self) -> Result<(), String> {

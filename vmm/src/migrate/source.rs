@@ -26,6 +26,7 @@ use super::{MigrationControl, MigrationError};
 use crate::api::types::MigrateRequest;
 use crate::exit::ExitReason;
 use crate::machine::Machine;
+use crate::vstate::kvmclock;
 use crate::vstate::vcpu::PAUSE_TIMEOUT;
 use crate::vstate::vm::DirtyTracking;
 
@@ -500,10 +501,19 @@ fn migrate_guest(
         .with_vcpus(|v| v.save())
         .ok_or_else(|| MigrationError::Vcpu("no vCPUs".into()))?
         .map_err(|e| MigrationError::Vcpu(e.to_string()))?;
-    let vm = machine
+    let mut vm = machine
         .vm
         .save_state()
         .map_err(|e| MigrationError::Vcpu(e.to_string()))?;
+    // The clock the guest itself shows, tied to vCPU 0's TSC (see kvmclock).
+    if let Some(ns) = kvmclock::guest_clock_at_first_tsc(&machine.mem, &vcpus) {
+        log::debug!(
+            "switchover: guest kvmclock {ns} ns, KVM clock {} ns (guest ahead by {} us)",
+            vm.clock.clock,
+            (ns as i128 - i128::from(vm.clock.clock)) / 1000
+        );
+        vm.clock.clock = ns;
+    }
     let blob = GuestState {
         vcpus,
         vm,

@@ -181,14 +181,10 @@ impl Vm {
         })
     }
 
-    /// Restores what `save_state` saved, before any vCPU runs. The KVM clock
-    /// moves on by `elapsed`, the real time that passed since it was saved,
-    /// so the guest's clock neither jumps back nor stands still.
-    pub fn restore_state(
-        &self,
-        state: &VmState,
-        elapsed: std::time::Duration,
-    ) -> Result<(), VmError> {
+    /// Restores the irqchips and the PIT `save_state` saved, before any vCPU
+    /// runs. The clock is set separately (`set_clock_ns`), once the vCPUs'
+    /// TSCs are restored, because it is computed from them.
+    pub fn restore_state(&self, state: &VmState) -> Result<(), VmError> {
         let setup = |what| move |source| VmError::Setup { what, source };
         for chip in &state.irqchips {
             self.fd
@@ -198,14 +194,19 @@ impl Vm {
         self.fd
             .set_pit2(&state.pit)
             .map_err(setup("restore the PIT state"))?;
+        Ok(())
+    }
+
+    /// Sets the KVM clock (kvmclock) to `ns`.
+    pub fn set_clock_ns(&self, ns: u64) -> Result<(), VmError> {
         let clock = kvm_clock_data {
-            clock: state.clock.clock.saturating_add(elapsed.as_nanos() as u64),
+            clock: ns,
             ..Default::default()
         };
-        self.fd
-            .set_clock(&clock)
-            .map_err(setup("restore the KVM clock"))?;
-        Ok(())
+        self.fd.set_clock(&clock).map_err(|source| VmError::Setup {
+            what: "restore the KVM clock",
+            source,
+        })
     }
 }
 
@@ -217,7 +218,9 @@ pub struct VmState {
     pub irqchips: Vec<kvm_irqchip>,
     /// The PIT.
     pub pit: kvm_pit_state2,
-    /// The KVM clock (ns).
+    /// kvmclock (ns) as the guest saw it at vCPU 0's saved TSC
+    /// (`kvmclock::guest_clock_at_first_tsc`), or `KVM_GET_CLOCK`'s value when
+    /// the guest has no kvmclock.
     pub clock: kvm_clock_data,
 }
 

@@ -84,6 +84,13 @@ pub struct VcpuState {
     pub tsc_khz: Option<u32>,
 }
 
+impl VcpuState {
+    /// The saved value of MSR `index`.
+    pub fn msr(&self, index: u32) -> Option<u64> {
+        self.msrs.iter().find(|m| m.0 == index).map(|m| m.1)
+    }
+}
+
 impl std::fmt::Debug for VcpuState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VcpuState")
@@ -172,17 +179,32 @@ pub fn saveable_msrs(kvm: &kvm_ioctls::Kvm, fd: &VcpuFd) -> Vec<u32> {
         .unwrap_or_default();
     let readable = listed
         .into_iter()
-        .filter(|&index| {
-            let Ok(mut one) = Msrs::from_entries(&[kvm_msr_entry {
-                index,
-                ..Default::default()
-            }]) else {
-                return false;
-            };
-            matches!(fd.get_msrs(&mut one), Ok(1))
-        })
+        .filter(|&index| read_msr(fd, 0, index).is_ok())
         .collect();
     msr::migration_order(readable)
+}
+
+/// Reads one MSR of vCPU `id`.
+pub fn read_msr(fd: &VcpuFd, id: u8, index: u32) -> Result<u64, VcpuStateError> {
+    let mut one = Msrs::from_entries(&[kvm_msr_entry {
+        index,
+        ..Default::default()
+    }])
+    .map_err(|_| VcpuStateError::TooMany { id, what: "MSR" })?;
+    match fd.get_msrs(&mut one) {
+        Ok(1) => Ok(one.as_slice()[0].data),
+        Ok(_) => Err(VcpuStateError::Msrs {
+            id,
+            done: 0,
+            total: 1,
+            failed: index,
+        }),
+        Err(source) => Err(VcpuStateError::Ioctl {
+            id,
+            what: "read an MSR",
+            source,
+        }),
+    }
 }
 
 /// Reads the complete state of vCPU `id`. The vCPU must be out of `KVM_RUN`
