@@ -506,14 +506,21 @@ fn migrate_guest(
         .save_state()
         .map_err(|e| MigrationError::Vcpu(e.to_string()))?;
     // The clock the guest itself shows, tied to vCPU 0's TSC (see kvmclock).
-    if let Some(ns) = kvmclock::guest_clock_at_first_tsc(&machine.mem, &vcpus) {
-        log::debug!(
+    let guest_clock = kvmclock::guest_clock_at_first_tsc(&machine.mem, &vcpus);
+    let carried = kvmclock::CarriedClock::choose(vm.clock.clock, guest_clock);
+    match carried {
+        kvmclock::CarriedClock::Guest(ns) => log::debug!(
             "switchover: guest kvmclock {ns} ns, KVM clock {} ns (guest ahead by {} us)",
             vm.clock.clock,
-            (ns as i128 - i128::from(vm.clock.clock)) / 1000
-        );
-        vm.clock.clock = ns;
+            (i128::from(ns) - i128::from(vm.clock.clock)) / 1000
+        ),
+        kvmclock::CarriedClock::KvmGuestImplausible { kvm, guest } => log::warn!(
+            "the guest's kvmclock area reads {guest} ns, KVM's clock {kvm} ns: too far apart to \
+             be a clock; KVM's is carried"
+        ),
+        kvmclock::CarriedClock::Kvm(_) => {}
     }
+    vm.clock.clock = carried.ns();
     let blob = GuestState {
         vcpus,
         vm,

@@ -116,6 +116,44 @@ pub fn guest_clock_at_first_tsc(mem: &GuestMemoryMmap, vcpus: &[VcpuState]) -> O
         .max()
 }
 
+/// Furthest the guest's view may be from `KVM_GET_CLOCK` and still be
+/// believed. Real drift between pvclock updates is well under a second an
+/// hour; an area further off is not a clock (say, memory the guest reused
+/// after leaving its kvmclock enabled) and carrying it would wreck the
+/// guest's time.
+pub const MAX_GUEST_CLOCK_SKEW_NS: u64 = 600_000_000_000;
+
+/// Which clock a migration carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CarriedClock {
+    /// The guest's own view (`guest_clock_at_first_tsc`).
+    Guest(u64),
+    /// `KVM_GET_CLOCK`'s value: the guest has no kvmclock.
+    Kvm(u64),
+    /// `KVM_GET_CLOCK`'s value: the guest's areas read further from it than
+    /// [`MAX_GUEST_CLOCK_SKEW_NS`] (the value they read).
+    KvmGuestImplausible { kvm: u64, guest: u64 },
+}
+
+impl CarriedClock {
+    /// Chooses between KVM's clock and the guest's view of it.
+    pub fn choose(kvm: u64, guest: Option<u64>) -> Self {
+        match guest {
+            None => CarriedClock::Kvm(kvm),
+            Some(g) if g.abs_diff(kvm) <= MAX_GUEST_CLOCK_SKEW_NS => CarriedClock::Guest(g),
+            Some(guest) => CarriedClock::KvmGuestImplausible { kvm, guest },
+        }
+    }
+
+    /// The value carried.
+    pub fn ns(self) -> u64 {
+        match self {
+            CarriedClock::Guest(ns) | CarriedClock::Kvm(ns) => ns,
+            CarriedClock::KvmGuestImplausible { kvm, .. } => kvm,
+        }
+    }
+}
+
 /// The clock to set on the destination: `saved_ns` was the clock at TSC
 /// `saved_tsc`, and the TSC now reads `tsc_now`.
 pub fn clock_at(saved_ns: u64, saved_tsc: u64, tsc_now: u64, khz: u32) -> u64 {
@@ -207,6 +245,32 @@ mod tests {
             guest_clock_at_first_tsc(&mem, &[vcpu(0, 1, Some(0x10_0001))]),
             None
         );
+    }
+
+    #[test]
+    fn the_guest_view_is_carried_unless_it_is_not_a_clock() {
+        let kvm = 3_600_000_000_000;
+        assert_eq!(CarriedClock::choose(kvm, None), CarriedClock::Kvm(kvm));
+        let ahead = kvm + 1_860_000;
+        assert_eq!(
+            CarriedClock::choose(kvm, Some(ahead)),
+            CarriedClock::Guest(ahead)
+        );
+        assert_eq!(CarriedClock::choose(kvm, Some(ahead)).ns(), ahead);
+        let edge = kvm - MAX_GUEST_CLOCK_SKEW_NS;
+        assert_eq!(
+            CarriedClock::choose(kvm, Some(edge)),
+            CarriedClock::Guest(edge)
+        );
+        let garbage = CarriedClock::choose(kvm, Some(u64::MAX / 3));
+        assert_eq!(
+            garbage,
+            CarriedClock::KvmGuestImplausible {
+                kvm,
+                guest: u64::MAX / 3
+            }
+        );
+        assert_eq!(garbage.ns(), kvm);
     }
 
     #[test]

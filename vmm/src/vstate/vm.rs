@@ -219,8 +219,8 @@ pub struct VmState {
     /// The PIT.
     pub pit: kvm_pit_state2,
     /// kvmclock (ns) as the guest saw it at vCPU 0's saved TSC
-    /// (`kvmclock::guest_clock_at_first_tsc`), or `KVM_GET_CLOCK`'s value when
-    /// the guest has no kvmclock.
+    /// (`kvmclock::guest_clock_at_first_tsc`), or `KVM_GET_CLOCK`'s value
+    /// (`kvmclock::CarriedClock`).
     pub clock: kvm_clock_data,
 }
 
