@@ -123,7 +123,7 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
-    /// Loopback TCP copy throughput only.
+    /// Loopback TCP copy throughput only: hot buffers, memory to prefaulted memory, memory to fresh memory.
     Loopback {
         /// MiB to copy.
         #[arg(long, default_value_t = 4096)]
@@ -300,13 +300,28 @@ fn main() -> anyhow::Result<()> {
                     )
                 }
                 BenchCommand::Loopback { mib } => {
-                    let r = bench::loopback::measure(*mib << 20)?;
-                    println!(
-                        "loopback TCP copy: {:.0} MiB/s ({} MiB in {:.2} s)",
-                        r.mib_per_s(),
-                        mib,
-                        r.seconds
-                    );
+                    use bench::loopback::{measure_copy, Sink, Source};
+                    for (label, source, sink) in [
+                        (
+                            "reused buffer to reused buffer",
+                            Source::Reused,
+                            Sink::Reused,
+                        ),
+                        (
+                            "memory to prefaulted memory",
+                            Source::Memory,
+                            Sink::PrefaultedMemory,
+                        ),
+                        ("memory to fresh memory", Source::Memory, Sink::FreshMemory),
+                    ] {
+                        let r = measure_copy(*mib << 20, source, sink)?;
+                        println!(
+                            "loopback TCP copy, {label}: {:.0} MiB/s ({} MiB in {:.2} s)",
+                            r.mib_per_s(),
+                            mib,
+                            r.seconds
+                        );
+                    }
                 }
             }
         }

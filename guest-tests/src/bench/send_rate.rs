@@ -3,12 +3,15 @@
 //! halting between ticks: `tern.idle=halt`), so the bulk pass is all data. tern, tern with a `--prefault` destination
 //! (its memory backed before the stream arrives: the same migration without
 //! the destination's first-touch page faults, which on a nested host cost
-//! more than the copy) and QEMU on the same guest, alternating, against two
-//! plain loopback TCP copies on the same machine, measured once per round:
-//! into a reused buffer (the stream's ceiling) and into fresh memory.
+//! more than the copy) and QEMU on the same guest, alternating, against three
+//! plain loopback TCP copies on the same machine, measured once per round
+//! (see [`crate::bench::loopback`]): between reused buffers (the machine's
+//! loopback throughput, the reference), from memory into prefaulted
+//! memory (what a `--prefault` destination's migration must at least do) and
+//! from memory into fresh memory (the same for a destination without it).
 
 use crate::artifacts;
-use crate::bench::loopback::{self, Sink};
+use crate::bench::loopback::{self, Sink, Source};
 use crate::bench::stats::Spread;
 use crate::error::{Error, Result};
 use crate::report::table::{num, ratio, Table};
@@ -63,9 +66,12 @@ pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Resu
     // one measurement would carry its luck.
     let copy_bytes = u64::from(ws_mib.max(1024)) << 20;
     let mut reused = Vec::new();
+    let mut prefaulted = Vec::new();
     let mut fresh = Vec::new();
-    // Per round and VMM: its rate over the round's reused-buffer copy.
+    // Per round and VMM: its rate over the round's reused-buffer copy, and
+    // over the round's memory-to-memory copy like its destination's.
     let mut ratios: [Vec<f64>; 3] = Default::default();
+    let mut memory_ratios: [Vec<f64>; 3] = Default::default();
     for _ in 0..runs.max(1) {
         let mut round: [Option<f64>; 3] = [None; 3];
         for (i, (label, hv)) in vmms.iter().enumerate() {
@@ -95,10 +101,18 @@ pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Resu
         }
         let copy = loopback::measure_into(copy_bytes, Sink::Reused)?.mib_per_s();
         reused.push(copy);
-        fresh.push(loopback::measure_into(copy_bytes, Sink::FreshMemory)?.mib_per_s());
+        let to_prefaulted =
+            loopback::measure_copy(copy_bytes, Source::Memory, Sink::PrefaultedMemory)?.mib_per_s();
+        prefaulted.push(to_prefaulted);
+        let to_fresh =
+            loopback::measure_copy(copy_bytes, Source::Memory, Sink::FreshMemory)?.mib_per_s();
+        fresh.push(to_fresh);
         for (i, rate) in round.iter().enumerate() {
             if let Some(rate) = rate {
                 ratios[i].push(rate / copy * 100.0);
+                // Only tern with a --prefault destination backs its memory first.
+                let like = if i == 1 { to_prefaulted } else { to_fresh };
+                memory_ratios[i].push(rate / like * 100.0);
             }
         }
     }
@@ -109,7 +123,11 @@ pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Resu
         ));
     }
     let spreads = rates.each_ref().map(|r| Spread::of(r));
-    let (Some(reused), Some(fresh)) = (Spread::of(&reused), Spread::of(&fresh)) else {
+    let (Some(reused), Some(prefaulted), Some(fresh)) = (
+        Spread::of(&reused),
+        Spread::of(&prefaulted),
+        Spread::of(&fresh),
+    ) else {
         return Err(Error::vm("loopback", "no copy measured".to_string()));
     };
 
@@ -139,32 +157,31 @@ pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Resu
         ]);
     }
     t.row([
-        format!("loopback TCP copy, reused buffer MiB/s (median of {runs})"),
+        format!("loopback TCP copy, reused buffers MiB/s (median of {runs})"),
         reused.show(0),
     ]);
     t.row([
-        format!("loopback TCP copy, into fresh memory MiB/s (median of {runs})"),
+        format!("loopback TCP copy, memory to prefaulted memory MiB/s (median of {runs})"),
+        prefaulted.show(0),
+    ]);
+    t.row([
+        format!("loopback TCP copy, memory to fresh memory MiB/s (median of {runs})"),
         fresh.show(0),
     ]);
-    let (reused, fresh) = (reused.median, fresh.median);
-    let median = |i: usize| spreads[i].map(|s| s.median);
-    let pct = |i: usize, base: f64| num(median(i).map(|r| r / base * 100.0), 1) + " %";
-    for (i, (label, _)) in vmms.iter().enumerate().take(2) {
+    for (i, (label, _)) in vmms.iter().enumerate() {
         t.row([
-            format!("{label} / loopback (reused buffer)"),
-            pct(i, reused),
-        ]);
-        t.row([
-            format!("{label} / loopback (into fresh memory)"),
-            pct(i, fresh),
-        ]);
-    }
-    for (i, (label, _)) in vmms.iter().enumerate().take(2) {
-        t.row([
-            format!("{label} / that round's loopback (reused buffer), %"),
+            format!("{label} / that round's loopback (reused buffers), %"),
             Spread::of(&ratios[i]).map_or("-".into(), |s| s.show(1)),
         ]);
     }
+    for (i, (label, _)) in vmms.iter().enumerate() {
+        let like = if i == 1 { "prefaulted" } else { "fresh" };
+        t.row([
+            format!("{label} / that round's memory-to-{like}-memory copy, %"),
+            Spread::of(&memory_ratios[i]).map_or("-".into(), |s| s.show(1)),
+        ]);
+    }
+    let median = |i: usize| spreads[i].map(|s| s.median);
     t.row(["tern / qemu".into(), ratio(median(0), median(2))]);
     let mut out = t.render();
     for n in notes {
