@@ -61,16 +61,6 @@ pub enum Sink {
     PrefaultedMemory,
 }
 
-/// Copies `bytes` over a loopback TCP connection.
-pub fn measure(bytes: u64) -> Result<Throughput> {
-    measure_into(bytes, Sink::Reused)
-}
-
-/// Copies `bytes` from a reused buffer over a loopback TCP connection into `sink`.
-pub fn measure_into(bytes: u64, sink: Sink) -> Result<Throughput> {
-    measure_copy(bytes, Source::Reused, sink)
-}
-
 /// Copies `bytes` from `source` over a loopback TCP connection into `sink`;
 /// mappings are filled or backed before the clock starts.
 pub fn measure_copy(bytes: u64, source: Source, sink: Sink) -> Result<Throughput> {

@@ -99,7 +99,7 @@ pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Resu
             }
             last[i] = Some(r);
         }
-        let copy = loopback::measure_into(copy_bytes, Sink::Reused)?.mib_per_s();
+        let copy = loopback::measure_copy(copy_bytes, Source::Reused, Sink::Reused)?.mib_per_s();
         reused.push(copy);
         let to_prefaulted =
             loopback::measure_copy(copy_bytes, Source::Memory, Sink::PrefaultedMemory)?.mib_per_s();
