@@ -9,6 +9,7 @@ pub mod send_queue;
 pub mod sender;
 pub mod sim;
 pub mod stats;
+pub mod thread_cpu;
 pub mod throttle;
 pub mod transport;
 pub mod uri;

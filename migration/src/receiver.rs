@@ -111,6 +111,9 @@ pub struct ReceiveReport {
     pub zero_pages: u64,
     /// Bytes read from the stream.
     pub bytes: u64,
+    /// CPU time of the receiving thread over the whole stream (None where
+    /// the host cannot tell).
+    pub cpu: Option<std::time::Duration>,
 }
 
 /// Drives a whole incoming migration. On success the guest runs (its host
@@ -120,6 +123,7 @@ pub fn receive<R: Read, W: Write, H: DestinationHost>(
     output: W,
     host: &mut H,
 ) -> Result<ReceiveReport, ReceiveError> {
+    let cpu_before = crate::thread_cpu::this_thread();
     let mut out = FrameWriter::new(output);
     let mut reader = FrameReader::new(input, kind::from_source);
     let result = run(&mut reader, &mut out, host);
@@ -136,6 +140,9 @@ pub fn receive<R: Read, W: Write, H: DestinationHost>(
     }
     result.map(|mut r| {
         r.bytes = reader.offset();
+        r.cpu = cpu_before
+            .zip(crate::thread_cpu::this_thread())
+            .map(|(before, after)| after.saturating_sub(before));
         r
     })
 }

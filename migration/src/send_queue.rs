@@ -13,10 +13,16 @@
 //! until everything queued is written, so a caller that then waits for the
 //! destination's answer knows its question left. A write error ends the
 //! writing; every later call reports it.
+//!
+//! The writer thread's CPU time is published at every flush (and when it
+//! ends), for the migration's cost report: after a flush,
+//! [`SendQueue::writer_cpu`] covers everything written.
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::protocol::run_frame::MAX_RUN_FRAME;
 
@@ -38,6 +44,8 @@ pub struct SendQueue {
     free: Receiver<Vec<u8>>,
     failure: Failure,
     queued: u64,
+    /// The writer thread's CPU time as of its last flush, ns (`u64::MAX`: not known).
+    writer_cpu_ns: Arc<AtomicU64>,
 }
 
 fn failed(failure: &Failure) -> Option<io::Error> {
@@ -52,19 +60,24 @@ impl SendQueue {
         let (jobs, job_rx) = mpsc::sync_channel::<Job>(POOL_BUFFERS + 2);
         let (free_tx, free) = mpsc::sync_channel::<Vec<u8>>(POOL_BUFFERS);
         for _ in 0..POOL_BUFFERS {
+            // Backed now, while the handshake is under way, not on the
+            // first frames of the bulk pass (a fault per page of each).
             // Cannot block: the channel holds exactly the pool.
-            let _ = free_tx.send(Vec::with_capacity(MAX_RUN_FRAME));
+            let _ = free_tx.send(backed_frame_buffer());
         }
         let failure = Failure::default();
         let writer_failure = failure.clone();
+        let writer_cpu_ns = Arc::new(AtomicU64::new(u64::MAX));
+        let cpu = writer_cpu_ns.clone();
         std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || write_jobs(out, job_rx, free_tx, writer_failure))?;
+            .spawn(move || write_jobs(out, job_rx, free_tx, writer_failure, &cpu))?;
         Ok(SendQueue {
             jobs,
             free,
             failure,
             queued: 0,
+            writer_cpu_ns,
         })
     }
 
@@ -99,10 +112,25 @@ impl SendQueue {
         done.recv().map_err(|_| self.gone())?
     }
 
+    /// CPU time the writer thread has used, as of its last flush (`None`
+    /// before the first flush, or where the host cannot tell).
+    pub fn writer_cpu(&self) -> Option<Duration> {
+        match self.writer_cpu_ns.load(Ordering::Acquire) {
+            u64::MAX => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
     fn gone(&self) -> io::Error {
         failed(&self.failure)
             .unwrap_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "the writer thread ended"))
     }
+}
+
+/// A buffer of [`MAX_RUN_FRAME`] bytes, every page of it written once.
+fn backed_frame_buffer() -> Vec<u8> {
+    // Not zeroes: a zeroed allocation comes from untouched pages.
+    vec![0x5a; MAX_RUN_FRAME]
 }
 
 /// The writer thread: writes frames in order and recycles their buffers
@@ -112,7 +140,17 @@ fn write_jobs<W: Write>(
     jobs: Receiver<Job>,
     free: SyncSender<Vec<u8>>,
     failure: Failure,
+    cpu_ns: &AtomicU64,
 ) {
+    // Published before a flush is acknowledged, so the flusher sees it.
+    let publish_cpu = || {
+        if let Some(t) = crate::thread_cpu::this_thread() {
+            cpu_ns.store(
+                t.as_nanos().min(u128::from(u64::MAX - 1)) as u64,
+                Ordering::Release,
+            );
+        }
+    };
     let mut broken = false;
     for job in jobs {
         match job {
@@ -139,10 +177,12 @@ fn write_jobs<W: Write>(
                     Some(e) => Err(e),
                     None => out.flush(),
                 };
+                publish_cpu();
                 let _ = ack.send(r);
             }
         }
     }
+    publish_cpu();
 }
 
 #[cfg(test)]
@@ -182,7 +222,12 @@ mod tests {
             b.extend_from_slice(&[i; 5]);
             q.send(b).unwrap();
         }
+        assert_eq!(q.writer_cpu(), None, "nothing published before a flush");
         q.flush().unwrap();
+        assert!(
+            q.writer_cpu().is_some(),
+            "a flush publishes the writer's CPU time"
+        );
         assert_eq!(q.bytes_queued(), 5 * 3 * POOL_BUFFERS as u64);
         let bytes = sink.bytes.lock().unwrap().clone();
         let expected: Vec<u8> = (0..(3 * POOL_BUFFERS as u8)).flat_map(|i| [i; 5]).collect();

@@ -111,6 +111,12 @@ impl SourceSession {
         self.out.bytes_queued()
     }
 
+    /// CPU time of the thread that writes the stream, as of the last flush
+    /// (every call that waits for the destination flushes first).
+    pub fn writer_cpu(&self) -> Option<Duration> {
+        self.out.writer_cpu()
+    }
+
     /// Queues one frame whose payload is the concatenation of `parts`.
     fn write_frame(&mut self, kind: u16, parts: &[&[u8]]) -> Result<(), SendError> {
         let mut frame = self.out.buffer()?;

@@ -120,6 +120,21 @@ pub struct MigrationStats {
     pub max_precopy_stall_ms: f64,
     /// Device drain.
     pub drain: DrainStats,
+    /// CPU the source's migration threads used, when it ended (None while
+    /// running, or where the host cannot tell).
+    pub cpu_ms: Option<MigrationCpu>,
     /// Progress over time.
     pub history: Vec<ProgressPoint>,
+}
+
+/// CPU time the source spent on a migration, by thread, ms. The thread that
+/// reads the destination's few answers only waits and is not counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MigrationCpu {
+    /// The migration loop: harvesting dirty pages, copying guest pages into
+    /// frames, checksums, the controller, the switchover.
+    pub loop_ms: f64,
+    /// The writer thread: handing frames to the socket (for TCP, most of
+    /// the kernel's sending work).
+    pub writer_ms: f64,
 }

@@ -70,6 +70,13 @@ pub fn summary(v: &Value) -> String {
     if let Some(d) = v["forced_expected_downtime_ms"].as_f64() {
         s.push_str(&format!("\n  forced; announced downtime {d:.1} ms"));
     }
+    let cpu = &v["cpu_ms"];
+    if let (Some(l), Some(w)) = (cpu["loop_ms"].as_f64(), cpu["writer_ms"].as_f64()) {
+        s.push_str(&format!(
+            "\n  source CPU   {:.0} ms ({l:.0} ms migration loop, {w:.0} ms stream writer)",
+            l + w
+        ));
+    }
     let drain = &v["drain"];
     if drain["attempts"].as_u64().unwrap_or(0) > 0 {
         s.push_str(&format!(
@@ -126,4 +133,28 @@ pub fn estimate_table(v: &Value) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_summary_shows_the_source_cpu_when_reported() {
+        let done = json!({
+            "phase": "completed", "to": "tcp:h:1", "total_ms": 300.0, "setup_ms": 1.0,
+            "downtime_ms": 2.5, "rounds": 1, "bytes_sent": 1048576, "data_pages": 256,
+            "zero_pages": 0, "cpu_ms": {"loop_ms": 90.4, "writer_ms": 160.2}
+        });
+        let s = summary(&done);
+        assert!(s.starts_with("migration completed to tcp:h:1"), "{s}");
+        assert!(
+            s.contains("source CPU   251 ms (90 ms migration loop, 160 ms stream writer)"),
+            "{s}"
+        );
+        let mut running = done.clone();
+        running["cpu_ms"] = Value::Null;
+        assert!(!summary(&running).contains("source CPU"));
+    }
 }

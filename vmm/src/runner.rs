@@ -21,6 +21,9 @@ use crate::migrate::destination::TernDestination;
 use crate::migrate::MigrationManager;
 use crate::vstate::kvm::{self, KvmError, KvmHost};
 use crate::vstate::memory::prefault;
+
+/// Bytes the destination reads ahead of the migration stream's parser.
+const READ_AHEAD: usize = 16 << 10;
 use crate::vstate::vcpu::{Target, VcpuError};
 
 /// Why `tern run` could not run the VM.
@@ -196,18 +199,24 @@ pub fn run(args: &RunArgs) -> Result<ExitReason, RunError> {
             eprintln!("tern: waiting for an incoming migration on {uri}");
             let stream = listener.accept()?;
             drop(listener);
-            // Buffered for the many small frames; a page run bigger than the
-            // buffer is read straight into its frame buffer.
+            // Buffered for the many small frames and the few bytes ahead of
+            // each run's pages. Small on purpose: whatever the buffer holds
+            // when a run's pages are read is copied once more, and a large
+            // read ahead would put a quarter of every 1 MiB run through it.
             let reader = std::io::BufReader::with_capacity(
-                256 << 10,
+                READ_AHEAD,
                 stream
                     .try_clone()
                     .map_err(|e| RunError::Os(format!("migration socket: {e}")))?,
             );
             let mut dest = TernDestination::new(machine.clone(), parts.vcpu_fds);
             let report = receive(reader, stream, &mut dest)?;
+            let cpu = report
+                .cpu
+                .map(|c| format!(", {:.0} ms of CPU", c.as_secs_f64() * 1e3))
+                .unwrap_or_default();
             eprintln!(
-                "tern: guest received ({} rounds, {} data pages, {} zero pages, {} bytes) and running",
+                "tern: guest received ({} rounds, {} data pages, {} zero pages, {} bytes{cpu}) and running",
                 report.rounds, report.data_pages, report.zero_pages, report.bytes
             );
         }

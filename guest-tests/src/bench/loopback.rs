@@ -19,7 +19,9 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use migration::thread_cpu;
 
 use crate::error::{Error, Result};
 
@@ -31,6 +33,16 @@ pub const READ_PIECE: usize = 64 << 10;
 pub struct Throughput {
     pub bytes: u64,
     pub seconds: f64,
+    /// CPU the writing thread used over the copy, s (None: the host cannot tell).
+    pub writer_cpu_s: Option<f64>,
+    /// CPU the reading thread used, from its accept to the end of the stream, s.
+    pub reader_cpu_s: Option<f64>,
+}
+
+/// CPU the calling thread has used since `before` (a `thread_cpu::this_thread()`), s.
+fn cpu_since(before: Option<Duration>) -> Option<f64> {
+    let now = thread_cpu::this_thread()?;
+    Some(now.saturating_sub(before?).as_secs_f64())
 }
 
 impl Throughput {
@@ -91,7 +103,7 @@ pub fn measure_copy(bytes: u64, source: Source, sink: Sink) -> Result<Throughput
         }
     };
     // The reader hands its memory back, so that unmapping it is not timed.
-    let reader = std::thread::spawn(move || -> (std::io::Result<u64>, Option<FreshMapping>) {
+    let reader = std::thread::spawn(move || {
         let received = read_all(&listener, memory.as_mut());
         (received, memory)
     });
@@ -114,6 +126,7 @@ pub fn measure_copy(bytes: u64, source: Source, sink: Sink) -> Result<Throughput
         }
     };
     let start = Instant::now();
+    let writer_cpu = thread_cpu::this_thread();
     let mut s = TcpStream::connect(addr).map_err(io("connect"))?;
     let mut at = 0usize;
     while at < len {
@@ -126,6 +139,7 @@ pub fn measure_copy(bytes: u64, source: Source, sink: Sink) -> Result<Throughput
         at += n;
     }
     drop(s);
+    let writer_cpu_s = cpu_since(writer_cpu);
     let (received, memory) = reader.join().map_err(|_| {
         Error::io(
             "loopback benchmark",
@@ -134,18 +148,31 @@ pub fn measure_copy(bytes: u64, source: Source, sink: Sink) -> Result<Throughput
     })?;
     let seconds = start.elapsed().as_secs_f64();
     drop(memory);
+    let (bytes, reader_cpu_s) = received.map_err(io("read"))?;
     Ok(Throughput {
-        bytes: received.map_err(io("read"))?,
+        bytes,
         seconds,
+        writer_cpu_s,
+        reader_cpu_s,
     })
 }
 
 /// Accepts one connection on `listener` and reads it to its end: into
 /// `memory` front to back (anything past it drained), or with no memory into
 /// one reused buffer, [`READ_PIECE`] bytes at most at a time. Returns the
-/// bytes read.
-fn read_all(listener: &TcpListener, memory: Option<&mut FreshMapping>) -> std::io::Result<u64> {
-    let (mut s, _) = listener.accept()?;
+/// bytes read and the CPU this thread used from the accept on, s.
+fn read_all(
+    listener: &TcpListener,
+    memory: Option<&mut FreshMapping>,
+) -> std::io::Result<(u64, Option<f64>)> {
+    let (s, _) = listener.accept()?;
+    let before = thread_cpu::this_thread();
+    let total = read_stream(s, memory)?;
+    Ok((total, cpu_since(before)))
+}
+
+/// Reads `s` to its end as [`read_all`] describes.
+fn read_stream(mut s: TcpStream, memory: Option<&mut FreshMapping>) -> std::io::Result<u64> {
     let mut total = 0u64;
     match memory {
         None => {

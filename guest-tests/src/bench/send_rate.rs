@@ -29,6 +29,50 @@ fn send_rate(r: &RunResult) -> Option<f64> {
     (seconds > 0.0).then(|| bytes as f64 / 1048576.0 / seconds)
 }
 
+/// CPU per GiB sent of a tern migration, ms: the source's migration loop,
+/// its stream writer, and the destination's receiving thread (from its
+/// "guest received (…, N ms of CPU)" line).
+fn tern_cpu_per_gib(r: &RunResult) -> Option<[f64; 3]> {
+    let gib = r.migration.bytes_sent? as f64 / (1u64 << 30) as f64;
+    let cpu = &r.migration.vmm_stats["cpu_ms"];
+    let dest = r
+        .destination_stderr
+        .iter()
+        .find(|l| l.contains("guest received"))
+        .and_then(|l| {
+            l.split(", ")
+                .find_map(|p| p.strip_suffix(" ms of CPU) and running"))
+        })
+        .and_then(|ms| ms.parse::<f64>().ok())?;
+    (gib > 0.0).then(|| {
+        Some([
+            cpu["loop_ms"].as_f64()? / gib,
+            cpu["writer_ms"].as_f64()? / gib,
+            dest / gib,
+        ])
+    })?
+}
+
+/// CPU per GiB of a plain copy, ms: writer and reader.
+fn copy_cpu_per_gib(t: &loopback::Throughput) -> Option<[f64; 2]> {
+    let gib = t.bytes as f64 / (1u64 << 30) as f64;
+    (gib > 0.0).then(|| Some([t.writer_cpu_s? * 1e3 / gib, t.reader_cpu_s? * 1e3 / gib]))?
+}
+
+/// Medians of each column of `rows`, shown "a / b / …" (or "-").
+fn show_columns<const N: usize>(rows: &[[f64; N]]) -> String {
+    if rows.is_empty() {
+        return "-".into();
+    }
+    (0..N)
+        .map(|c| {
+            let col: Vec<f64> = rows.iter().map(|r| r[c]).collect();
+            Spread::of(&col).map_or("-".into(), |s| format!("{:.0}", s.median))
+        })
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
 /// Runs the benchmark with a `ws_mib` working set, `runs` times per VMM; the
 /// table as text.
 pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Result<String> {
@@ -72,6 +116,11 @@ pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Resu
     // over the round's memory-to-memory copy like its destination's.
     let mut ratios: [Vec<f64>; 3] = Default::default();
     let mut memory_ratios: [Vec<f64>; 3] = Default::default();
+    // CPU per GiB: tern's (loop, writer, destination) per tern VMM; the
+    // copies' (writer, reader).
+    let mut tern_cpu: [Vec<[f64; 3]>; 2] = Default::default();
+    let mut reused_cpu = Vec::new();
+    let mut prefaulted_cpu = Vec::new();
     for _ in 0..runs.max(1) {
         let mut round: [Option<f64>; 3] = [None; 3];
         for (i, (label, hv)) in vmms.iter().enumerate() {
@@ -97,12 +146,19 @@ pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Resu
                 }
                 None => notes.push(format!("{label}: no bytes sent or total time reported")),
             }
+            if let (Some(cpu), Some(slot)) = (tern_cpu_per_gib(&r), tern_cpu.get_mut(i)) {
+                slot.push(cpu);
+            }
             last[i] = Some(r);
         }
-        let copy = loopback::measure_copy(copy_bytes, Source::Reused, Sink::Reused)?.mib_per_s();
+        let copy = loopback::measure_copy(copy_bytes, Source::Reused, Sink::Reused)?;
+        reused_cpu.extend(copy_cpu_per_gib(&copy));
+        let copy = copy.mib_per_s();
         reused.push(copy);
         let to_prefaulted =
-            loopback::measure_copy(copy_bytes, Source::Memory, Sink::PrefaultedMemory)?.mib_per_s();
+            loopback::measure_copy(copy_bytes, Source::Memory, Sink::PrefaultedMemory)?;
+        prefaulted_cpu.extend(copy_cpu_per_gib(&to_prefaulted));
+        let to_prefaulted = to_prefaulted.mib_per_s();
         prefaulted.push(to_prefaulted);
         let to_fresh =
             loopback::measure_copy(copy_bytes, Source::Memory, Sink::FreshMemory)?.mib_per_s();
@@ -183,6 +239,29 @@ pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Resu
     }
     let median = |i: usize| spreads[i].map(|s| s.median);
     t.row(["tern / qemu".into(), ratio(median(0), median(2))]);
+    // Where a 2-core host's two cores go: with every thread busy, the rate
+    // follows the total CPU a GiB costs, not the busiest thread's share.
+    for (i, cpu) in tern_cpu.iter().enumerate() {
+        t.row([
+            format!(
+                "{}: CPU ms per GiB, source loop / stream writer / destination (median of {})",
+                vmms[i].0,
+                cpu.len()
+            ),
+            show_columns(cpu),
+        ]);
+    }
+    t.row([
+        format!(
+            "loopback TCP copy, reused buffers: CPU ms per GiB, writer / reader (median of {})",
+            reused_cpu.len()
+        ),
+        show_columns(&reused_cpu),
+    ]);
+    t.row([
+        format!("loopback TCP copy, memory to prefaulted memory: CPU ms per GiB, writer / reader (median of {})", prefaulted_cpu.len()),
+        show_columns(&prefaulted_cpu),
+    ]);
     let mut out = t.render();
     for n in notes {
         out.push_str(&format!("\nnote: {n}"));

@@ -13,7 +13,7 @@ use migration::controller::{
 use migration::dirty::{DirtySet, RegionLayout};
 use migration::protocol::messages::{Hello, MemoryRange, PAGE_SIZE};
 use migration::sender::SourceSession;
-use migration::stats::{MigrationPhase, ProgressPoint};
+use migration::stats::{MigrationCpu, MigrationPhase, ProgressPoint};
 use migration::transport::Stream;
 use migration::uri::MigrationUri;
 
@@ -313,6 +313,7 @@ pub fn run(
     ctl: &MigrationControl,
 ) -> Result<(), MigrationError> {
     let started = Instant::now();
+    let loop_cpu_before = migration::thread_cpu::this_thread();
     let uri: MigrationUri = req
         .to
         .parse()
@@ -323,12 +324,42 @@ pub fn run(
     let stream = Stream::connect(&uri, CONNECT_TIMEOUT)
         .map_err(|e| MigrationError::Connect(format!("{e}: {}", root_cause(&e))))?;
     let mut session = SourceSession::start(stream, &hello(machine), HANDSHAKE_TIMEOUT)?;
-    let result = migrate_guest(machine, req, ctl, &mut session, &mut controller, started);
+    let begun = Begun {
+        at: started,
+        loop_cpu: loop_cpu_before,
+    };
+    let result = migrate_guest(machine, req, ctl, &mut session, &mut controller, begun);
     if let Err(e) = &result {
         // Tell the destination to discard everything (best effort: it may be gone).
         session.abandon(&e.to_string());
     }
+    // After a completion the process is about to exit: the figure is taken
+    // there, before the stats are final (see `migrate_guest`); here only
+    // for a migration that failed, once the abandon has been flushed.
+    if result.is_err() {
+        let cpu = cpu_used(loop_cpu_before, &session);
+        ctl.update(|s| s.cpu_ms = cpu);
+    }
     result
+}
+
+/// CPU the migration loop (the calling thread, since `loop_before`) and the
+/// stream's writer thread (as of its last flush) have used.
+fn cpu_used(loop_before: Option<Duration>, session: &SourceSession) -> Option<MigrationCpu> {
+    let loop_cpu = loop_before
+        .zip(migration::thread_cpu::this_thread())
+        .map(|(before, now)| now.saturating_sub(before))?;
+    Some(MigrationCpu {
+        loop_ms: loop_cpu.as_secs_f64() * 1e3,
+        writer_ms: session.writer_cpu()?.as_secs_f64() * 1e3,
+    })
+}
+
+/// When the migration began: wall clock, and the loop thread's CPU time.
+#[derive(Clone, Copy)]
+struct Begun {
+    at: Instant,
+    loop_cpu: Option<Duration>,
 }
 
 /// Everything after the handshake: rounds, switchover, the two-phase end.
@@ -338,8 +369,9 @@ fn migrate_guest(
     ctl: &MigrationControl,
     session: &mut SourceSession,
     controller: &mut Controller,
-    started: Instant,
+    begun: Begun,
 ) -> Result<(), MigrationError> {
+    let started = begun.at;
     for c in &machine.controls {
         c.set_max_stall(req.max_stall_ms.map(Duration::from_millis));
     }
@@ -546,7 +578,9 @@ fn migrate_guest(
     }
     session.commit(COMMIT_TIMEOUT)?;
     let downtime = paused_at.elapsed();
+    let cpu = cpu_used(begun.loop_cpu, session);
     ctl.update(|s| {
+        s.cpu_ms = cpu;
         s.phase = MigrationPhase::Completed;
         s.downtime_ms = Some(downtime.as_secs_f64() * 1e3);
         s.downtime_sent_ms = Some(sent_after.as_secs_f64() * 1e3);
