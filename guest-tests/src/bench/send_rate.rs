@@ -44,19 +44,23 @@ fn tern_cpu_per_gib(r: &RunResult) -> Option<[f64; 3]> {
                 .find_map(|p| p.strip_suffix(" ms of CPU) and running"))
         })
         .and_then(|ms| ms.parse::<f64>().ok())?;
-    (gib > 0.0).then(|| {
-        Some([
-            cpu["loop_ms"].as_f64()? / gib,
-            cpu["writer_ms"].as_f64()? / gib,
-            dest / gib,
-        ])
-    })?
+    if gib <= 0.0 {
+        return None;
+    }
+    Some([
+        cpu["loop_ms"].as_f64()? / gib,
+        cpu["writer_ms"].as_f64()? / gib,
+        dest / gib,
+    ])
 }
 
 /// CPU per GiB of a plain copy, ms: writer and reader.
 fn copy_cpu_per_gib(t: &loopback::Throughput) -> Option<[f64; 2]> {
     let gib = t.bytes as f64 / (1u64 << 30) as f64;
-    (gib > 0.0).then(|| Some([t.writer_cpu_s? * 1e3 / gib, t.reader_cpu_s? * 1e3 / gib]))?
+    if gib <= 0.0 {
+        return None;
+    }
+    Some([t.writer_cpu_s? * 1e3 / gib, t.reader_cpu_s? * 1e3 / gib])
 }
 
 /// Medians of each column of `rows`, shown "a / b / …" (or "-").
