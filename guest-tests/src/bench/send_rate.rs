@@ -35,15 +35,7 @@ fn send_rate(r: &RunResult) -> Option<f64> {
 fn tern_cpu_per_gib(r: &RunResult) -> Option<[f64; 3]> {
     let gib = r.migration.bytes_sent? as f64 / (1u64 << 30) as f64;
     let cpu = &r.migration.vmm_stats["cpu_ms"];
-    let dest = r
-        .destination_stderr
-        .iter()
-        .find(|l| l.contains("guest received"))
-        .and_then(|l| {
-            l.split(", ")
-                .find_map(|p| p.strip_suffix(" ms of CPU) and running"))
-        })
-        .and_then(|ms| ms.parse::<f64>().ok())?;
+    let dest = destination_cpu_ms(&r.destination_stderr)?;
     if gib <= 0.0 {
         return None;
     }
@@ -52,6 +44,18 @@ fn tern_cpu_per_gib(r: &RunResult) -> Option<[f64; 3]> {
         cpu["writer_ms"].as_f64()? / gib,
         dest / gib,
     ])
+}
+
+/// The CPU a tern destination's receiving thread used, ms, from its
+/// "tern: guest received (…, N ms of CPU) and running" line.
+fn destination_cpu_ms(stderr: &[String]) -> Option<f64> {
+    stderr
+        .iter()
+        .find(|l| l.contains("guest received"))?
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" ms of CPU) and running"))?
+        .parse()
+        .ok()
 }
 
 /// CPU per GiB of a plain copy, ms: writer and reader.
@@ -271,4 +275,28 @@ pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Resu
         out.push_str(&format!("\nnote: {n}"));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_destination_cpu_comes_from_its_received_line() {
+        let lines = |l: &str| vec!["tern: waiting".to_string(), l.to_string()];
+        assert_eq!(
+            destination_cpu_ms(&lines(
+                "tern: guest received (1 rounds, 262471 data pages, 32446 zero pages, \
+                 1075155608 bytes, 123 ms of CPU) and running"
+            )),
+            Some(123.0)
+        );
+        // A destination that could not tell its CPU says nothing of it.
+        assert_eq!(
+            destination_cpu_ms(&lines(
+                "tern: guest received (1 rounds, 2 data pages, 3 zero pages, 4 bytes) and running"
+            )),
+            None
+        );
+    }
 }
