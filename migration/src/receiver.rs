@@ -140,9 +140,7 @@ pub fn receive<R: Read, W: Write, H: DestinationHost>(
     }
     result.map(|mut r| {
         r.bytes = reader.offset();
-        r.cpu = cpu_before
-            .zip(crate::thread_cpu::this_thread())
-            .map(|(before, after)| after.saturating_sub(before));
+        r.cpu = crate::thread_cpu::since(cpu_before);
         r
     })
 }

@@ -11,6 +11,12 @@ pub fn this_thread() -> Option<Duration> {
     parse_schedstat(&text)
 }
 
+/// CPU time the calling thread has run since `before` (an earlier
+/// [`this_thread`] of the same thread); `None` if either is unknown.
+pub fn since(before: Option<Duration>) -> Option<Duration> {
+    Some(this_thread()?.saturating_sub(before?))
+}
+
 /// The run time (first field, ns) of a `schedstat` line.
 fn parse_schedstat(text: &str) -> Option<Duration> {
     let ns: u64 = text.split_whitespace().next()?.parse().ok()?;
@@ -33,7 +39,11 @@ mod tests {
 
     #[test]
     fn a_busy_thread_is_charged_for_its_work() {
-        let before = this_thread().expect("this host has /proc/thread-self/schedstat");
+        let before = this_thread();
+        assert!(
+            before.is_some(),
+            "this host has /proc/thread-self/schedstat"
+        );
         // Spin until 5 ms of CPU are charged; on a loaded machine that may
         // take longer in wall time, but never 10 s.
         let give_up = std::time::Instant::now() + Duration::from_secs(10);
@@ -42,7 +52,7 @@ mod tests {
             for _ in 0..100_000 {
                 x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
             }
-            let spent = this_thread().unwrap() - before;
+            let spent = since(before).unwrap();
             if spent >= Duration::from_millis(5) {
                 break;
             }

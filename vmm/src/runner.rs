@@ -21,10 +21,10 @@ use crate::migrate::destination::TernDestination;
 use crate::migrate::MigrationManager;
 use crate::vstate::kvm::{self, KvmError, KvmHost};
 use crate::vstate::memory::prefault;
+use crate::vstate::vcpu::{Target, VcpuError};
 
 /// Bytes the destination reads ahead of the migration stream's parser.
 const READ_AHEAD: usize = 16 << 10;
-use crate::vstate::vcpu::{Target, VcpuError};
 
 /// Why `tern run` could not run the VM.
 #[derive(Debug, thiserror::Error)]

@@ -19,7 +19,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use migration::thread_cpu;
 
@@ -37,12 +37,6 @@ pub struct Throughput {
     pub writer_cpu_s: Option<f64>,
     /// CPU the reading thread used, from its accept to the end of the stream, s.
     pub reader_cpu_s: Option<f64>,
-}
-
-/// CPU the calling thread has used since `before` (a `thread_cpu::this_thread()`), s.
-fn cpu_since(before: Option<Duration>) -> Option<f64> {
-    let now = thread_cpu::this_thread()?;
-    Some(now.saturating_sub(before?).as_secs_f64())
 }
 
 impl Throughput {
@@ -139,7 +133,7 @@ pub fn measure_copy(bytes: u64, source: Source, sink: Sink) -> Result<Throughput
         at += n;
     }
     drop(s);
-    let writer_cpu_s = cpu_since(writer_cpu);
+    let writer_cpu_s = thread_cpu::since(writer_cpu).map(|d| d.as_secs_f64());
     let (received, memory) = reader.join().map_err(|_| {
         Error::io(
             "loopback benchmark",
@@ -168,7 +162,7 @@ fn read_all(
     let (s, _) = listener.accept()?;
     let before = thread_cpu::this_thread();
     let total = read_stream(s, memory)?;
-    Ok((total, cpu_since(before)))
+    Ok((total, thread_cpu::since(before).map(|d| d.as_secs_f64())))
 }
 
 /// Reads `s` to its end as [`read_all`] describes.

@@ -346,9 +346,7 @@ pub fn run(
 /// CPU the migration loop (the calling thread, since `loop_before`) and the
 /// stream's writer thread (as of its last flush) have used.
 fn cpu_used(loop_before: Option<Duration>, session: &SourceSession) -> Option<MigrationCpu> {
-    let loop_cpu = loop_before
-        .zip(migration::thread_cpu::this_thread())
-        .map(|(before, now)| now.saturating_sub(before))?;
+    let loop_cpu = migration::thread_cpu::since(loop_before)?;
     Some(MigrationCpu {
         loop_ms: loop_cpu.as_secs_f64() * 1e3,
         writer_ms: session.writer_cpu()?.as_secs_f64() * 1e3,
