@@ -104,7 +104,12 @@ pub fn config_from_args(args: &RunArgs, host_is_pvm: bool) -> Result<VmConfig, C
     Ok(VmConfig {
         kernel,
         initrd,
-        cmdline: config::kernel_cmdline(args.cmdline.as_deref(), args.pvm_workarounds, host_is_pvm),
+        cmdline: config::kernel_cmdline(
+            args.cmdline.as_deref(),
+            args.pvm_workarounds,
+            host_is_pvm,
+            cpus,
+        ),
         cpus,
         mem_bytes,
         prefault: args.prefault,

@@ -41,30 +41,53 @@ fn linux_reaches_init_with_two_vcpus() {
 }
 
 /// Linux user space: busybox's `/init` (a shell script: mounts, reads
-/// `/proc`, forks `cat`, `basename`, ...) makes its system calls, prints its
-/// ready line and reboots, which ends tern with exit 0. On kvm_pvm every
-/// user-mode `syscall` used to fault; the guest kernel's patch 0003 runs it
-/// from that fault.
+/// `/proc`, forks `cat`, `basename`, ...) makes its system calls, starts 40
+/// short-lived processes that must all run clean, prints its ready line and
+/// reboots, which ends tern with exit 0. On kvm_pvm every user-mode `syscall`
+/// used to fault (the guest kernel's patch 0003 runs it from that fault), and
+/// a process moved between vCPUs could lose a write (tern then holds user
+/// space on vCPU 0 with `isolcpus=`; this checks the guest did so).
 #[test]
 fn linux_user_space_runs_its_init_and_a_reboot_ends_tern() {
     let _g = serial();
-    let mut vm = start_linux(None, Some("initramfs"), &["--cpus", "2"]);
+    let cmdline = "console=ttyS0 reboot=k panic=1 tern.execs=40";
+    let mut vm = start_linux(
+        None,
+        Some("initramfs"),
+        &["--cpus", "2", "--cmdline", cmdline],
+    );
     vm.wait_for("GUEST-READY", LINUX_BOOT);
     let status = vm.wait_exit(LINUX_BOOT);
     let lines = vm.lines();
+    let all = lines.join("\n");
     assert!(
         !lines
             .iter()
             .any(|l| l.contains("segfault") || l.contains("Kernel panic")),
-        "{}",
-        lines.join("\n")
+        "{all}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("EXECS ok=40 of 40")),
+        "{all}"
+    );
+    // The guest keeps user space where tern's command line says.
+    let isolated = lines
+        .iter()
+        .any(|l| l.contains("Kernel command line:") && l.contains("isolcpus=1"));
+    let expect = if isolated {
+        "user space runs on CPUs 0"
+    } else {
+        "user space runs on CPUs 0-1"
+    };
+    assert!(
+        lines.iter().any(|l| l.trim_end() == expect),
+        "want '{expect}'\n{all}"
     );
     assert!(
         lines
             .iter()
             .any(|l| l.contains("reboot: Restarting system")),
-        "{}",
-        lines.join("\n")
+        "{all}"
     );
     assert_eq!(status.code(), Some(0), "{}", vm.stderr());
 }
