@@ -382,7 +382,7 @@ pub struct VmConfig {
 /// (`None` with one). A process that moves between vCPUs there can lose a
 /// write it made to a page it had just faulted in: under tern and QEMU alike,
 /// 1–9 of every 300 freshly executed busybox processes died in glibc's start-up
-/// with their TLS page zeroed, none with one vCPU or with user space held on
+/// with the TLS data they had just written gone, none with one vCPU or with user space held on
 /// one (docs/results.md). `isolcpus=` leaves the kernel SMP — its threads,
 /// interrupts and per-CPU work use every vCPU — and starts init, so all of
 /// user space, on the housekeeping vCPU 0.
