@@ -165,16 +165,15 @@ impl Pagemap {
                     ((last - host_addr) / HOST_PAGE) as usize,
                 );
             }
-            if arg.walk_end >= end || arg.walk_end <= from {
-                // Done, or no progress (never seen: give up rather than spin).
-                return if arg.walk_end >= end {
-                    Ok(())
-                } else {
-                    Err(io::Error::other(format!(
-                        "PAGEMAP_SCAN stopped at {:#x} of {from:#x}..{end:#x}",
-                        arg.walk_end
-                    )))
-                };
+            if arg.walk_end >= end {
+                return Ok(());
+            }
+            if arg.walk_end <= from {
+                // No progress (never seen): give up rather than spin.
+                return Err(io::Error::other(format!(
+                    "PAGEMAP_SCAN stopped at {:#x} of {from:#x}..{end:#x}",
+                    arg.walk_end
+                )));
             }
             from = arg.walk_end;
         }
