@@ -31,6 +31,22 @@ pub(crate) fn new_queues(n: usize, max_size: u16) -> Vec<virtio_queue::Queue> {
         .collect()
 }
 
+/// What every device checks before it activates: it is not live yet, and the driver has set up
+/// each of its queues (the first one not ready is named).
+pub(crate) fn check_activation(
+    already_active: bool,
+    queues: &[virtio_queue::Queue],
+) -> Result<(), ActivateError> {
+    use virtio_queue::QueueT;
+    if already_active {
+        return Err(ActivateError::AlreadyActive);
+    }
+    match queues.iter().position(|q| !q.ready()) {
+        Some(index) => Err(ActivateError::QueueNotReady { index }),
+        None => Ok(()),
+    }
+}
+
 /// Whether feature `bit` is set in `features`.
 pub(crate) fn has_feature(features: u64, bit: u32) -> bool {
     features & (1u64 << bit) != 0
@@ -45,5 +61,32 @@ pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     if start < config.len() {
         let n = data.len().min(config.len() - start);
         data[..n].copy_from_slice(&config[start..start + n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::QueueT;
+
+    #[test]
+    fn activation_needs_an_inactive_device_and_every_queue_ready() {
+        let mut queues = new_queues(3, 16);
+        assert!(matches!(
+            check_activation(false, &queues),
+            Err(ActivateError::QueueNotReady { index: 0 })
+        ));
+        queues[0].set_ready(true);
+        queues[2].set_ready(true);
+        assert!(matches!(
+            check_activation(false, &queues),
+            Err(ActivateError::QueueNotReady { index: 1 })
+        ));
+        queues[1].set_ready(true);
+        assert!(check_activation(false, &queues).is_ok());
+        assert!(matches!(
+            check_activation(true, &queues),
+            Err(ActivateError::AlreadyActive)
+        ));
     }
 }

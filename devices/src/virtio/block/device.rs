@@ -23,8 +23,8 @@ use crate::quiesce::{Quiesce, QuiesceStatus};
 use crate::state::DeviceSummary;
 use crate::virtio::chain::{collect_chain, Segment};
 use crate::virtio::{
-    new_queues, ActivateContext, ActivateError, IrqTrigger, VirtioDevice, COMMON_FEATURES,
-    DEVICE_TOKEN_BASE,
+    check_activation, new_queues, ActivateContext, ActivateError, IrqTrigger, VirtioDevice,
+    COMMON_FEATURES, DEVICE_TOKEN_BASE,
 };
 use crate::GuestMemoryMmap;
 
@@ -424,12 +424,7 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        if !self.queues[0].ready() {
-            return Err(ActivateError::QueueNotReady { index: 0 });
-        }
+        check_activation(self.active.is_some(), &self.queues)?;
         let size = self.queues[0].size();
         if let Some(bad) = self.resubmit.iter().find(|&&h| h >= size) {
             return Err(ActivateError::BadState(format!(

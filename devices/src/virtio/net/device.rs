@@ -17,8 +17,8 @@ use crate::quiesce::{Quiesce, QuiesceStatus};
 use crate::state::DeviceSummary;
 use crate::virtio::chain::{collect_chain, read_readable, total_len, write_writable, Segment};
 use crate::virtio::{
-    new_queues, ActivateContext, ActivateError, IrqTrigger, VirtioDevice, COMMON_FEATURES,
-    DEVICE_TOKEN_BASE,
+    check_activation, new_queues, ActivateContext, ActivateError, IrqTrigger, VirtioDevice,
+    COMMON_FEATURES, DEVICE_TOKEN_BASE,
 };
 use crate::GuestMemoryMmap;
 
@@ -309,12 +309,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        if let Some(index) = self.queues.iter().position(|q| !q.ready()) {
-            return Err(ActivateError::QueueNotReady { index });
-        }
+        check_activation(self.active.is_some(), &self.queues)?;
         self.active = Some(Active {
             mem: ctx.mem,
             irq: ctx.irq,

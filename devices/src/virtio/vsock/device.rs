@@ -20,8 +20,8 @@ use crate::quiesce::{Quiesce, QuiesceStatus};
 use crate::state::DeviceSummary;
 use crate::virtio::chain::{collect_chain, Segment};
 use crate::virtio::{
-    new_queues, ActivateContext, ActivateError, IrqTrigger, VirtioDevice, COMMON_FEATURES,
-    DEVICE_TOKEN_BASE,
+    check_activation, new_queues, ActivateContext, ActivateError, IrqTrigger, VirtioDevice,
+    COMMON_FEATURES, DEVICE_TOKEN_BASE,
 };
 use crate::GuestMemoryMmap;
 
@@ -292,12 +292,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        if let Some(index) = self.queues.iter().position(|q| !q.ready()) {
-            return Err(ActivateError::QueueNotReady { index });
-        }
+        check_activation(self.active.is_some(), &self.queues)?;
         self.active = Some(Active {
             mem: ctx.mem,
             irq: ctx.irq,
