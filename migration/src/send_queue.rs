@@ -9,10 +9,15 @@
 //! memory this takes) to [`POOL_BUFFERS`] frames; taking a buffer waits for
 //! the writer, which is the back-pressure a blocking write used to give.
 //!
-//! Frames go out in the order they were queued. [`SendQueue::flush`] waits
-//! until everything queued is written, so a caller that then waits for the
-//! destination's answer knows its question left. A write error ends the
-//! writing; every later call reports it.
+//! Frames go out in the order they were queued. Small ones (runs of zero
+//! markers, control messages) are gathered back to back in one buffer and
+//! handed over together, up to [`GATHER_LIMIT`] bytes: a pass over a mostly
+//! empty guest builds a thousand such frames per GiB, and a hand-over to the
+//! writer thread costs far more than copying a few dozen bytes.
+//! [`SendQueue::flush`] sends what is gathered and waits until everything
+//! queued is written, so a caller that then waits for the destination's
+//! answer knows its question left. A write error ends the writing; every
+//! later call reports it.
 //!
 //! The writer thread's CPU time is published at every flush (and when it
 //! ends), for the migration's cost report: after a flush,
@@ -24,14 +29,21 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::protocol::frame::FrameBuf;
 use crate::protocol::run_frame::MAX_RUN_FRAME;
 
 /// Frames in flight at most: one being built, the others queued or being
 /// written.
 pub const POOL_BUFFERS: usize = 4;
 
+/// Frames up to this size are gathered rather than handed over alone.
+pub const GATHER_FRAME: usize = 16 << 10;
+
+/// Gathered frames go to the writer once they reach this many bytes.
+pub const GATHER_LIMIT: usize = 256 << 10;
+
 enum Job {
-    Frame(Vec<u8>),
+    Frame(FrameBuf),
     Flush(SyncSender<io::Result<()>>),
 }
 
@@ -42,6 +54,10 @@ type Failure = Arc<Mutex<Option<(io::ErrorKind, String)>>>;
 pub struct SendQueue {
     jobs: SyncSender<Job>,
     free: Receiver<Vec<u8>>,
+    /// Puts a buffer whose frame was gathered straight back into the pool.
+    recycle: SyncSender<Vec<u8>>,
+    /// Small frames not handed over yet (in a buffer from the pool).
+    gathered: Option<FrameBuf>,
     failure: Failure,
     queued: u64,
     /// The writer thread's CPU time as of its last flush, ns (`u64::MAX`: not known).
@@ -69,12 +85,15 @@ impl SendQueue {
         let writer_failure = failure.clone();
         let writer_cpu_ns = Arc::new(AtomicU64::new(u64::MAX));
         let cpu = writer_cpu_ns.clone();
+        let recycle = free_tx.clone();
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || write_jobs(out, job_rx, free_tx, writer_failure, &cpu))?;
         Ok(SendQueue {
             jobs,
             free,
+            recycle,
+            gathered: None,
             failure,
             queued: 0,
             writer_cpu_ns,
@@ -94,19 +113,50 @@ impl SendQueue {
         self.free.recv().map_err(|_| self.gone())
     }
 
-    /// Queues `frame` (from [`SendQueue::buffer`], holding one whole frame).
-    pub fn send(&mut self, frame: Vec<u8>) -> io::Result<()> {
+    /// Queues `frame` (built in a buffer from [`SendQueue::buffer`]).
+    pub fn send(&mut self, frame: FrameBuf) -> io::Result<()> {
         if let Some(e) = failed(&self.failure) {
             return Err(e);
         }
-        let len = frame.len() as u64;
-        self.jobs.send(Job::Frame(frame)).map_err(|_| self.gone())?;
-        self.queued += len;
+        let len = frame.len();
+        self.queued += len as u64;
+        if len > GATHER_FRAME {
+            self.hand_over_gathered()?;
+            return self.hand_over(frame);
+        }
+        if self.gathered.as_mut().is_some_and(|g| g.append(&frame)) {
+            // Cannot block: the channel holds the whole pool, and this
+            // buffer was taken from it.
+            let _ = self.recycle.try_send(frame.into_buffer());
+        } else {
+            self.hand_over_gathered()?;
+            self.gathered = Some(frame);
+        }
+        if self
+            .gathered
+            .as_ref()
+            .is_some_and(|g| g.len() >= GATHER_LIMIT)
+        {
+            self.hand_over_gathered()?;
+        }
         Ok(())
     }
 
-    /// Waits until everything queued has been written (and the stream flushed).
+    fn hand_over(&mut self, frame: FrameBuf) -> io::Result<()> {
+        self.jobs.send(Job::Frame(frame)).map_err(|_| self.gone())
+    }
+
+    fn hand_over_gathered(&mut self) -> io::Result<()> {
+        match self.gathered.take() {
+            Some(gathered) => self.hand_over(gathered),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends what is gathered, then waits until everything queued has been
+    /// written (and the stream flushed).
     pub fn flush(&mut self) -> io::Result<()> {
+        self.hand_over_gathered()?;
         let (ack, done) = mpsc::sync_channel(1);
         self.jobs.send(Job::Flush(ack)).map_err(|_| self.gone())?;
         done.recv().map_err(|_| self.gone())?
@@ -156,21 +206,23 @@ fn write_jobs<W: Write>(
         match job {
             Job::Frame(frame) => {
                 if !broken {
-                    if let Err(e) = out.write_all(&frame) {
+                    if let Err(e) = out.write_all(frame.bytes()) {
                         broken = true;
                         *failure.lock().unwrap_or_else(|e| e.into_inner()) =
                             Some((e.kind(), e.to_string()));
                     }
                 }
-                // A frame far bigger than a run (device state) is not kept.
-                let frame = if frame.capacity() > 2 * MAX_RUN_FRAME {
+                // Back whole, at its length (see `FrameBuf`); a buffer grown
+                // far beyond a run (device state) is not kept.
+                let buf = frame.into_buffer();
+                let buf = if buf.capacity() > 2 * MAX_RUN_FRAME {
                     Vec::with_capacity(MAX_RUN_FRAME)
                 } else {
-                    frame
+                    buf
                 };
                 // Never blocks: at most the pool's buffers exist. Fails only
                 // when the queue is gone, and then nobody needs it.
-                let _ = free.try_send(frame);
+                let _ = free.try_send(buf);
             }
             Job::Flush(ack) => {
                 let r = match failed(&failure) {
@@ -218,9 +270,10 @@ mod tests {
         // More frames than buffers: each buffer is used several times.
         for i in 0..(3 * POOL_BUFFERS as u8) {
             let mut b = q.buffer().unwrap();
-            b.clear();
-            b.extend_from_slice(&[i; 5]);
-            q.send(b).unwrap();
+            // Whole, as every frame left it.
+            assert_eq!(b.len(), MAX_RUN_FRAME);
+            b[..5].fill(i);
+            q.send(FrameBuf::new(b, 5)).unwrap();
         }
         assert_eq!(q.writer_cpu(), None, "nothing published before a flush");
         q.flush().unwrap();
@@ -234,20 +287,59 @@ mod tests {
         assert_eq!(bytes, expected);
     }
 
+    /// Queues a frame of `len` bytes of `fill`, returning its bytes.
+    fn queue(q: &mut SendQueue, len: usize, fill: u8) -> Vec<u8> {
+        let mut b = q.buffer().unwrap();
+        b[..len].fill(fill);
+        q.send(FrameBuf::new(b, len)).unwrap();
+        vec![fill; len]
+    }
+
+    #[test]
+    fn small_frames_are_gathered_and_keep_their_place_among_big_ones() {
+        let sink = Sink::default();
+        let mut q = SendQueue::start(sink.clone(), "test-writer").unwrap();
+        let mut expected = Vec::new();
+        for (i, len) in [5, 7, GATHER_FRAME + 1, 3, GATHER_FRAME, 64 << 10, 9]
+            .into_iter()
+            .enumerate()
+        {
+            expected.extend(queue(&mut q, len, i as u8 + 1));
+        }
+        q.flush().unwrap();
+        assert_eq!(q.bytes_queued(), expected.len() as u64);
+        assert!(*sink.bytes.lock().unwrap() == expected);
+    }
+
+    #[test]
+    fn gathered_frames_go_out_at_the_limit_without_a_flush() {
+        let sink = Sink::default();
+        let mut q = SendQueue::start(sink.clone(), "test-writer").unwrap();
+        let mut expected = Vec::new();
+        while expected.len() < GATHER_LIMIT {
+            expected.extend(queue(&mut q, GATHER_FRAME, expected.len() as u8));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while sink.bytes.lock().unwrap().len() < expected.len() {
+            assert!(std::time::Instant::now() < deadline, "never written");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(*sink.bytes.lock().unwrap() == expected);
+    }
+
     #[test]
     fn a_write_error_is_reported_by_every_later_call() {
         let sink = Sink::default();
         let mut q = SendQueue::start(sink.clone(), "test-writer").unwrap();
         *sink.fail.lock().unwrap() = true;
-        let mut b = q.buffer().unwrap();
-        b.push(1);
+        let b = q.buffer().unwrap();
         // Queued; the writer's write fails, and the flush says so.
-        q.send(b).unwrap();
+        q.send(FrameBuf::new(b, 1)).unwrap();
         let e = q.flush().unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
         assert_eq!(q.buffer().unwrap_err().kind(), io::ErrorKind::BrokenPipe);
         assert_eq!(
-            q.send(Vec::new()).unwrap_err().kind(),
+            q.send(FrameBuf::new(Vec::new(), 0)).unwrap_err().kind(),
             io::ErrorKind::BrokenPipe
         );
         assert!(q.flush().is_err());

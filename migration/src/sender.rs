@@ -9,7 +9,7 @@
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::time::Duration;
 
-use crate::protocol::frame::{encode_frame, FrameReader};
+use crate::protocol::frame::{FrameBuf, FrameReader};
 use crate::protocol::messages::{
     decode_dest, encode_abandon, encode_hello_with_version, encode_round_end, kind, DestMessage,
     Hello, MAX_RUN_PAGES, PAGE_SIZE, PROTOCOL_VERSION,
@@ -119,8 +119,7 @@ impl SourceSession {
 
     /// Queues one frame whose payload is the concatenation of `parts`.
     fn write_frame(&mut self, kind: u16, parts: &[&[u8]]) -> Result<(), SendError> {
-        let mut frame = self.out.buffer()?;
-        encode_frame(kind, parts, &mut frame)?;
+        let frame = FrameBuf::encode(kind, parts, self.out.buffer()?)?;
         self.out.send(frame)?;
         Ok(())
     }

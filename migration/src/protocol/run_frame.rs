@@ -10,7 +10,7 @@
 //! zero map, then the pages. The zero map's size depends only on the page
 //! count, so the pages' place is fixed before anyone knows which are zero.
 
-use super::frame::{header_bytes, HEADER_LEN};
+use super::frame::{header_bytes, FrameBuf, HEADER_LEN};
 use super::messages::{kind, run_head_bytes, MAX_RUN_PAGES, PAGE_SIZE, RUN_HEADER};
 
 /// Pages and zero pages of a run as sent.
@@ -50,7 +50,7 @@ pub fn page_is_zero(page: &[u8]) -> bool {
 impl RunFrame {
     /// A run of `count` pages (1..=`MAX_RUN_PAGES`) from `first_page` of
     /// `region`, in `buf` (any previous contents are overwritten or unused;
-    /// only growth is zero-filled).
+    /// the buffer only grows, and only growth is zero-filled: see [`FrameBuf`]).
     ///
     /// # Panics
     /// If `count` is 0 or above `MAX_RUN_PAGES` (a caller's bug, not input).
@@ -62,8 +62,6 @@ impl RunFrame {
         let len = Self::pages_at(count) + count as usize * PAGE_SIZE + 4;
         if buf.len() < len {
             buf.resize(len, 0);
-        } else {
-            buf.truncate(len);
         }
         RunFrame {
             buf,
@@ -92,8 +90,9 @@ impl RunFrame {
     /// Completes the frame: pages flagged in `known_zero` (bit `i` of word
     /// `i / 64`) and pages whose bytes are all zero become zero markers, the
     /// data pages are packed together, and the header and checksum are
-    /// written. Returns the frame's bytes (the buffer, truncated) and the counts.
-    pub fn finish(mut self, known_zero: &[u64]) -> (Vec<u8>, RunCounts) {
+    /// written. Returns the frame (in the buffer, which keeps its length) and
+    /// the counts.
+    pub fn finish(mut self, known_zero: &[u64]) -> (FrameBuf, RunCounts) {
         let count = self.count as usize;
         let at = Self::pages_at(self.count);
         let map_at = HEADER_LEN + RUN_HEADER;
@@ -128,8 +127,7 @@ impl RunFrame {
         let end = HEADER_LEN + payload;
         let crc = crc32fast::hash(&self.buf[..end]);
         self.buf[end..end + 4].copy_from_slice(&crc.to_le_bytes());
-        self.buf.truncate(end + 4);
-        (self.buf, counts)
+        (FrameBuf::new(self.buf, end + 4), counts)
     }
 }
 
@@ -161,7 +159,7 @@ mod tests {
         pages[4 * PAGE_SIZE] = 4; // page 4: data
         let (frame, counts) = run.finish(&[0b01000]);
         assert_eq!(counts, RunCounts { data: 3, zero: 2 });
-        let (kind, region, first, count, map, data) = decode(&frame);
+        let (kind, region, first, count, map, data) = decode(frame.bytes());
         assert_eq!((kind, region, first, count), (kind::PAGES, 3, 100, 5));
         assert_eq!(map, [0b01010]);
         for (i, z) in [false, true, false, true, false].into_iter().enumerate() {
@@ -181,25 +179,47 @@ mod tests {
         run.pages_mut().fill(0x55);
         let (big, counts) = run.finish(&[]);
         assert_eq!(counts.data, MAX_RUN_PAGES);
-        assert!(big.len() <= MAX_RUN_FRAME);
+        assert_eq!(big.len(), MAX_RUN_FRAME);
         // A smaller run in the same buffer: old bytes past it are not sent,
         // and its zero map starts clean.
-        let mut run = RunFrame::new(big, 1, 7, 2);
+        let mut run = RunFrame::new(big.into_buffer(), 1, 7, 2);
         run.pages_mut().fill(0);
         let (frame, counts) = run.finish(&[]);
         assert_eq!(counts, RunCounts { data: 0, zero: 2 });
-        let (_, region, first, count, map, data) = decode(&frame);
+        let (_, region, first, count, map, data) = decode(frame.bytes());
         assert_eq!(
             (region, first, count, map, data.len()),
             (1, 7, 2, vec![0b11], 0)
         );
+        // The buffer kept its length (and its stale bytes), so a whole run
+        // built in it next needs neither an allocation nor zero-filling;
+        // pages known zero are not read from it.
+        let buf = frame.into_buffer();
+        assert_eq!(buf.len(), MAX_RUN_FRAME);
+        let at = buf.as_ptr();
+        let mut run = RunFrame::new(buf, 2, 0, MAX_RUN_PAGES);
+        run.pages_mut()[..PAGE_SIZE].fill(3);
+        let known_zero = [!1u64, !0, !0, !0];
+        let (frame, counts) = run.finish(&known_zero);
+        assert_eq!(
+            counts,
+            RunCounts {
+                data: 1,
+                zero: MAX_RUN_PAGES - 1
+            }
+        );
+        let (_, _, _, _, _, data) = decode(frame.bytes());
+        assert!(data.len() == PAGE_SIZE && data.iter().all(|&b| b == 3));
+        let buf = frame.into_buffer();
+        assert_eq!(buf.as_ptr(), at);
     }
 
     #[test]
     fn a_flipped_byte_fails_the_checksum() {
         let mut run = RunFrame::new(Vec::new(), 0, 0, 1);
         run.pages_mut().fill(9);
-        let (mut frame, _) = run.finish(&[]);
+        let (frame, _) = run.finish(&[]);
+        let mut frame = frame.bytes().to_vec();
         frame[HEADER_LEN + RUN_HEADER + 1 + 100] ^= 1;
         let mut r = FrameReader::new(&frame[..], |_| true);
         assert!(r.read_frame().is_err());
