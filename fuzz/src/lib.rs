@@ -905,7 +905,8 @@ pub fn abandon_payload(reason: &str) -> Vec<u8> {
     encode_abandon(reason)
 }
 
-/// Encodes frames with tern's own `FrameWriter` (what a real source sends).
+/// Encodes frames with tern's own `FrameWriter` (the same bytes a real source's
+/// `FrameBuf`s carry: a unit test in `protocol::frame` holds the two equal).
 pub fn write_with_frame_writer(frames: &[(u16, Vec<u8>)]) -> Vec<u8> {
     let mut w = FrameWriter::new(Vec::new());
     for (k, p) in frames {
