@@ -123,7 +123,7 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
-    /// Loopback TCP copy throughput only: hot buffers, memory to prefaulted memory, memory to fresh memory.
+    /// Loopback TCP throughput only: plain copies (hot buffers, memory to prefaulted memory, memory to fresh memory) and iperf3.
     Loopback {
         /// MiB to copy.
         #[arg(long, default_value_t = 4096)]
@@ -320,6 +320,15 @@ fn main() -> anyhow::Result<()> {
                             r.mib_per_s(),
                             mib,
                             r.seconds
+                        );
+                    }
+                    let server = bench::iperf::Server::start()?;
+                    for write_size in bench::iperf::WRITE_SIZES {
+                        println!(
+                            "loopback TCP, {}: {:.0} MiB/s ({} MiB)",
+                            bench::iperf::label(write_size),
+                            server.measure(*mib << 20, write_size)?,
+                            mib
                         );
                     }
                 }

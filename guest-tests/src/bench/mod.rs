@@ -3,6 +3,7 @@
 
 pub mod boot;
 pub mod disk;
+pub mod iperf;
 pub mod loopback;
 pub mod memory;
 pub mod migrate;

@@ -9,8 +9,12 @@
 //! loopback throughput, the reference), from memory into prefaulted
 //! memory (what a `--prefault` destination's migration must at least do) and
 //! from memory into fresh memory (the same for a destination without it).
+//! And against the same machine's loopback as `iperf3` measures it, with its
+//! default writes and with 1 MiB writes ([`crate::bench::iperf`]): the figure
+//! an outsider would take for the machine's loopback TCP throughput.
 
 use crate::artifacts;
+use crate::bench::iperf;
 use crate::bench::loopback::{self, Sink, Source};
 use crate::bench::stats::Spread;
 use crate::error::{Error, Result};
@@ -129,6 +133,11 @@ pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Resu
     let mut tern_cpu: [Vec<[f64; 3]>; 2] = Default::default();
     let mut reused_cpu = Vec::new();
     let mut prefaulted_cpu = Vec::new();
+    let iperf_server = iperf::Server::start()?;
+    // Per write size of iperf::WRITE_SIZES: its rates, and per VMM the
+    // round's rate over it.
+    let mut iperf_rates: [Vec<f64>; 2] = Default::default();
+    let mut iperf_ratios: [[Vec<f64>; 2]; 3] = Default::default();
     for _ in 0..runs.max(1) {
         let mut round: [Option<f64>; 3] = [None; 3];
         for (i, (label, hv)) in vmms.iter().enumerate() {
@@ -171,8 +180,16 @@ pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Resu
         let to_fresh =
             loopback::measure_copy(copy_bytes, Source::Memory, Sink::FreshMemory)?.mib_per_s();
         fresh.push(to_fresh);
+        let mut iperf_round = [0.0; 2];
+        for (k, write_size) in iperf::WRITE_SIZES.into_iter().enumerate() {
+            iperf_round[k] = iperf_server.measure(copy_bytes, write_size)?;
+            iperf_rates[k].push(iperf_round[k]);
+        }
         for (i, rate) in round.iter().enumerate() {
             if let Some(rate) = rate {
+                for (k, reference) in iperf_round.iter().enumerate() {
+                    iperf_ratios[i][k].push(rate / reference * 100.0);
+                }
                 ratios[i].push(rate / copy * 100.0);
                 // Only tern with a --prefault destination backs its memory first.
                 let like = if i == 1 { to_prefaulted } else { to_fresh };
@@ -232,6 +249,16 @@ pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Resu
         format!("loopback TCP copy, memory to fresh memory MiB/s (median of {runs})"),
         fresh.show(0),
     ]);
+    for (k, write_size) in iperf::WRITE_SIZES.into_iter().enumerate() {
+        t.row([
+            format!(
+                "loopback TCP, {} MiB/s (median of {})",
+                iperf::label(write_size),
+                iperf_rates[k].len()
+            ),
+            Spread::of(&iperf_rates[k]).map_or("-".into(), |s| s.show(0)),
+        ]);
+    }
     for (i, (label, _)) in vmms.iter().enumerate() {
         t.row([
             format!("{label} / that round's loopback (reused buffers), %"),
@@ -243,6 +270,20 @@ pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Resu
         t.row([
             format!("{label} / that round's memory-to-{like}-memory copy, %"),
             Spread::of(&memory_ratios[i]).map_or("-".into(), |s| s.show(1)),
+        ]);
+    }
+    for (i, (label, _)) in vmms.iter().enumerate() {
+        let shown: Vec<String> = iperf_ratios[i]
+            .iter()
+            .map(|r| Spread::of(r).map_or("-".into(), |s| s.show(1)))
+            .collect();
+        t.row([
+            format!(
+                "{label} / that round's {} / {}, %",
+                iperf::label(iperf::WRITE_SIZES[0]),
+                iperf::label(iperf::WRITE_SIZES[1])
+            ),
+            shown.join(" / "),
         ]);
     }
     let median = |i: usize| spreads[i].map(|s| s.median);
