@@ -119,7 +119,12 @@ impl TernDestination {
             .and_then(|f| f.first())
             .ok_or("no vCPUs to read the TSC of")?;
         let tsc_now = state::read_msr(fd, 0, msr::MSR_IA32_TSC).map_err(|e| e.to_string())?;
-        Ok(kvmclock::clock_at(saved, saved_tsc, tsc_now, khz))
+        let clock = kvmclock::clock_at(saved, saved_tsc, tsc_now, khz);
+        log::debug!(
+            "restore: kvmclock {clock} ns: saved {saved} ns at TSC {saved_tsc}, TSC now {tsc_now} \
+             ({khz} kHz; {elapsed:?} of real time since the save)"
+        );
+        Ok(clock)
     }
 }
 

@@ -151,6 +151,11 @@ impl TernVm {
             }
             None => Command::new(tern()),
         };
+        // Debug lines (switchover steps, the clock carried and set) go into
+        // the captured stderr that failure messages show; TERN_LOG overrides.
+        if std::env::var_os("TERN_LOG").is_none() {
+            cmd.env("TERN_LOG", "debug");
+        }
         let mut child = cmd
             .arg("run")
             .args(args)
