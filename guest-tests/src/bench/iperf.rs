@@ -6,12 +6,12 @@
 //! rate is what the receiving side got.
 
 use std::io::ErrorKind;
-use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::process::Guarded;
+use crate::process::{run_checked, CommandSpec, Guarded};
+use crate::vmm::Endpoint;
 
 /// How many times the client tries to reach a server that is still starting.
 const CONNECT_TRIES: u32 = 50;
@@ -36,15 +36,11 @@ pub struct Server {
 impl Server {
     /// Starts the server; fails clearly when `iperf3` is not installed.
     pub fn start() -> Result<Server> {
-        let io = |what: &'static str| move |e| Error::io(format!("iperf3: {what}"), e);
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(io("finding a free port"))?
-            .port();
-        let mut cmd = Command::new("iperf3");
-        cmd.args(["-s", "-B", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        let port = Endpoint::free_loopback()?.port;
+        let mut cmd = CommandSpec::new("iperf3")
+            .args(["-s", "-B", "127.0.0.1", "-p", &port.to_string()])
+            .command();
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
         let process = Guarded::spawn("iperf3 -s", cmd).map_err(|e| match e {
             Error::Io { source, .. } if source.kind() == ErrorKind::NotFound => {
                 Error::io("iperf3 is not installed (apt-get install iperf3)", source)
@@ -60,7 +56,7 @@ impl Server {
     /// Sends `bytes` to the server with `iperf3 -c`, `write_size` bytes per
     /// write (its default when `None`); MiB/s received.
     pub fn measure(&self, bytes: u64, write_size: Option<usize>) -> Result<f64> {
-        let mut args = vec![
+        let mut client = CommandSpec::new("iperf3").args([
             "-c".to_string(),
             "127.0.0.1".into(),
             "-p".into(),
@@ -68,21 +64,18 @@ impl Server {
             "-n".into(),
             bytes.to_string(),
             "-J".into(),
-        ];
+        ]);
         if let Some(n) = write_size {
-            args.extend(["-l".into(), n.to_string()]);
+            client = client.args(["-l".to_string(), n.to_string()]);
         }
         let mut last = String::new();
         for _ in 0..CONNECT_TRIES {
-            let out = Command::new("iperf3")
-                .args(&args)
-                .stderr(Stdio::null())
-                .output()
-                .map_err(|e| Error::io("iperf3 -c", e))?;
-            let json = String::from_utf8_lossy(&out.stdout);
-            match received_mib_per_s(&json) {
-                Ok(rate) => return Ok(rate),
-                Err(e) => last = e,
+            // A refused connection exits non-zero (its reason is in the JSON
+            // on stdout, which run_checked does not keep): try again.
+            match run_checked(&client).map(|json| received_mib_per_s(&json)) {
+                Ok(Ok(rate)) => return Ok(rate),
+                Ok(Err(e)) => last = e,
+                Err(e) => last = e.to_string(),
             }
             // The server may not be listening yet.
             std::thread::sleep(Duration::from_millis(100));
