@@ -47,6 +47,60 @@ impl Pvclock {
     }
 }
 
+/// The TSC and the second clock at one instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockPair {
+    /// The TSC when the clock was read: the middle of the two reads around it.
+    pub tsc: u64,
+    /// The second clock, in ns.
+    pub ns: u64,
+}
+
+/// Two TSC reads around a clock read further apart than this did not see
+/// one instant: the CPU was stopped or interrupted between them.
+pub const PAIR_MAX_SPREAD_US: u64 = 20;
+/// Attempts at a pair that tight before the tightest one is taken (a clock
+/// read may itself take longer, say a system call on an emulated ring 0).
+pub const PAIR_ATTEMPTS: usize = 4;
+
+/// Reads `clock` between two reads of `tsc` (a `hz` counter) until the two
+/// TSC reads are at most [`PAIR_MAX_SPREAD_US`] apart, at most
+/// [`PAIR_ATTEMPTS`] times, keeping the tightest; None when there is no
+/// second clock.
+///
+/// The continuity check compares how far each clock moved between two
+/// samples, so each sample must read both at one instant. If the CPU stops
+/// between the reads (a migration's switchover, the host descheduling the
+/// vCPU), one reading includes the stop and the other does not, and the
+/// check sees the clocks part by the stop's length in one interval and
+/// meet again in the next: a migration that stopped the guest for 1.9 ms
+/// between a TSC read and a `CLOCK_MONOTONIC` read was once reported as the
+/// clock 1.9 ms behind the TSC.
+pub fn read_pair(
+    tsc: impl Fn() -> u64,
+    clock: impl Fn() -> Option<u64>,
+    hz: u64,
+) -> Option<ClockPair> {
+    let max_spread = us_to_ticks(PAIR_MAX_SPREAD_US, hz);
+    let mut tightest: Option<(u64, ClockPair)> = None;
+    for _ in 0..PAIR_ATTEMPTS {
+        let before = tsc();
+        let ns = clock()?;
+        let spread = tsc().saturating_sub(before);
+        let pair = ClockPair {
+            tsc: before + spread / 2,
+            ns,
+        };
+        if tightest.is_none_or(|(s, _)| spread < s) {
+            tightest = Some((spread, pair));
+        }
+        if spread <= max_spread {
+            break;
+        }
+    }
+    tightest.map(|(_, pair)| pair)
+}
+
 named_enum! {
     /// How the two clocks behaved over a stall-meter interval.
     pub enum ClockStatus {
@@ -77,6 +131,15 @@ pub struct ClockCheck {
 }
 
 impl ClockCheck {
+    /// Samples `pair` (both clocks at one instant), or with no second clock
+    /// the TSC at `now`.
+    pub fn sample_pair(&mut self, now: u64, pair: Option<ClockPair>, tsc_hz: u64) -> ClockVerdict {
+        match pair {
+            Some(p) => self.sample(p.tsc, Some(p.ns), tsc_hz),
+            None => self.sample(now, None, tsc_hz),
+        }
+    }
+
     pub fn sample(&mut self, tsc: u64, clock_ns: Option<u64>, tsc_hz: u64) -> ClockVerdict {
         let prev = self.prev.replace((tsc, clock_ns));
         let ok = ClockVerdict {
@@ -158,6 +221,80 @@ mod tests {
             5_000_000,
             "a zero rate does not divide by zero"
         );
+    }
+
+    #[test]
+    fn a_pair_is_read_again_when_the_cpu_stopped_between_its_reads() {
+        use core::cell::Cell;
+        let hz = 1_000_000_000; // 1 tick = 1 ns
+                                // The TSC and the clock run together (clock = TSC + 7); each read
+                                // takes 1 µs, and the CPU stops for 2 ms inside the first attempt.
+        let now = Cell::new(1_000_000u64);
+        let reads = Cell::new(0);
+        let tsc = || {
+            now.set(now.get() + 1_000);
+            now.get()
+        };
+        let clock = || {
+            reads.set(reads.get() + 1);
+            if reads.get() == 1 {
+                now.set(now.get() + 2_000_000);
+            }
+            now.set(now.get() + 1_000);
+            Some(now.get() + 7)
+        };
+        let pair = read_pair(tsc, clock, hz).unwrap();
+        assert_eq!(reads.get(), 2, "read again after the stop");
+        assert_eq!(pair.ns - pair.tsc, 7, "{pair:?}");
+
+        // A clock that is always slow to read: the tightest of the attempts.
+        let reads = Cell::new(0u64);
+        let slow = || {
+            reads.set(reads.get() + 1);
+            // 100 µs, except the third read: 50 µs.
+            now.set(now.get() + if reads.get() == 3 { 50_000 } else { 100_000 });
+            Some(now.get())
+        };
+        let pair = read_pair(tsc, slow, hz).unwrap();
+        assert_eq!(reads.get() as usize, PAIR_ATTEMPTS);
+        // Its clock was read 50 µs after the first TSC read; the pair's TSC is
+        // the middle of the attempt's 51 µs.
+        assert_eq!(pair.ns - pair.tsc, 50_000 - 25_500, "the tightest attempt");
+
+        // No second clock: no pair, and no retries.
+        let reads = Cell::new(0);
+        let none = || {
+            reads.set(reads.get() + 1);
+            None
+        };
+        assert_eq!(read_pair(tsc, none, hz), None);
+        assert_eq!(reads.get(), 1);
+    }
+
+    #[test]
+    fn a_stop_inside_a_sample_no_longer_looks_like_a_jump() {
+        // What the stall meter used to do: the TSC read at the top of its
+        // loop, the clock later; a 2 ms stop between them parts the clocks
+        // by 2 ms in one interval and the next.
+        let hz = 1_000_000_000;
+        let mut torn = ClockCheck::default();
+        torn.sample(0, Some(0), hz);
+        let v1 = torn.sample(100_000_000, Some(102_000_000), hz);
+        let v2 = torn.sample(200_000_000, Some(200_000_000), hz);
+        assert_eq!(
+            (v1.status, v1.drift_ns),
+            (ClockStatus::Jump, Some(2_000_000))
+        );
+        assert_eq!(
+            (v2.status, v2.drift_ns),
+            (ClockStatus::Jump, Some(-2_000_000))
+        );
+        // Paired reads put the stop between samples, where both clocks see it.
+        let mut paired = ClockCheck::default();
+        paired.sample(0, Some(0), hz);
+        let v1 = paired.sample(102_000_000, Some(102_000_000), hz);
+        let v2 = paired.sample(200_000_000, Some(200_000_000), hz);
+        assert_eq!((v1.status, v2.status), (ClockStatus::Ok, ClockStatus::Ok));
     }
 
     #[test]

@@ -20,7 +20,7 @@
 //! the CPU whenever it wanted it: of a halt only a late wake, past the
 //! deadline it set, is a stall.
 
-use crate::clock::ClockCheck;
+use crate::clock::{ClockCheck, ClockPair};
 use crate::event::{Baseline, Tick};
 use crate::page::PAGE_SIZE;
 
@@ -69,10 +69,10 @@ pub struct StallMeter {
 
 impl StallMeter {
     /// A meter whose first interval starts at `now`, with the clocks read
-    /// then (`clock_ns`).
-    pub fn new(cpu: u32, cfg: MeterConfig, now: u64, clock_ns: Option<u64>) -> Self {
-        let mut clock = ClockCheck::default();
-        clock.sample(now, clock_ns, cfg.tsc_hz);
+    /// then (`clock`).
+    pub fn new(cpu: u32, cfg: MeterConfig, now: u64, clock: Option<ClockPair>) -> Self {
+        let mut check = ClockCheck::default();
+        check.sample_pair(now, clock, cfg.tsc_hz);
         let baseline = if cfg.baseline == 0 {
             BaselineState::Off
         } else {
@@ -89,7 +89,7 @@ impl StallMeter {
             stalled: 0,
             excluded: 0,
             seq: 0,
-            clock,
+            clock: check,
             baseline,
         }
     }
@@ -141,8 +141,9 @@ impl StallMeter {
     /// The loop calls this right after an iteration, so a gap that spans the
     /// nominal end of the interval lies wholly inside it (the interval just
     /// ends later): nothing is split between intervals. A gap still open at
-    /// `now` counts as if an iteration happened then.
-    pub fn finish(&mut self, now: u64, clock_ns: Option<u64>) -> (Tick, Option<Baseline>) {
+    /// `now` counts as if an iteration happened then. `clock` is both clocks
+    /// read together for the continuity check (`Platform::clock_pair`).
+    pub fn finish(&mut self, now: u64, clock: Option<ClockPair>) -> (Tick, Option<Baseline>) {
         let trailing = now.saturating_sub(self.last);
         self.max_gap = self.max_gap.max(trailing);
         if trailing > self.cfg.gap_threshold {
@@ -154,7 +155,7 @@ impl StallMeter {
         let excluded = self.excluded.min(interval);
         let measured = interval - excluded;
         let stalled = self.stalled.min(measured);
-        let verdict = self.clock.sample(now, clock_ns, hz);
+        let verdict = self.clock.sample_pair(now, clock, hz);
         let busy_x100 = (measured > 0)
             .then(|| ((u128::from(measured - stalled) * 10_000) / u128::from(measured)) as u64);
 
@@ -188,7 +189,7 @@ impl StallMeter {
             cpu: self.cpu,
             seq: self.seq,
             tsc: now,
-            clock_ns,
+            clock_ns: clock.map(|c| c.ns),
             interval_us: us(interval),
             work: self.work,
             pages: self.pages,
@@ -226,8 +227,13 @@ mod tests {
     // A 1 MHz "TSC": one tick per µs.
     const HZ: u64 = 1_000_000;
 
+    /// Both clocks read at TSC `tsc`, the second showing `ns`.
+    fn at(tsc: u64, ns: u64) -> Option<ClockPair> {
+        Some(ClockPair { tsc, ns })
+    }
+
     fn meter(baseline_ms: u32) -> StallMeter {
-        StallMeter::new(0, MeterConfig::new(HZ, 100, 50, baseline_ms), 0, Some(0))
+        StallMeter::new(0, MeterConfig::new(HZ, 100, 50, baseline_ms), 0, at(0, 0))
     }
 
     /// Iterates every `step` µs over [from, to), except inside `holes`.
@@ -247,7 +253,7 @@ mod tests {
     fn an_unthrottled_interval_is_fully_busy() {
         let mut m = meter(0);
         run(&mut m, 1, 100_000, 1, &[]);
-        let (t, b) = m.finish(100_000, Some(100_000_000));
+        let (t, b) = m.finish(100_000, at(100_000, 100_000_000));
         assert_eq!(b, None);
         assert_eq!(
             (t.work, t.max_gap_us, t.stalled_us, t.busy_x100),
@@ -337,7 +343,7 @@ mod tests {
         for _ in 0..2560 {
             m.page_dirtied(); // 10 MiB in 100 ms
         }
-        let (t, _) = m.finish(100_000, Some(150_000_000));
+        let (t, _) = m.finish(100_000, at(100_000, 150_000_000));
         assert_eq!(t.dirty_mib_s_x100, 10_000);
         assert_eq!(t.clock, ClockStatus::Jump);
         assert_eq!(t.drift_us, Some(50_000));

@@ -2,6 +2,8 @@
 //! kvmclock, 16550 through service calls) or a Linux process (TSC,
 //! CLOCK_MONOTONIC, stdout/stdin).
 
+use crate::clock::{read_pair, ClockPair};
+
 pub trait Platform: Sync {
     /// The cycle counter all loop timing uses (the TSC).
     fn tsc(&self) -> u64;
@@ -11,6 +13,11 @@ pub trait Platform: Sync {
     fn boot_tsc(&self) -> u64;
     /// The second clock for continuity checks, read on `cpu`, in ns.
     fn clock_ns(&self, cpu: usize) -> Option<u64>;
+    /// The TSC and the second clock at one instant ([`read_pair`]); None
+    /// without a second clock.
+    fn clock_pair(&self, cpu: usize) -> Option<ClockPair> {
+        read_pair(|| self.tsc(), || self.clock_ns(cpu), self.tsc_hz())
+    }
     /// Writes one whole line (ending in `\n`) without interleaving with the
     /// other CPUs' lines.
     fn write_line(&self, line: &str);

@@ -135,7 +135,7 @@ impl<'a, P: Platform> Run<'a, P> {
     fn meter(&self, cpu: usize, now: u64) -> StallMeter {
         let c = &self.config;
         let cfg = MeterConfig::new(self.hz(), c.tick_ms, c.gap_us, c.baseline_ms);
-        StallMeter::new(cpu as u32, cfg, now, self.platform.clock_ns(cpu))
+        StallMeter::new(cpu as u32, cfg, now, self.platform.clock_pair(cpu))
     }
 
     /// A CPU other than the controller: fill, run until stopped, return.
@@ -200,7 +200,7 @@ impl<'a, P: Platform> Run<'a, P> {
             }
             if meter.tick_due(now) {
                 self.coord.count_dirtied(core::mem::take(&mut unflushed));
-                let (tick, baseline) = meter.finish(now, p.clock_ns(cpu));
+                let (tick, baseline) = meter.finish(now, p.clock_pair(cpu));
                 emit(p, &tick);
                 if let Some(b) = baseline {
                     emit(p, &b);

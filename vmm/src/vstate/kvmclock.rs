@@ -5,16 +5,24 @@
 //! (its address is in `MSR_KVM_SYSTEM_TIME_NEW`): the clock at a TSC value is
 //! `system_time + (tsc - tsc_timestamp) * mul / 2^32 >> shift`. Between two
 //! updates of that area the guest's clock runs on its TSC, so it can be ahead
-//! of or behind what `KVM_GET_CLOCK` returns (a CI run saw a Linux guest's
-//! clock 1.86 ms behind its TSC after a migration that carried KVM's value,
-//! 74 ppm of its 25 s uptime). A migration that carried `KVM_GET_CLOCK`'s value
-//! would move the guest's clock backwards by that much; Linux then holds its
-//! clock still until it catches up. So the source carries the clock the guest
-//! itself shows at vCPU 0's saved TSC, and the destination sets it advanced by
-//! exactly as far as that vCPU's TSC has moved on since — both computed from
-//! the TSC, so neither the order of the ioctls nor the time they take opens a
-//! gap between the two clocks (QEMU computes its saved clock from the guest's
-//! area too when KVM's clock is not stable).
+//! of or behind what `KVM_GET_CLOCK` returns, which follows the host's clock
+//! whenever KVM has no stable master clock (on this project's test host the
+//! two agree to 27–41 µs at a switchover). A migration that carried
+//! `KVM_GET_CLOCK`'s value would move the guest's clock backwards by the
+//! difference; Linux then holds its clock still until it catches up. So the
+//! source carries the clock the guest itself shows at vCPU 0's saved TSC, and
+//! the destination sets it advanced by exactly as far as that vCPU's TSC has
+//! moved on since — both computed from the TSC, so neither the order of the
+//! ioctls nor the time they take opens a gap between the two clocks (QEMU
+//! computes its saved clock from the guest's area too when KVM's clock is not
+//! stable).
+//!
+//! (A CI failure and a later local one once put down to the clock carried
+//! here — a Linux guest's clock about 1.9 ms behind its TSC after a
+//! migration — were most likely the test program reading the TSC and
+//! `CLOCK_MONOTONIC` at two instants with the switchover between them; that
+//! guest's `CLOCK_MONOTONIC` runs on the TSC clocksource. See `read_pair` in
+//! guest-tests/workloads/src/clock.rs.)
 
 use vm_memory::{Bytes, GuestAddress};
 
