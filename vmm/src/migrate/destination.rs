@@ -100,31 +100,45 @@ impl TernDestination {
         Ok(slot)
     }
 
-    /// The kvmclock value to set now: the saved clock advanced by as far as
-    /// vCPU 0's TSC has moved on since it was saved, so that the two clocks
-    /// stay in step however long the restore took (see `kvmclock`). Without
-    /// a saved TSC (`saved_tsc`: value and kHz), by the real time that passed.
-    fn clock_now(
+    /// Sets the kvmclock: the saved clock advanced by as far as vCPU 0's TSC
+    /// has moved on since it was saved, so that the two clocks stay in step
+    /// however long the restore took (see `kvmclock`), tied to the real time
+    /// that TSC was read at so that nothing between the read and the setting
+    /// (a preempted thread) leaves the clock behind its TSC. Without a saved
+    /// TSC (`saved_tsc`: value and kHz), the saved clock advanced by the real
+    /// time since the save (`elapsed` as of `elapsed_at`, real time).
+    fn set_clock(
         &self,
         saved: u64,
         saved_tsc: Option<(u64, u32)>,
         elapsed: Duration,
-    ) -> Result<u64, String> {
+        elapsed_at: u64,
+    ) -> Result<(), String> {
+        let vm = &self.machine.vm;
+        let set = |clock, at| {
+            vm.set_clock_ns_as_of(clock, at, realtime_ns)
+                .map_err(|e| e.to_string())
+        };
         let Some((saved_tsc, khz)) = saved_tsc else {
-            return Ok(saved.saturating_add(elapsed.as_nanos() as u64));
+            return set(saved.saturating_add(elapsed.as_nanos() as u64), elapsed_at);
         };
         let fd = self
             .fds
             .as_ref()
             .and_then(|f| f.first())
             .ok_or("no vCPUs to read the TSC of")?;
-        let tsc_now = state::read_msr(fd, 0, msr::MSR_IA32_TSC).map_err(|e| e.to_string())?;
+        let (tsc_now, read_at) = kvmclock::tsc_at_realtime(
+            || state::read_msr(fd, 0, msr::MSR_IA32_TSC).map_err(|e| e.to_string()),
+            realtime_ns,
+        )?;
         let clock = kvmclock::clock_at(saved, saved_tsc, tsc_now, khz);
+        set(clock, read_at)?;
         log::debug!(
-            "restore: kvmclock {clock} ns: saved {saved} ns at TSC {saved_tsc}, TSC now {tsc_now} \
-             ({khz} kHz; {elapsed:?} of real time since the save)"
+            "restore: kvmclock {clock} ns as of TSC {tsc_now}: saved {saved} ns at TSC {saved_tsc} \
+             ({khz} kHz; {elapsed:?} of real time since the save; set {} us after the TSC read)",
+            realtime_ns().saturating_sub(read_at) / 1000
         );
-        Ok(clock)
+        Ok(())
     }
 }
 
@@ -238,7 +252,8 @@ impl DestinationHost for TernDestination {
                 fds.len()
             ));
         }
-        let elapsed = Duration::from_nanos(realtime_ns().saturating_sub(gs.saved_at_realtime_ns))
+        let restore_begun = realtime_ns();
+        let elapsed = Duration::from_nanos(restore_begun.saturating_sub(gs.saved_at_realtime_ns))
             .min(MAX_CLOCK_ADVANCE);
         self.machine
             .vm
@@ -267,11 +282,7 @@ impl DestinationHost for TernDestination {
             }
             state::restore(fd, id, &vs).map_err(|e| e.to_string())?;
         }
-        let clock = self.clock_now(gs.vm.clock.clock, first_tsc, elapsed)?;
-        self.machine
-            .vm
-            .set_clock_ns(clock)
-            .map_err(|e| e.to_string())
+        self.set_clock(gs.vm.clock.clock, first_tsc, elapsed, restore_begun)
     }
 
     fn resume(&mut self) -> Result<(), String> {

@@ -12,10 +12,14 @@
 //! difference; Linux then holds its clock still until it catches up. So the
 //! source carries the clock the guest itself shows at vCPU 0's saved TSC, and
 //! the destination sets it advanced by exactly as far as that vCPU's TSC has
-//! moved on since — both computed from the TSC, so neither the order of the
-//! ioctls nor the time they take opens a gap between the two clocks (QEMU
-//! computes its saved clock from the guest's area too when KVM's clock is not
-//! stable).
+//! moved on since — both computed from the TSC, and the value tied to the
+//! real time that TSC was read at ([`tsc_at_realtime`]), which KVM advances it
+//! by until the instant it sets it — so neither the order of the ioctls nor
+//! the time they take opens a gap between the two clocks (QEMU computes its
+//! saved clock from the guest's area too when KVM's clock is not stable). A
+//! destination that set the value it computed without that tie left the
+//! guest's clock behind its TSC by whatever came between: a 2 ms delay put
+//! in on purpose showed as -2.1 ms on the guest's first tick, every time.
 //!
 //! (A CI failure and a later local one once put down to the clock carried
 //! here — a Linux guest's clock about 1.9 ms behind its TSC after a
@@ -169,6 +173,42 @@ pub fn clock_at(saved_ns: u64, saved_tsc: u64, tsc_now: u64, khz: u32) -> u64 {
     saved_ns.saturating_add(tsc_ticks_to_ns(tsc_now.saturating_sub(saved_tsc), khz))
 }
 
+/// Two real-time reads around a TSC read further apart than this did not
+/// see one instant: the thread was preempted between them.
+pub const MAX_READ_SPREAD_NS: u64 = 100_000;
+/// Attempts at a read that tight before the tightest one is taken.
+pub const READ_ATTEMPTS: usize = 4;
+
+/// A TSC value and the host's real time (ns) when it was read: `read_tsc`
+/// between two reads of `realtime`, read again while those are more than
+/// [`MAX_READ_SPREAD_NS`] apart (at most [`READ_ATTEMPTS`] times, keeping the
+/// tightest), the real time taken as the middle of the two.
+///
+/// The destination computes the kvmclock from a TSC read and KVM anchors the
+/// value it is given at the moment of `KVM_SET_CLOCK`: whatever time passes
+/// between the two (a preempted thread, a log line) would leave the guest's
+/// clock that far behind its TSC. Tied to real time, the value can be
+/// advanced by exactly the time since (see `Vm::set_clock_ns_as_of`).
+pub fn tsc_at_realtime<E>(
+    mut read_tsc: impl FnMut() -> Result<u64, E>,
+    realtime: impl Fn() -> u64,
+) -> Result<(u64, u64), E> {
+    let mut tightest: Option<(u64, (u64, u64))> = None;
+    for _ in 0..READ_ATTEMPTS {
+        let before = realtime();
+        let tsc = read_tsc()?;
+        let spread = realtime().saturating_sub(before);
+        let read = (tsc, before + spread / 2);
+        if tightest.is_none_or(|(s, _)| spread < s) {
+            tightest = Some((spread, read));
+        }
+        if spread <= MAX_READ_SPREAD_NS {
+            break;
+        }
+    }
+    Ok(tightest.map(|(_, read)| read).unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,5 +330,50 @@ mod tests {
             7_000 + 1_000_000_000
         );
         assert_eq!(clock_at(7_000, 1_000, 500, 2_500_000), 7_000, "never back");
+    }
+
+    #[test]
+    fn a_tsc_read_is_tied_to_the_real_time_it_was_read_at() {
+        use std::cell::Cell;
+        // Real time advances 1 µs per read; the first TSC read is preempted
+        // for 3 ms, so it is read again.
+        let now = Cell::new(1_000_000_000u64);
+        let realtime = || {
+            now.set(now.get() + 1_000);
+            now.get()
+        };
+        let reads = Cell::new(0);
+        let tsc = || -> Result<u64, ()> {
+            reads.set(reads.get() + 1);
+            if reads.get() == 1 {
+                now.set(now.get() + 3_000_000);
+            }
+            Ok(now.get() * 2) // a 2 GHz TSC that started with real time
+        };
+        let (t, at) = tsc_at_realtime(tsc, realtime).unwrap();
+        assert_eq!(reads.get(), 2);
+        assert_eq!(
+            t,
+            (at - 500) * 2,
+            "the TSC was read 0.5 µs before the middle"
+        );
+
+        // Always slow: the tightest of the attempts.
+        let reads = Cell::new(0);
+        let slow = || -> Result<u64, ()> {
+            reads.set(reads.get() + 1);
+            now.set(now.get() + if reads.get() == 2 { 200_000 } else { 400_000 });
+            Ok(now.get())
+        };
+        let (t, at) = tsc_at_realtime(slow, realtime).unwrap();
+        assert_eq!(reads.get(), READ_ATTEMPTS);
+        // The TSC (here: real time) was read 200 µs into that attempt's 201 µs.
+        assert_eq!(t - at, 200_000 - 100_500);
+
+        // An error is passed on.
+        assert_eq!(
+            tsc_at_realtime(|| Err::<u64, _>("gone"), realtime),
+            Err("gone")
+        );
     }
 }

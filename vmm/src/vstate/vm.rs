@@ -2,10 +2,11 @@
 //! and the VM-wide state a migration carries (PIC, IOAPIC, PIT, KVM clock).
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, KVM_CLOCK_TSC_STABLE,
-    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY,
+    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, KVM_CLOCK_REALTIME,
+    KVM_CLOCK_TSC_STABLE, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{Cap, VmFd};
 use serde::{Deserialize, Serialize};
 
 use super::dirty_log::{self, DirtyLogError};
@@ -182,7 +183,7 @@ impl Vm {
     }
 
     /// Restores the irqchips and the PIT `save_state` saved, before any vCPU
-    /// runs. The clock is set separately (`set_clock_ns`), once the vCPUs'
+    /// runs. The clock is set separately (`set_clock_ns_as_of`), once the vCPUs'
     /// TSCs are restored, because it is computed from them.
     pub fn restore_state(&self, state: &VmState) -> Result<(), VmError> {
         let setup = |what| move |source| VmError::Setup { what, source };
@@ -197,11 +198,32 @@ impl Vm {
         Ok(())
     }
 
-    /// Sets the KVM clock (kvmclock) to `ns`.
-    pub fn set_clock_ns(&self, ns: u64) -> Result<(), VmError> {
-        let clock = kvm_clock_data {
-            clock: ns,
-            ..Default::default()
+    /// Sets the KVM clock (kvmclock) to `ns` as of the host's real time
+    /// `at_realtime_ns` (`now_realtime_ns` reads it): advanced by the real
+    /// time since, so that the time this call takes to come does not put the
+    /// clock behind. KVM does the advancing itself where it can
+    /// (`KVM_CLOCK_REALTIME`, Linux 5.16), at the instant it sets the clock;
+    /// elsewhere tern does, just before the call.
+    pub fn set_clock_ns_as_of(
+        &self,
+        ns: u64,
+        at_realtime_ns: u64,
+        now_realtime_ns: impl Fn() -> u64,
+    ) -> Result<(), VmError> {
+        let kvm_advances =
+            self.fd.check_extension_int(Cap::AdjustClock) as u32 & KVM_CLOCK_REALTIME != 0;
+        let clock = if kvm_advances {
+            kvm_clock_data {
+                clock: ns,
+                flags: KVM_CLOCK_REALTIME,
+                realtime: at_realtime_ns,
+                ..Default::default()
+            }
+        } else {
+            kvm_clock_data {
+                clock: ns.saturating_add(now_realtime_ns().saturating_sub(at_realtime_ns)),
+                ..Default::default()
+            }
         };
         self.fd.set_clock(&clock).map_err(|source| VmError::Setup {
             what: "restore the KVM clock",
