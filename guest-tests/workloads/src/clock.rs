@@ -226,9 +226,10 @@ mod tests {
     #[test]
     fn a_pair_is_read_again_when_the_cpu_stopped_between_its_reads() {
         use core::cell::Cell;
-        let hz = 1_000_000_000; // 1 tick = 1 ns
-                                // The TSC and the clock run together (clock = TSC + 7); each read
-                                // takes 1 µs, and the CPU stops for 2 ms inside the first attempt.
+        // 1 tick = 1 ns. The TSC and the clock run together (clock = TSC + 7);
+        // each read takes 1 µs, and the CPU stops for 2 ms inside the first
+        // attempt.
+        let hz = 1_000_000_000;
         let now = Cell::new(1_000_000u64);
         let reads = Cell::new(0);
         let tsc = || {
