@@ -2,7 +2,7 @@
 //! `DestinationHost` on a freshly built (not booted) machine.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use kvm_ioctls::VcpuFd;
 use migration::protocol::messages::{zero_map_has, Hello, PAGE_SIZE};
@@ -13,17 +13,9 @@ use super::guest_state::GuestState;
 use super::source::hello;
 use crate::arch::{cpuid, msr};
 use crate::machine::Machine;
-use crate::vstate::kvmclock;
+use crate::vstate::kvmclock::{self, realtime_ns};
 use crate::vstate::memory::MemSlot;
 use crate::vstate::vcpu::{state, Target};
-
-/// Real time since the epoch, ns.
-pub fn realtime_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
 
 /// Longest gap between save and restore the clocks are advanced by; beyond
 /// it the hosts' clocks are not trusted to agree.
@@ -115,10 +107,7 @@ impl TernDestination {
         elapsed_at: u64,
     ) -> Result<(), String> {
         let vm = &self.machine.vm;
-        let set = |clock, at| {
-            vm.set_clock_ns_as_of(clock, at, realtime_ns)
-                .map_err(|e| e.to_string())
-        };
+        let set = |clock, at| vm.set_clock_ns_as_of(clock, at).map_err(|e| e.to_string());
         let Some((saved_tsc, khz)) = saved_tsc else {
             return set(saved.saturating_add(elapsed.as_nanos() as u64), elapsed_at);
         };

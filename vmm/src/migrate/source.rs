@@ -555,7 +555,7 @@ fn migrate_guest(
         vcpus,
         vm,
         devices,
-        saved_at_realtime_ns: super::destination::realtime_ns(),
+        saved_at_realtime_ns: kvmclock::realtime_ns(),
     }
     .encode()
     .map_err(MigrationError::Device)?;

@@ -28,6 +28,8 @@
 //! guest's `CLOCK_MONOTONIC` runs on the TSC clocksource. See `read_pair` in
 //! guest-tests/workloads/src/clock.rs.)
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use vm_memory::{Bytes, GuestAddress};
 
 use super::memory::GuestMemoryMmap;
@@ -171,6 +173,15 @@ impl CarriedClock {
 /// `saved_tsc`, and the TSC now reads `tsc_now`.
 pub fn clock_at(saved_ns: u64, saved_tsc: u64, tsc_now: u64, khz: u32) -> u64 {
     saved_ns.saturating_add(tsc_ticks_to_ns(tsc_now.saturating_sub(saved_tsc), khz))
+}
+
+/// The host's real time (`CLOCK_REALTIME`, what `KVM_CLOCK_REALTIME` counts
+/// in), ns since the epoch.
+pub fn realtime_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// Two real-time reads around a TSC read further apart than this did not

@@ -199,17 +199,12 @@ impl Vm {
     }
 
     /// Sets the KVM clock (kvmclock) to `ns` as of the host's real time
-    /// `at_realtime_ns` (`now_realtime_ns` reads it): advanced by the real
+    /// `at_realtime_ns` (`kvmclock::realtime_ns`): advanced by the real
     /// time since, so that the time this call takes to come does not put the
     /// clock behind. KVM does the advancing itself where it can
     /// (`KVM_CLOCK_REALTIME`, Linux 5.16), at the instant it sets the clock;
     /// elsewhere tern does, just before the call.
-    pub fn set_clock_ns_as_of(
-        &self,
-        ns: u64,
-        at_realtime_ns: u64,
-        now_realtime_ns: impl Fn() -> u64,
-    ) -> Result<(), VmError> {
+    pub fn set_clock_ns_as_of(&self, ns: u64, at_realtime_ns: u64) -> Result<(), VmError> {
         let kvm_advances =
             self.fd.check_extension_int(Cap::AdjustClock) as u32 & KVM_CLOCK_REALTIME != 0;
         let clock = if kvm_advances {
@@ -221,7 +216,8 @@ impl Vm {
             }
         } else {
             kvm_clock_data {
-                clock: ns.saturating_add(now_realtime_ns().saturating_sub(at_realtime_ns)),
+                clock: ns
+                    .saturating_add(super::kvmclock::realtime_ns().saturating_sub(at_realtime_ns)),
                 ..Default::default()
             }
         };
