@@ -103,6 +103,17 @@ fn migrate_and_check(
         "the guest saw a {stall_ms} ms stall for a {downtime_ms} ms downtime"
     );
 
+    // The guest's TSC on the destination is vCPU 0's saved one carried on by
+    // the real time since (the destination reads it back after the restore).
+    // Each side ties its TSC read to real time within 50 us, so more than
+    // 100 us apart is a save or restore that let time slip (before the source
+    // tied its read, it was 37-319 us).
+    let behind_us = tsc_behind_us(&dst.stderr());
+    assert!(
+        behind_us.abs() <= 100,
+        "the guest's TSC is {behind_us} us behind real time on the destination"
+    );
+
     if cmdline.contains("tern.idle=halt") {
         // A halting CPU counts a handful of wakes per tick, a spinning one
         // millions of iterations: it halted on both sides, so its timer
@@ -124,6 +135,20 @@ fn migrate_and_check(
     // The console still takes input and the guest still answers.
     dst.send("verify");
     stats
+}
+
+/// What the destination's debug log says of the guest's TSC after the
+/// restore: how far behind vCPU 0's saved TSC carried on by real time (us).
+fn tsc_behind_us(stderr: &str) -> i64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("restore: guest TSC"))
+        .unwrap_or_else(|| panic!("the destination did not report its guest's TSC:\n{stderr}"));
+    line.split("restore: guest TSC ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable TSC report: {line}"))
 }
 
 #[test]
@@ -251,6 +276,13 @@ fn linux_with_a_dirtying_process_migrates_and_the_process_verifies_its_memory() 
             clock_lines(dst.stderr())
         );
     }
+    // Linux runs its clock on the TSC (the `tsc` clocksource): it must carry on
+    // by the real time the migration took, as in `migrate_and_check`.
+    let behind_us = tsc_behind_us(&dst.stderr());
+    assert!(
+        behind_us.abs() <= 100,
+        "the guest's TSC is {behind_us} us behind real time on the destination"
+    );
     assert_verified(&verify(&mut dst));
     eprintln!(
         "Linux guest migrated: {} ms total, {} ms downtime, {} rounds",

@@ -98,18 +98,17 @@ impl TernDestination {
     /// that TSC was read at so that nothing between the read and the setting
     /// (a preempted thread) leaves the clock behind its TSC. Without a saved
     /// TSC (`saved_tsc`: value and kHz), the saved clock advanced by the real
-    /// time since the save (`elapsed` as of `elapsed_at`, real time).
+    /// time since `saved_at`.
     fn set_clock(
         &self,
         saved: u64,
         saved_tsc: Option<(u64, u32)>,
-        elapsed: Duration,
-        elapsed_at: u64,
+        saved_at: u64,
     ) -> Result<(), String> {
         let vm = &self.machine.vm;
         let set = |clock, at| vm.set_clock_ns_as_of(clock, at).map_err(|e| e.to_string());
         let Some((saved_tsc, khz)) = saved_tsc else {
-            return set(saved.saturating_add(elapsed.as_nanos() as u64), elapsed_at);
+            return set(saved, saved_at);
         };
         let fd = self
             .fds
@@ -122,11 +121,21 @@ impl TernDestination {
         )?;
         let clock = kvmclock::clock_at(saved, saved_tsc, tsc_now, khz);
         set(clock, read_at)?;
+        // How far the guest's TSC is from the saved one carried on by the real
+        // time since: what setting it missed.
+        let due = saved_tsc.wrapping_add(kvmclock::ns_to_tsc_ticks(
+            read_at.saturating_sub(saved_at),
+            khz,
+        ));
+        let behind_us =
+            i128::from(due.wrapping_sub(tsc_now) as i64) * 1000 / i128::from(khz.max(1));
         log::debug!(
             "restore: kvmclock {clock} ns as of TSC {tsc_now}: saved {saved} ns at TSC {saved_tsc} \
-             ({khz} kHz; {elapsed:?} of real time since the save; set {} us after the TSC read)",
+             ({khz} kHz; {} ms of real time since the save; set {} us after the TSC read)",
+            read_at.saturating_sub(saved_at) / 1_000_000,
             realtime_ns().saturating_sub(read_at) / 1000
         );
+        log::debug!("restore: guest TSC {behind_us} us behind real time");
         Ok(())
     }
 }
@@ -241,9 +250,11 @@ impl DestinationHost for TernDestination {
                 fds.len()
             ));
         }
-        let restore_begun = realtime_ns();
-        let elapsed = Duration::from_nanos(restore_begun.saturating_sub(gs.saved_at_realtime_ns))
-            .min(MAX_CLOCK_ADVANCE);
+        // When vCPU 0's saved TSC was current, in real time; a save longer ago
+        // than MAX_CLOCK_ADVANCE counts as that long ago.
+        let saved_at = gs
+            .saved_at_realtime_ns
+            .max(realtime_ns().saturating_sub(MAX_CLOCK_ADVANCE.as_nanos() as u64));
         self.machine
             .vm
             .restore_state(&gs.vm)
@@ -262,16 +273,18 @@ impl DestinationHost for TernDestination {
             fd.set_cpuid2(&cpuid::for_vcpu(&self.machine.cpuid, id, count))
                 .map_err(|e| format!("vCPU {id}: cannot set CPUID: {e}"))?;
             let mut vs = vs;
-            // The TSC moves on with real time too.
+            // The TSC moves on with real time too. KVM takes the value as of
+            // the ioctl that sets it, so it is advanced up to now, vCPU by vCPU.
             if let Some(khz) = vs.tsc_khz {
-                let ticks = (elapsed.as_nanos() as u64).saturating_mul(u64::from(khz)) / 1_000_000;
+                let since = realtime_ns().saturating_sub(saved_at);
+                let ticks = kvmclock::ns_to_tsc_ticks(since, khz);
                 for m in vs.msrs.iter_mut().filter(|m| m.0 == msr::MSR_IA32_TSC) {
                     m.1 = m.1.wrapping_add(ticks);
                 }
             }
             state::restore(fd, id, &vs).map_err(|e| e.to_string())?;
         }
-        self.set_clock(gs.vm.clock.clock, first_tsc, elapsed, restore_begun)
+        self.set_clock(gs.vm.clock.clock, first_tsc, saved_at)
     }
 
     fn resume(&mut self) -> Result<(), String> {

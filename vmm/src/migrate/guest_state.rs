@@ -18,8 +18,9 @@ pub struct GuestState {
     pub vm: VmState,
     /// Devices.
     pub devices: DevicesState,
-    /// The source's real time when the vCPUs were saved, ns since the epoch:
-    /// the destination advances the guest's clocks by the time since.
+    /// The source's real time (ns since the epoch) at which vCPU 0's saved TSC
+    /// was its TSC: the destination advances the guest's TSCs and clock by the
+    /// time since. (A source that could not tie the two: when it saved.)
     pub saved_at_realtime_ns: u64,
 }
 

@@ -551,11 +551,15 @@ fn migrate_guest(
         kvmclock::CarriedClock::Kvm(_) => {}
     }
     vm.clock.clock = carried.ns();
+    let saved_at_realtime_ns = vcpus
+        .first()
+        .and_then(|v| v.tsc_read_at_realtime_ns)
+        .unwrap_or_else(kvmclock::realtime_ns);
     let blob = GuestState {
         vcpus,
         vm,
         devices,
-        saved_at_realtime_ns: kvmclock::realtime_ns(),
+        saved_at_realtime_ns,
     }
     .encode()
     .map_err(MigrationError::Device)?;

@@ -96,6 +96,11 @@ pub fn tsc_ticks_to_ns(ticks: u64, khz: u32) -> u64 {
     (u128::from(ticks) * 1_000_000 / u128::from(khz.max(1))).min(u128::from(u64::MAX)) as u64
 }
 
+/// `ns` nanoseconds in ticks of a `khz` TSC.
+pub fn ns_to_tsc_ticks(ns: u64, khz: u32) -> u64 {
+    (u128::from(ns) * u128::from(khz) / 1_000_000).min(u128::from(u64::MAX)) as u64
+}
+
 /// vCPU `state`'s kvmclock area, if the guest enabled one and it is readable
 /// and not mid-update.
 fn area_of(mem: &GuestMemoryMmap, state: &VcpuState) -> Option<PvclockArea> {
@@ -268,6 +273,7 @@ mod tests {
             events: Default::default(),
             msrs,
             tsc_khz: Some(2_500_000),
+            tsc_read_at_realtime_ns: None,
         }
     }
 

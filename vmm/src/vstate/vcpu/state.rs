@@ -9,6 +9,7 @@ use kvm_ioctls::VcpuFd;
 use serde::{Deserialize, Serialize};
 
 use crate::arch::{cpuid, msr, regs};
+use crate::vstate::kvmclock;
 
 /// Errors configuring, saving or restoring a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +83,12 @@ pub struct VcpuState {
     pub msrs: Vec<(u32, u64)>,
     /// TSC frequency in kHz.
     pub tsc_khz: Option<u32>,
+    /// The host's real time (`kvmclock::realtime_ns`) at which the saved TSC
+    /// (in `msrs`) was this vCPU's TSC: what the destination advances the TSC
+    /// from. The source puts vCPU 0's in `GuestState::saved_at_realtime_ns`;
+    /// it is not sent per vCPU.
+    #[serde(skip)]
+    pub tsc_read_at_realtime_ns: Option<u64>,
 }
 
 impl VcpuState {
@@ -255,7 +262,19 @@ pub fn save(
             failed: entries[n].index,
         });
     }
-    let msrs = list.as_slice().iter().map(|e| (e.index, e.data)).collect();
+    let mut msrs: Vec<(u32, u64)> = list.as_slice().iter().map(|e| (e.index, e.data)).collect();
+    // The TSC runs on while the vCPU is paused, so any reading of it is as good
+    // a snapshot as the one in the list; this one is tied to the real time it
+    // was read at, which the destination advances it from.
+    let mut tsc_read_at_realtime_ns = None;
+    if let Some(saved) = msrs.iter_mut().find(|m| m.0 == msr::MSR_IA32_TSC) {
+        let (tsc, at) = kvmclock::tsc_at_realtime(
+            || read_msr(fd, id, msr::MSR_IA32_TSC),
+            kvmclock::realtime_ns,
+        )?;
+        saved.1 = tsc;
+        tsc_read_at_realtime_ns = Some(at);
+    }
     let tsc_khz = fd.get_tsc_khz().ok();
     Ok(VcpuState {
         id,
@@ -269,6 +288,7 @@ pub fn save(
         events,
         msrs,
         tsc_khz,
+        tsc_read_at_realtime_ns,
     })
 }
 
