@@ -3,9 +3,11 @@
 
 mod common;
 
+use tern_guest_tests::bench::keep_failed_run;
 use tern_guest_tests::run::Injection;
 use tern_guest_tests::verifier::FindingKind;
 use tern_guest_tests::vmm::VmmKind;
+use tern_guest_tests::workdir::WorkDir;
 
 #[test]
 fn a_page_corrupted_after_migration_is_named() {
@@ -33,6 +35,15 @@ fn a_page_corrupted_after_migration_is_named() {
         "{}",
         finding.message
     );
+    // A bench keeps such a run where its note says, with the verdict in it.
+    let root = WorkDir::create("kept").expect("work dir");
+    let note = keep_failed_run(root.path(), &r);
+    let dir = note
+        .strip_prefix("run kept in ")
+        .unwrap_or_else(|| panic!("{note}"));
+    let json = std::fs::read_to_string(std::path::Path::new(dir).join("dirty-low-qemu.json"))
+        .expect("the kept record");
+    assert!(json.contains(&format!("page {page} (torn)")), "{json}");
 }
 
 #[test]

@@ -7,6 +7,8 @@
 //! sent everything. Two columns compare like with like: "paused→sent" (tern's
 //! time to that same point beside QEMU's downtime) and the guest's view.
 
+use std::path::Path;
+
 use crate::artifacts;
 use crate::bench::stats::Spread;
 use crate::error::{Error, Result};
@@ -75,10 +77,11 @@ pub fn run(tern: &dyn Hypervisor, qemu: &dyn Hypervisor, runs: usize) -> Result<
                 match run_scenario(hv, &scenario, &ctx) {
                     Ok(r) if r.migration.status.completed() && r.verdict.passed => done.push(r),
                     Ok(r) => notes.push(format!(
-                        "{label} {}: {:?}; verify {}",
+                        "{label} {}: {:?}; verify {} ({})",
                         hv.kind().label(),
                         r.migration.status,
-                        r.verdict.short()
+                        r.verdict.short(),
+                        super::keep_failed_run(Path::new(super::FAILED_RUNS_DIR), &r)
                     )),
                     Err(Error::Interrupted) => return Err(Error::Interrupted),
                     Err(e) => notes.push(format!("{label} {}: {e}", hv.kind().label())),

@@ -13,6 +13,8 @@
 //! default writes and with 1 MiB writes ([`crate::bench::iperf`]): the figure
 //! an outsider would take for the machine's loopback TCP throughput.
 
+use std::path::Path;
+
 use crate::artifacts;
 use crate::bench::iperf;
 use crate::bench::loopback::{self, Sink, Source};
@@ -150,9 +152,10 @@ pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Resu
             let r = run_scenario(*hv, &scenario, &ctx)?;
             if !r.migration.status.completed() || !r.verdict.passed {
                 notes.push(format!(
-                    "{label}: {}; verify {}",
+                    "{label}: {}; verify {} ({})",
                     r.migration.status.short(),
-                    r.verdict.short()
+                    r.verdict.short(),
+                    super::keep_failed_run(Path::new(super::FAILED_RUNS_DIR), &r)
                 ));
                 continue;
             }
