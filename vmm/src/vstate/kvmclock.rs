@@ -350,6 +350,16 @@ mod tests {
     }
 
     #[test]
+    fn nanoseconds_and_tsc_ticks_convert_both_ways() {
+        // 2.6 GHz: 1 ms is 2.6 million ticks, and back.
+        assert_eq!(ns_to_tsc_ticks(1_000_000, 2_600_000), 2_600_000);
+        assert_eq!(tsc_ticks_to_ns(2_600_000, 2_600_000), 1_000_000);
+        // A minute at 5 GHz does not overflow on the way.
+        assert_eq!(ns_to_tsc_ticks(60_000_000_000, 5_000_000), 300_000_000_000);
+        assert_eq!(ns_to_tsc_ticks(u64::MAX, u32::MAX), u64::MAX);
+    }
+
+    #[test]
     fn a_tsc_read_is_tied_to_the_real_time_it_was_read_at() {
         use std::cell::Cell;
         // Real time advances 1 µs per read; the first TSC read is preempted
