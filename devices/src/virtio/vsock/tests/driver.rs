@@ -86,6 +86,9 @@ pub struct Guest<'a> {
     pub events: Vec<u32>,
     /// Rx buffers the device gave back empty.
     pub empty_rx: usize,
+    /// Packets that came after the one `wait_for` returned, in the same
+    /// poll: the next `poll` returns them first.
+    pub backlog: Vec<(Header, Vec<u8>)>,
 }
 
 impl<'a> Guest<'a> {
@@ -110,6 +113,7 @@ impl<'a> Guest<'a> {
             tx_free: (0..128).map(|i| 0x400_0000 + i * TX_BUF_LEN).collect(),
             events: Vec::new(),
             empty_rx: 0,
+            backlog: Vec::new(),
         }
     }
 
@@ -166,7 +170,7 @@ impl<'a> Guest<'a> {
             self.events
                 .push(self.mem.read_obj(GuestAddress(0x80_0000)).unwrap());
         }
-        let mut got = Vec::new();
+        let mut got = std::mem::take(&mut self.backlog);
         while let Some((head, len)) = self.rx.next_used() {
             let addr = self.rx_bufs.remove(&head).unwrap();
             self.rx_free.push(addr);
@@ -189,12 +193,16 @@ impl<'a> Guest<'a> {
         got
     }
 
-    /// Polls until a packet with `op` arrives; returns it (others are dropped).
+    /// Polls until a packet with `op` arrives; returns it. Packets before it
+    /// are dropped; those after it, from the same poll, are kept for the next
+    /// (host data can follow a RESPONSE at once).
     pub fn wait_for(&mut self, op: u16) -> (Header, Vec<u8>) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            for (h, p) in self.poll(50) {
+            let mut batch = self.poll(50).into_iter();
+            while let Some((h, p)) = batch.next() {
                 if h.op == op {
+                    self.backlog.extend(batch);
                     return (h, p);
                 }
             }
