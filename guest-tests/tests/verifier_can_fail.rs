@@ -35,14 +35,10 @@ fn a_page_corrupted_after_migration_is_named() {
         "{}",
         finding.message
     );
-    // A bench keeps such a run where its note says, with the verdict in it.
+    // A bench keeps such a run, with the verdict in it.
     let root = WorkDir::create("kept").expect("work dir");
-    let note = keep_failed_run(root.path(), &r);
-    let dir = note
-        .strip_prefix("run kept in ")
-        .unwrap_or_else(|| panic!("{note}"));
-    let json = std::fs::read_to_string(std::path::Path::new(dir).join("dirty-low-qemu.json"))
-        .expect("the kept record");
+    let dir = keep_failed_run(root.path(), &r).expect("the run kept");
+    let json = std::fs::read_to_string(dir.join("dirty-low-qemu.json")).expect("the kept record");
     assert!(json.contains(&format!("page {page} (torn)")), "{json}");
 }
 

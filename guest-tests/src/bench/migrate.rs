@@ -7,8 +7,6 @@
 //! sent everything. Two columns compare like with like: "paused→sent" (tern's
 //! time to that same point beside QEMU's downtime) and the guest's view.
 
-use std::path::Path;
-
 use crate::artifacts;
 use crate::bench::stats::Spread;
 use crate::error::{Error, Result};
@@ -81,7 +79,7 @@ pub fn run(tern: &dyn Hypervisor, qemu: &dyn Hypervisor, runs: usize) -> Result<
                         hv.kind().label(),
                         r.migration.status,
                         r.verdict.short(),
-                        super::keep_failed_run(Path::new(super::FAILED_RUNS_DIR), &r)
+                        super::kept(&r)
                     )),
                     Err(Error::Interrupted) => return Err(Error::Interrupted),
                     Err(e) => notes.push(format!("{label} {}: {e}", hv.kind().label())),

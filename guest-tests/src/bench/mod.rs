@@ -10,9 +10,10 @@ pub mod migrate;
 pub mod send_rate;
 pub mod stats;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::error::Result;
 use crate::report;
 use crate::run::RunResult;
 
@@ -23,9 +24,8 @@ pub const FAILED_RUNS_DIR: &str = "tern-results/bench-failures";
 
 /// Keeps run `r` (`report::write_run`: the JSON with every console line and
 /// both VMMs' logs, the timeline, the summary) in a directory of its own under
-/// `root` ([`FAILED_RUNS_DIR`] for the benchmarks), and says where, for the
-/// bench's note.
-pub fn keep_failed_run(root: &Path, r: &RunResult) -> String {
+/// `root`, and returns that directory.
+pub fn keep_failed_run(root: &Path, r: &RunResult) -> Result<PathBuf> {
     static N: AtomicU32 = AtomicU32::new(0);
     let dir = root.join(format!(
         "{}-{}-{}",
@@ -33,8 +33,15 @@ pub fn keep_failed_run(root: &Path, r: &RunResult) -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ));
-    match report::write_run(&dir, r) {
-        Ok(_) => format!("run kept in {}", dir.display()),
+    report::write_run(&dir, r)?;
+    Ok(dir)
+}
+
+/// Keeps a failed run under [`FAILED_RUNS_DIR`] and says where, for a bench's
+/// note.
+fn kept(r: &RunResult) -> String {
+    match keep_failed_run(Path::new(FAILED_RUNS_DIR), r) {
+        Ok(dir) => format!("run kept in {}", dir.display()),
         Err(e) => format!("the run could not be kept: {e}"),
     }
 }

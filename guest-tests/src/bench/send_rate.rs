@@ -13,8 +13,6 @@
 //! default writes and with 1 MiB writes ([`crate::bench::iperf`]): the figure
 //! an outsider would take for the machine's loopback TCP throughput.
 
-use std::path::Path;
-
 use crate::artifacts;
 use crate::bench::iperf;
 use crate::bench::loopback::{self, Sink, Source};
@@ -155,7 +153,7 @@ pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Resu
                     "{label}: {}; verify {} ({})",
                     r.migration.status.short(),
                     r.verdict.short(),
-                    super::keep_failed_run(Path::new(super::FAILED_RUNS_DIR), &r)
+                    super::kept(&r)
                 ));
                 continue;
             }
