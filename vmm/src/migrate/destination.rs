@@ -131,8 +131,8 @@ impl TernDestination {
             i128::from(due.wrapping_sub(tsc_now) as i64) * 1000 / i128::from(khz.max(1));
         log::debug!(
             "restore: kvmclock {clock} ns as of TSC {tsc_now}: saved {saved} ns at TSC {saved_tsc} \
-             ({khz} kHz; {} ms of real time since the save; set {} us after the TSC read)",
-            read_at.saturating_sub(saved_at) / 1_000_000,
+             ({khz} kHz; {} us of real time since the save; set {} us after the TSC read)",
+            read_at.saturating_sub(saved_at) / 1000,
             realtime_ns().saturating_sub(read_at) / 1000
         );
         log::debug!("restore: guest TSC {behind_us} us behind real time");
