@@ -313,9 +313,7 @@ pub fn run_scenario(
             migration.notes.push(note);
         }
         src.console.drain_until_closed(Duration::from_secs(5))?;
-        if let Some(fragment) = src.console.take_unfinished() {
-            dst.console.prepend_to_first_line(fragment);
-        }
+        src.console.hand_over_unfinished(&mut dst.console);
         after(&mut dst, Side::Destination)
     } else {
         after(&mut src, Side::Source)

@@ -174,8 +174,10 @@ service_dispatch:
     je triple_fault
     iretq
 
-/* %di = port, %rsi = bytes, %rdx = count: a single rep outsb, which KVM
- * forwards as one exit however long the line. */
+/* %di = port, %rsi = bytes, %rdx = count: a single rep outsb. KVM's
+ * emulator still exits to the VMM once per byte (strace: one KVM_RUN per
+ * byte of console output), so a migration can pause the guest mid-line and
+ * the destination writes the rest; the runner joins the two parts. */
 port_write_bytes:
     mov %rdx, %rcx
     mov %edi, %edx
