@@ -1034,57 +1034,81 @@ fn check_drain(stats: &Value, drained: bool) {
 
 #[test]
 fn disk_writes_at_qd32_survive_a_live_migration() {
+    disk_writes_survive_migrations("mig-disk", 1);
+}
+
+/// A destination is a source like any other: the guest moves on twice more,
+/// each time from the tern that received it, its virtio-blk queue restored
+/// and saved again with 32 writes in flight.
+#[test]
+fn disk_writes_survive_three_migrations_in_a_row() {
+    disk_writes_survive_migrations("mig-disk3", 3);
+}
+
+/// Boots the test guest writing its disk at queue depth 32, migrates it
+/// `hops` times (each destination the next source, all on one disk image),
+/// then has the last one stop and read back every block.
+fn disk_writes_survive_migrations(tag: &str, hops: usize) {
     let _g = serial();
-    let dir = Scratch::new("mig-disk");
+    let dir = Scratch::new(tag);
     let img = dir.path("disk.img");
     sparse_image(&img, DISK_MIB + 4);
     let disk = img.display().to_string();
-    let src_api = dir.path("src.sock");
-    let uri = format!("unix:{}", dir.path("mig.sock").display());
+    let mut api = dir.path("api.0.sock");
 
     // Write passes until `stop`, 32 requests in flight.
     let mut src = boot_testguest(
         1,
         "256M",
         &format!("{WRITE_256} tern.passes=0"),
-        Some(&src_api),
+        Some(&api),
         &["--disk", &disk],
     );
     src.wait_event("disk_tick", 10, Duration::from_secs(30));
-    let mut dst = start_destination(&uri, 1, "256M", None, &["--disk", &disk]);
-    let (code, stats, stderr) = migrate(&src_api, &uri, &[]);
-    assert_eq!(
-        code,
-        0,
-        "migration failed: {stderr}\n{stats}\nsource: {}",
-        src.stderr()
-    );
-    assert_eq!(
-        src.wait_exit(Duration::from_secs(10)).code(),
-        Some(0),
-        "{}",
-        src.stderr()
-    );
-    eprintln!("source stderr:\n{}", src.stderr());
-    check_drain(&stats, true);
-    let src_ticks = src.events("disk_tick");
-    assert!(
-        src_ticks.iter().all(|t| u(t, "errors") == 0),
-        "write errors on the source"
-    );
-    let src_requests: u64 = src_ticks.iter().map(|t| u(t, "requests")).sum();
+    for hop in 1..=hops {
+        let uri = format!("unix:{}", dir.path(&format!("mig.{hop}.sock")).display());
+        let next_api = dir.path(&format!("api.{hop}.sock"));
+        let dst = start_destination(&uri, 1, "256M", Some(&next_api), &["--disk", &disk]);
+        let (code, stats, stderr) = migrate(&api, &uri, &[]);
+        assert_eq!(
+            code,
+            0,
+            "migration {hop} failed: {stderr}\n{stats}\nsource: {}",
+            src.stderr()
+        );
+        assert_eq!(
+            src.wait_exit(Duration::from_secs(10)).code(),
+            Some(0),
+            "{}",
+            src.stderr()
+        );
+        eprintln!("migration {hop}: source stderr:\n{}", src.stderr());
+        check_drain(&stats, true);
+        let src_ticks = src.events("disk_tick");
+        assert!(
+            src_ticks.iter().all(|t| u(t, "errors") == 0),
+            "write errors before migration {hop}"
+        );
+        let src_requests: u64 = src_ticks.iter().map(|t| u(t, "requests")).sum();
 
-    // The writes go on on the destination.
-    dst.wait_event("disk_tick", 10, Duration::from_secs(30));
-    let dst_ticks = dst.events("disk_tick");
-    let dst_requests: u64 = dst_ticks.iter().map(|t| u(t, "requests")).sum();
-    assert!(dst_requests > 0, "no writes completed on the destination");
-    let stall = dst_ticks
-        .iter()
-        .map(|t| u(t, "max_latency_us"))
-        .max()
-        .unwrap_or(0);
-    eprintln!("{src_requests} writes on the source, {dst_requests} so far on the destination; slowest request {stall} us");
+        // The writes go on on the destination.
+        dst.wait_event("disk_tick", 10, Duration::from_secs(30));
+        let dst_ticks = dst.events("disk_tick");
+        let dst_requests: u64 = dst_ticks.iter().map(|t| u(t, "requests")).sum();
+        assert!(
+            dst_requests > 0,
+            "no writes completed after migration {hop}"
+        );
+        let stall = dst_ticks
+            .iter()
+            .map(|t| u(t, "max_latency_us"))
+            .max()
+            .unwrap_or(0);
+        eprintln!("migration {hop}: {src_requests} writes before, {dst_requests} so far after; slowest request {stall} us");
+        src = dst;
+        api = next_api;
+    }
+    let mut dst = src;
 
     // Stop (in-flight requests complete, flush, header, flush), then read
     // back every block against the acknowledged writes of this boot:
