@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Migrates one test guest many times in a row between local tern instances,
+# each destination the next source, and checks every switchover.
+#
+# The guest (the ring-3 test guest's dirtier, halting between ticks) fills its
+# working set, then ticks. Each hop starts a destination, waits a random
+# 0.2-0.7 s (so switchovers land anywhere in the guest's tick cycle, mid-line
+# included), migrates over a Unix socket and waits for the source to exit.
+# At the end the last tern's guest verifies every page it wrote. Checked:
+#   - every migration completed and every source exited cleanly;
+#   - each vCPU's ticks run on with none lost or repeated across all hops
+#     (a console line a switchover cut in two is joined, as the runner does);
+#   - with --check-sent, every page matched what was last sent at each
+#     switchover (TERN_DEBUG_CHECK_SENT=1; it lengthens the downtime);
+#   - the final memory verification.
+# Prints one line per hop and a summary; exits 1 on any failure, keeping the
+# work directory (consoles, logs, statistics) and printing where it is.
+#
+#   tools/migrate-in-a-row.sh [--hops N] [--memory MiB] [--ws MiB] [--rate MiB/s]
+#                             [--tick-ms MS] [--cpus N] [--prefault] [--check-sent]
+#   (root, /dev/kvm; defaults: 50 hops, 256 MiB, ws 128, rate 0, 10 ms ticks, 1 vCPU)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+hops=50 mem=256 ws=128 rate=0 tick=10 cpus=1 prefault="" check_sent=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --hops) hops=$2; shift 2 ;;
+    --memory) mem=$2; shift 2 ;;
+    --ws) ws=$2; shift 2 ;;
+    --rate) rate=$2; shift 2 ;;
+    --tick-ms) tick=$2; shift 2 ;;
+    --cpus) cpus=$2; shift 2 ;;
+    --prefault) prefault=--prefault; shift ;;
+    --check-sent) check_sent=1; shift ;;
+    *) echo "usage: $0 [--hops N] [--memory MiB] [--ws MiB] [--rate MiB/s] [--tick-ms MS] [--cpus N] [--prefault] [--check-sent]" >&2; exit 2 ;;
+  esac
+done
+tern=$PWD/target/release/tern
+[ -x "$tern" ] || { echo "error: build tern first: cargo build --release -p tern-vmm" >&2; exit 1; }
+[ -e /dev/kvm ] || { echo "error: /dev/kvm is missing" >&2; exit 1; }
+eval "$(resources/build-guest.sh | grep -E '^testguest=')"
+
+work=$(mktemp -d /tmp/tern-in-a-row.XXXXXX)
+failed=1
+cleanup() {
+  pkill -f -- "--api-socket $work/" 2>/dev/null || true
+  if [ "$failed" = 0 ]; then rm -rf "$work"; else echo "kept: $work" >&2; fi
+}
+trap cleanup EXIT
+export TERN_LOG=debug
+[ -n "$check_sent" ] && export TERN_DEBUG_CHECK_SENT=1
+
+# Every tern reads the guest's serial input from its own FIFO, held open here
+# (read-write, so neither side blocks) for the final `verify`.
+start_tern() { # INDEX ARGS...
+  local i=$1; shift
+  mkfifo "$work/in.$i"
+  exec {fd}<>"$work/in.$i"
+  eval "in_fd_$i=$fd"
+  "$tern" run "$@" --api-socket "$work/api.$i" <"$work/in.$i" >"$work/out.$i" 2>"$work/err.$i" &
+  eval "pid_$i=$!"
+}
+wait_for() { # FILE PATTERN SECONDS
+  local end=$((SECONDS + $3))
+  until grep -q "$2" "$1" 2>/dev/null; do
+    [ $SECONDS -lt $end ] || { echo "error: '$2' did not appear in $1 within $3 s" >&2; tail -5 "$1" >&2; exit 1; }
+    sleep 0.05
+  done
+}
+
+cmdline="tern.test=dirtier tern.ws=$ws tern.rate=$rate tern.pattern=seq tern.idle=halt tern.tick_ms=$tick"
+start_tern 0 --kernel "$testguest" --cpus "$cpus" --memory "${mem}M" --cmdline "$cmdline"
+wait_for "$work/out.0" '"event":"tick"' 120
+
+for i in $(seq 1 "$hops"); do
+  prev=$((i - 1))
+  start_tern "$i" --incoming "unix:$work/mig.$i" --cpus "$cpus" --memory "${mem}M" $prefault
+  wait_for "$work/err.$i" "waiting for an incoming migration" 60
+  sleep "$(awk -v s="$RANDOM" 'BEGIN { srand(s); printf "%.3f", 0.2 + rand() * 0.5 }')"
+  if ! "$tern" migrate --api-socket "$work/api.$prev" --to "unix:$work/mig.$i" --json \
+      >"$work/mig.$i.json" 2>"$work/migerr.$i"; then
+    echo "hop $i: the migration failed:" >&2; cat "$work/migerr.$i" >&2; exit 1
+  fi
+  pid=pid_$prev
+  if ! wait "${!pid}"; then echo "hop $i: the source exited with an error:" >&2; tail -5 "$work/err.$prev" >&2; exit 1; fi
+  python3 - "$work/mig.$i.json" "$i" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print(f"hop {sys.argv[2]}: {d['phase']}, {d['total_ms']:.0f} ms total, {d['downtime_ms']:.1f} ms downtime, {d['rounds']} rounds")
+PY
+done
+last=$hops
+
+# The final verification, on the last tern's guest.
+wait_for "$work/out.$last" '"event":"tick"' 30
+fd=in_fd_$last
+echo verify >&"${!fd}"
+wait_for "$work/out.$last" '"event":"verify"' 120
+
+python3 - "$work" "$hops" "$check_sent" <<'PY'
+import json, re, statistics, sys
+work, hops, check_sent = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+tick = re.compile(r'^tern-guest: \{"event":"tick","cpu":(\d+),"seq":(\d+),')
+problems, cuts, before_newline = [], 0, 0
+last = {}   # cpu -> (seq, console index)
+carry = ""
+for i in range(hops + 1):
+    text = carry + open(f"{work}/out.{i}", errors="replace").read()
+    lines = text.split("\n")
+    carry = lines.pop()          # "" when the output ended with a newline
+    if carry and i < hops:
+        cuts += 1
+        before_newline += carry.endswith("}")
+    for line in lines:
+        if line.count("tern-guest: ") > 1 or ("tern-guest: " in line and not line.startswith("tern-guest: ")):
+            problems.append(f"garbled line on tern {i}: {line[:120]}")
+            continue
+        m = tick.match(line)
+        if not m:
+            continue
+        cpu, seq = int(m[1]), int(m[2])
+        if cpu in last and seq != last[cpu][0] + 1:
+            where = f"across switchover {i}" if last[cpu][1] != i else f"on tern {i}"
+            problems.append(f"cpu {cpu}: tick {seq} after tick {last[cpu][0]} {where}")
+        last[cpu] = (seq, i)
+    if i < hops and check_sent:
+        err = open(f"{work}/err.{i}", errors="replace").read()
+        if "every page matches what was sent" not in err:
+            bad = [l for l in err.splitlines() if "TERN_DEBUG_CHECK_SENT" in l]
+            problems.append(f"switchover {i + 1}: {bad[0] if bad else 'no page check reported'}")
+verify = [json.loads(l.split("tern-guest: ", 1)[1]) for l in open(f"{work}/out.{hops}", errors="replace")
+          if l.startswith('tern-guest: {"event":"verify"')]
+if not verify or verify[-1].get("ok") is not True:
+    problems.append(f"memory did not verify: {verify[-1] if verify else 'no answer'}")
+stats = [json.load(open(f"{work}/mig.{i}.json")) for i in range(1, hops + 1)]
+def spread(key):
+    v = [s[key] for s in stats]
+    return f"median {statistics.median(v):.1f}, max {max(v):.1f}"
+print(f"{hops} migrations: total ms {spread('total_ms')}; downtime ms {spread('downtime_ms')}")
+print(f"console lines cut by a switchover: {cuts} ({before_newline} just before the newline)")
+print(f"ticks: {sum(1 for _ in last)} vCPU(s), last tick {max(s for s, _ in last.values()) if last else '-'}")
+print(f"pages checked against what was sent: {'yes, every switchover' if check_sent else 'no (--check-sent)'}")
+print(f"memory: {'verified' if verify and verify[-1].get('ok') is True else 'NOT verified'}")
+for p in problems:
+    print(f"FAIL: {p}")
+sys.exit(1 if problems else 0)
+PY
+failed=0
