@@ -1069,19 +1069,7 @@ fn disk_writes_survive_migrations(tag: &str, hops: usize) {
         let uri = format!("unix:{}", dir.path(&format!("mig.{hop}.sock")).display());
         let next_api = dir.path(&format!("api.{hop}.sock"));
         let dst = start_destination(&uri, 1, "256M", Some(&next_api), &["--disk", &disk]);
-        let (code, stats, stderr) = migrate(&api, &uri, &[]);
-        assert_eq!(
-            code,
-            0,
-            "migration {hop} failed: {stderr}\n{stats}\nsource: {}",
-            src.stderr()
-        );
-        assert_eq!(
-            src.wait_exit(Duration::from_secs(10)).code(),
-            Some(0),
-            "{}",
-            src.stderr()
-        );
+        let stats = migrate_to_completion(&mut src, &api, &uri, &[]);
         eprintln!("migration {hop}: source stderr:\n{}", src.stderr());
         check_drain(&stats, true);
         let src_ticks = src.events("disk_tick");
@@ -1204,19 +1192,7 @@ fn network_traffic_continues_across_a_live_migration() {
         Duration::from_secs(30),
     );
     let mut dst = start_destination_in(ns.name(), &uri, 1, "256M", None, &["--net", "tap=tap1"]);
-    let (code, stats, stderr) = migrate(&src_api, &uri, &[]);
-    assert_eq!(
-        code,
-        0,
-        "migration failed: {stderr}\n{stats}\nsource: {}",
-        src.stderr()
-    );
-    assert_eq!(
-        src.wait_exit(Duration::from_secs(10)).code(),
-        Some(0),
-        "{}",
-        src.stderr()
-    );
+    let stats = migrate_to_completion(&mut src, &src_api, &uri, &[]);
     eprintln!("source stderr:\n{}", src.stderr());
     check_drain(&stats, false);
     let before = last_net_tick(&src).expect("net ticks on the source");

@@ -443,6 +443,28 @@ pub fn migrate(src_api: &Path, to: &str, extra: &[&str]) -> (i32, Value, String)
     (out.status.code().unwrap_or(-1), stats, stderr)
 }
 
+/// Migrates the guest in `src` (whose API socket is `src_api`) to `to` and
+/// asserts that the migration completed and the source then exited cleanly;
+/// returns the statistics.
+pub fn migrate_to_completion(src: &mut TernVm, src_api: &Path, to: &str, extra: &[&str]) -> Value {
+    let (code, stats, stderr) = migrate(src_api, to, extra);
+    assert_eq!(
+        code,
+        0,
+        "migration failed: {stderr}\n{stats}\nsource: {}",
+        src.stderr()
+    );
+    assert_eq!(stats["phase"], "completed", "{stats}");
+    let status = src.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the source did not exit cleanly: {}",
+        src.stderr()
+    );
+    stats
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
