@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
@@ -41,12 +41,12 @@ fn migrate_and_check(
         cmdline,
         mem_mib,
     };
-    let (mut dst, stats) = hop_and_check(src, uri, migrate_args, destination, None);
+    let (mut dst, stats) = hop_and_check(src, uri, migrate_args, destination, dir.join("dst.sock"));
 
     // Memory: every page the guest wrote is there, current and whole.
-    assert_verified(&verify(&mut dst));
+    assert_verified(&verify(&mut dst.vm));
     // The console still takes input and the guest still answers.
-    dst.send("verify");
+    dst.vm.send("verify");
     stats
 }
 
@@ -60,16 +60,17 @@ struct Running<'a> {
 }
 
 /// Migrates the guest in `src` to a new destination listening on `uri`
-/// (serving its API on `dst_api` if given) and checks what the guest shows
-/// of the switchover: the source exits, ticks go on with none repeated, the
-/// clocks continue. Returns the destination and the migration statistics.
-fn hop_and_check(
-    src: Running<'_>,
+/// (serving its API on `dst_api`) and checks what the guest shows of the
+/// switchover: the source exits, ticks go on with none repeated, the clocks
+/// continue. Returns the guest, now in the destination, and the migration
+/// statistics.
+fn hop_and_check<'a>(
+    src: Running<'a>,
     uri: &str,
     migrate_args: &[&str],
     destination: Destination,
-    dst_api: Option<&Path>,
-) -> (TernVm, Value) {
+    dst_api: PathBuf,
+) -> (Running<'a>, Value) {
     let Running {
         vm: mut src,
         api: src_api,
@@ -78,9 +79,9 @@ fn hop_and_check(
     } = src;
     let mem = &format!("{mem_mib}M");
     let mut dst = match destination {
-        Destination::Plain => start_destination(uri, 1, mem, dst_api, &[]),
+        Destination::Plain => start_destination(uri, 1, mem, Some(&dst_api), &[]),
         Destination::Prefaulted => {
-            let dst = start_destination(uri, 1, mem, dst_api, &["--prefault"]);
+            let dst = start_destination(uri, 1, mem, Some(&dst_api), &["--prefault"]);
             // Listening means the guest memory is already backed.
             let rss_mib = dst.rss_kib() / 1024;
             assert!(
@@ -172,7 +173,13 @@ fn hop_and_check(
             );
         }
     }
-    (dst, stats)
+    let guest = Running {
+        vm: dst,
+        api: dst_api,
+        cmdline,
+        mem_mib,
+    };
+    (guest, stats)
 }
 
 /// What the destination's debug log says of the guest's TSC after the
@@ -280,7 +287,7 @@ fn busy_guest_migrates_on_from_each_destination() {
             Destination::Plain
         };
         let api = dir.join(format!("api.{hop}.sock"));
-        let (vm, stats) = hop_and_check(guest, &uri, &[], destination, Some(&api));
+        let (moved, stats) = hop_and_check(guest, &uri, &[], destination, api);
         eprintln!(
             "migration {hop}: {} ms total, {} ms downtime, {} rounds",
             stats["total_ms"], stats["downtime_ms"], stats["rounds"]
@@ -289,12 +296,7 @@ fn busy_guest_migrates_on_from_each_destination() {
             stats["downtime_ms"].as_f64().unwrap() <= 300.0 * 1.1,
             "migration {hop}: {stats}"
         );
-        guest = Running {
-            vm,
-            api,
-            cmdline: DIRTIER,
-            mem_mib: 256,
-        };
+        guest = moved;
     }
     assert_verified(&verify(&mut guest.vm));
 }
