@@ -83,6 +83,9 @@ for i in $(seq 1 "$hops"); do
   fi
   pid=pid_$prev
   if ! wait "${!pid}"; then echo "hop $i: the source exited with an error:" >&2; tail -5 "$work/err.$prev" >&2; exit 1; fi
+  fd_var=in_fd_$prev
+  fd_num=${!fd_var}
+  exec {fd_num}>&-   # that tern is gone: its input FIFO is not needed
   python3 - "$work/mig.$i.json" "$i" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
