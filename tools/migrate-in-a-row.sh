@@ -3,25 +3,31 @@
 # each destination the next source, and checks every switchover.
 #
 # The guest (the ring-3 test guest's dirtier, halting between ticks) fills its
-# working set, then ticks. Each hop starts a destination, waits a random
+# working set, then ticks; with --disk, it writes checked blocks to a virtio-blk
+# disk instead, 32 requests in flight, so every switchover lands on in-flight I/O. Each hop starts a destination, waits a random
 # 0.2-0.7 s (so switchovers land anywhere in the guest's tick cycle, mid-line
 # included), migrates over a Unix socket and waits for the source to exit.
-# At the end the last tern's guest verifies every page it wrote. Checked:
+# At the end the last tern's guest verifies every page it wrote (with --disk:
+# stops, verifies every block against the writes it saw acknowledged, and a
+# fresh guest verifies the image once more from the disk alone). Checked:
 #   - every migration completed and every source exited cleanly;
-#   - each vCPU's ticks run on with none lost or repeated across all hops
+#   - each vCPU's ticks (with --disk, the disk writer's ticks, each with no
+#     write error) run on with none lost or repeated across all hops
 #     (a console line a switchover cut in two is joined, as the runner does);
 #   - with --check-sent, every page matched what was last sent at each
 #     switchover (TERN_DEBUG_CHECK_SENT=1; it lengthens the downtime);
-#   - the final memory verification.
+#   - the final memory (or disk) verification.
 # Prints one line per hop and a summary; exits 1 on any failure, keeping the
 # work directory (consoles, logs, statistics) and printing where it is.
 #
 #   tools/migrate-in-a-row.sh [--hops N] [--memory MiB] [--ws MiB] [--rate MiB/s]
 #                             [--tick-ms MS] [--cpus N] [--prefault] [--check-sent]
-#   (root, /dev/kvm; defaults: 50 hops, 256 MiB, ws 128, rate 0, 10 ms ticks, 1 vCPU)
+#                             [--disk MiB]
+#   (root, /dev/kvm; defaults: 50 hops, 256 MiB, ws 128, rate 0, 10 ms ticks, 1 vCPU,
+#    no disk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-hops=50 mem=256 ws=128 rate=0 tick=10 cpus=1 prefault="" check_sent=""
+hops=50 mem=256 ws=128 rate=0 tick=10 cpus=1 prefault="" check_sent="" disk_mib=""
 while [ $# -gt 0 ]; do
   case $1 in
     --hops) hops=$2; shift 2 ;;
@@ -32,7 +38,8 @@ while [ $# -gt 0 ]; do
     --cpus) cpus=$2; shift 2 ;;
     --prefault) prefault=--prefault; shift ;;
     --check-sent) check_sent=1; shift ;;
-    *) echo "usage: $0 [--hops N] [--memory MiB] [--ws MiB] [--rate MiB/s] [--tick-ms MS] [--cpus N] [--prefault] [--check-sent]" >&2; exit 2 ;;
+    --disk) disk_mib=$2; shift 2 ;;
+    *) echo "usage: $0 [--hops N] [--memory MiB] [--ws MiB] [--rate MiB/s] [--tick-ms MS] [--cpus N] [--prefault] [--check-sent] [--disk MiB]" >&2; exit 2 ;;
   esac
 done
 tern=$PWD/target/release/tern
@@ -68,13 +75,24 @@ wait_for() { # FILE PATTERN SECONDS
   done
 }
 
-cmdline="tern.test=dirtier tern.ws=$ws tern.rate=$rate tern.pattern=seq tern.idle=halt tern.tick_ms=$tick"
-start_tern 0 --kernel "$testguest" --cpus "$cpus" --memory "${mem}M" --cmdline "$cmdline"
-wait_for "$work/out.0" '"event":"tick"' 120
+if [ -n "$disk_mib" ]; then
+  # A sparse image every tern opens (the destination's disk is the source's
+  # file, as on shared storage); a few MiB beyond the written blocks.
+  truncate -s "$((disk_mib + 4))M" "$work/disk.img"
+  devices=(--disk "$work/disk.img")
+  cmdline="tern.test=disk tern.disk_mib=$disk_mib tern.qd=32 tern.passes=0 tern.idle=halt tern.tick_ms=$tick"
+  tick_event=disk_tick
+else
+  devices=()
+  cmdline="tern.test=dirtier tern.ws=$ws tern.rate=$rate tern.pattern=seq tern.idle=halt tern.tick_ms=$tick"
+  tick_event=tick
+fi
+start_tern 0 --kernel "$testguest" --cpus "$cpus" --memory "${mem}M" --cmdline "$cmdline" "${devices[@]}"
+wait_for "$work/out.0" "\"event\":\"$tick_event\"" 120
 
 for i in $(seq 1 "$hops"); do
   prev=$((i - 1))
-  start_tern "$i" --incoming "unix:$work/mig.$i" --cpus "$cpus" --memory "${mem}M" $prefault
+  start_tern "$i" --incoming "unix:$work/mig.$i" --cpus "$cpus" --memory "${mem}M" $prefault "${devices[@]}"
   wait_for "$work/err.$i" "waiting for an incoming migration" 60
   sleep "$(awk -v s="$RANDOM" 'BEGIN { srand(s); printf "%.3f", 0.2 + rand() * 0.5 }')"
   if ! "$tern" migrate --api-socket "$work/api.$prev" --to "unix:$work/mig.$i" --json \
@@ -95,15 +113,39 @@ done
 last=$hops
 
 # The final verification, on the last tern's guest.
-wait_for "$work/out.$last" '"event":"tick"' 30
+wait_for "$work/out.$last" "\"event\":\"$tick_event\"" 30
 fd=in_fd_$last
-echo verify >&"${!fd}"
-wait_for "$work/out.$last" '"event":"verify"' 120
+if [ -n "$disk_mib" ]; then
+  # Stop writing (requests in flight complete, the disk is flushed), check
+  # every block against the acknowledged writes, then end the guest.
+  echo stop >&"${!fd}"
+  wait_for "$work/out.$last" '"event":"disk_written".*"stopped":true' 120
+  echo verify >&"${!fd}"
+  wait_for "$work/out.$last" '"event":"disk_verify"' 120
+  echo reboot >&"${!fd}"
+  pid=pid_$last
+  wait "${!pid}" || { echo "the last tern exited with an error:" >&2; tail -5 "$work/err.$last" >&2; exit 1; }
+  # The image alone, read by a fresh guest against its own header.
+  reread=$((hops + 1))
+  start_tern "$reread" --kernel "$testguest" --memory 256M --cmdline "tern.test=disk tern.disk_mode=verify tern.qd=32" "${devices[@]}"
+  wait_for "$work/out.$reread" '"event":"disk_verify"' 120
+  fd=in_fd_$reread
+  echo reboot >&"${!fd}"
+  pid=pid_$reread
+  wait "${!pid}" || { echo "the verifying tern exited with an error:" >&2; tail -5 "$work/err.$reread" >&2; exit 1; }
+else
+  echo verify >&"${!fd}"
+  wait_for "$work/out.$last" '"event":"verify"' 120
+fi
 
-python3 - "$work" "$hops" "$check_sent" <<'PY'
+python3 - "$work" "$hops" "$check_sent" "$disk_mib" <<'PY'
 import json, re, statistics, sys
-work, hops, check_sent = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
-tick = re.compile(r'^tern-guest: \{"event":"tick","cpu":(\d+),"seq":(\d+),')
+work, hops, check_sent, disk_mib = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
+if disk_mib:
+    # One writer: its ticks carry no vCPU; each must report no write error.
+    tick = re.compile(r'^tern-guest: \{"event":"disk_tick",()"seq":(\d+),.*"errors":(\d+)')
+else:
+    tick = re.compile(r'^tern-guest: \{"event":"tick","cpu":(\d+),"seq":(\d+),()')
 problems, cuts, before_newline = [], 0, 0
 last = {}   # cpu -> (seq, console index)
 carry = ""
@@ -121,7 +163,9 @@ for i in range(hops + 1):
         m = tick.match(line)
         if not m:
             continue
-        cpu, seq = int(m[1]), int(m[2])
+        cpu, seq = int(m[1] or 0), int(m[2])
+        if m[3] and int(m[3]) != 0:
+            problems.append(f"write errors on tern {i}: {line[:160]}")
         if cpu in last and seq != last[cpu][0] + 1:
             where = f"across switchover {i}" if last[cpu][1] != i else f"on tern {i}"
             problems.append(f"cpu {cpu}: tick {seq} after tick {last[cpu][0]} {where}")
@@ -131,19 +175,37 @@ for i in range(hops + 1):
         if "every page matches what was sent" not in err:
             bad = [l for l in err.splitlines() if "TERN_DEBUG_CHECK_SENT" in l]
             problems.append(f"switchover {i + 1}: {bad[0] if bad else 'no page check reported'}")
-verify = [json.loads(l.split("tern-guest: ", 1)[1]) for l in open(f"{work}/out.{hops}", errors="replace")
-          if l.startswith('tern-guest: {"event":"verify"')]
-if not verify or verify[-1].get("ok") is not True:
-    problems.append(f"memory did not verify: {verify[-1] if verify else 'no answer'}")
+def events(i, name):
+    return [json.loads(l.split("tern-guest: ", 1)[1]) for l in open(f"{work}/out.{i}", errors="replace")
+            if l.startswith(f'tern-guest: {{"event":"{name}"')]
+if disk_mib:
+    blocks = int(disk_mib) * 256
+    stopped = [w for w in events(hops, "disk_written") if w.get("stopped")]
+    if not stopped or stopped[-1].get("errors") != 0:
+        problems.append(f"the writer did not stop cleanly: {stopped[-1] if stopped else 'no answer'}")
+    verified = []
+    for where, i in (("the last guest, against its acknowledged writes", hops),
+                     ("a fresh guest, from the image alone", hops + 1)):
+        v = events(i, "disk_verify")
+        ok = bool(v) and v[-1].get("ok") is True and v[-1].get("bad") == 0 and v[-1].get("blocks") == blocks
+        if not ok:
+            problems.append(f"disk did not verify ({where}): {v[-1] if v else 'no answer'}")
+        verified.append(ok)
+    verdict = f"{blocks} blocks verified twice" if all(verified) else "NOT verified"
+else:
+    verify = events(hops, "verify")
+    if not verify or verify[-1].get("ok") is not True:
+        problems.append(f"memory did not verify: {verify[-1] if verify else 'no answer'}")
+    verdict = "verified" if verify and verify[-1].get("ok") is True else "NOT verified"
 stats = [json.load(open(f"{work}/mig.{i}.json")) for i in range(1, hops + 1)]
 def spread(key):
     v = [s[key] for s in stats]
     return f"median {statistics.median(v):.1f}, max {max(v):.1f}"
 print(f"{hops} migrations: total ms {spread('total_ms')}; downtime ms {spread('downtime_ms')}")
 print(f"console lines cut by a switchover: {cuts} ({before_newline} just before the newline)")
-print(f"ticks: {sum(1 for _ in last)} vCPU(s), last tick {max(s for s, _ in last.values()) if last else '-'}")
+print(f"ticks: {'the disk writer' if disk_mib else f'{len(last)} vCPU(s)'}, last tick {max(s for s, _ in last.values()) if last else '-'}")
 print(f"pages checked against what was sent: {'yes, every switchover' if check_sent else 'no (--check-sent)'}")
-print(f"memory: {'verified' if verify and verify[-1].get('ok') is True else 'NOT verified'}")
+print(f"{'disk' if disk_mib else 'memory'}: {verdict}")
 for p in problems:
     print(f"FAIL: {p}")
 sys.exit(1 if problems else 0)
