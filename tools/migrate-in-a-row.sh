@@ -4,7 +4,10 @@
 #
 # The guest (the ring-3 test guest's dirtier, halting between ticks) fills its
 # working set, then ticks; with --disk, it writes checked blocks to a virtio-blk
-# disk instead, 32 requests in flight, so every switchover lands on in-flight I/O. Each hop starts a destination, waits a random
+# disk instead, 32 requests in flight, so every switchover lands on in-flight I/O;
+# with --linux, the guest is Linux (the guest kernel and the busybox initramfs)
+# and the dirtier a Linux process, so a real kernel's timers, interrupt
+# controllers and clocks cross every switchover. Each hop starts a destination, waits a random
 # 0.2-0.7 s (so switchovers land anywhere in the guest's tick cycle, mid-line
 # included), migrates over a Unix socket and waits for the source to exit.
 # At the end the last tern's guest verifies every page it wrote (with --disk:
@@ -13,7 +16,11 @@
 #   - every migration completed and every source exited cleanly;
 #   - each vCPU's ticks (with --disk, the disk writer's ticks, each with no
 #     write error) run on with none lost or repeated across all hops
-#     (a console line a switchover cut in two is joined, as the runner does);
+#     (a console line a switchover cut in two is joined, as the runner does),
+#     and every tick found the guest's two clocks (the TSC, and kvmclock or
+#     Linux's CLOCK_MONOTONIC) in step over its interval;
+#   - with --linux, no kernel message of trouble (a stall, lockup, warning,
+#     clocksource or timer complaint) once the guest has started ticking;
 #   - with --check-sent, every page matched what was last sent at each
 #     switchover (TERN_DEBUG_CHECK_SENT=1; it lengthens the downtime);
 #   - the final memory (or disk) verification.
@@ -22,12 +29,12 @@
 #
 #   tools/migrate-in-a-row.sh [--hops N] [--memory MiB] [--ws MiB] [--rate MiB/s]
 #                             [--tick-ms MS] [--cpus N] [--prefault] [--check-sent]
-#                             [--disk MiB]
+#                             [--disk MiB | --linux]
 #   (root, /dev/kvm; defaults: 50 hops, 256 MiB, ws 128, rate 0, 10 ms ticks, 1 vCPU,
-#    no disk)
+#    the ring-3 test guest, no disk; Linux takes about a minute to boot on kvm_pvm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-hops=50 mem=256 ws=128 rate=0 tick=10 cpus=1 prefault="" check_sent="" disk_mib=""
+hops=50 mem=256 ws=128 rate=0 tick=10 cpus=1 prefault="" check_sent="" disk_mib="" linux=""
 while [ $# -gt 0 ]; do
   case $1 in
     --hops) hops=$2; shift 2 ;;
@@ -39,13 +46,15 @@ while [ $# -gt 0 ]; do
     --prefault) prefault=--prefault; shift ;;
     --check-sent) check_sent=1; shift ;;
     --disk) disk_mib=$2; shift 2 ;;
-    *) echo "usage: $0 [--hops N] [--memory MiB] [--ws MiB] [--rate MiB/s] [--tick-ms MS] [--cpus N] [--prefault] [--check-sent] [--disk MiB]" >&2; exit 2 ;;
+    --linux) linux=1; shift ;;
+    *) echo "usage: $0 [--hops N] [--memory MiB] [--ws MiB] [--rate MiB/s] [--tick-ms MS] [--cpus N] [--prefault] [--check-sent] [--disk MiB | --linux]" >&2; exit 2 ;;
   esac
 done
+[ -n "$disk_mib" ] && [ -n "$linux" ] && { echo "error: --disk and --linux do not go together (the disk writer runs in the ring-3 test guest)" >&2; exit 2; }
 tern=$PWD/target/release/tern
 [ -x "$tern" ] || { echo "error: build tern first: cargo build --release -p tern-vmm" >&2; exit 1; }
 [ -e /dev/kvm ] || { echo "error: /dev/kvm is missing" >&2; exit 1; }
-eval "$(resources/build-guest.sh | grep -E '^testguest=')"
+eval "$(resources/build-guest.sh | grep -E '^(testguest|vmlinux|initramfs)=')"
 
 work=$(mktemp -d /tmp/tern-in-a-row.XXXXXX)
 failed=1
@@ -82,13 +91,23 @@ if [ -n "$disk_mib" ]; then
   devices=(--disk "$work/disk.img")
   cmdline="tern.test=disk tern.disk_mib=$disk_mib tern.qd=32 tern.passes=0 tern.idle=halt tern.tick_ms=$tick"
   tick_event=disk_tick
+  boot=(--kernel "$testguest")
+  boot_s=120
+elif [ -n "$linux" ]; then
+  devices=()
+  cmdline="console=ttyS0 reboot=k panic=1 tern.test=dirtier tern.ws=$ws tern.rate=$rate tern.pattern=seq tern.tick_ms=$tick"
+  tick_event=tick
+  boot=(--kernel "$vmlinux" --initrd "$initramfs")
+  boot_s=300
 else
   devices=()
   cmdline="tern.test=dirtier tern.ws=$ws tern.rate=$rate tern.pattern=seq tern.idle=halt tern.tick_ms=$tick"
   tick_event=tick
+  boot=(--kernel "$testguest")
+  boot_s=120
 fi
-start_tern 0 --kernel "$testguest" --cpus "$cpus" --memory "${mem}M" --cmdline "$cmdline" "${devices[@]}"
-wait_for "$work/out.0" "\"event\":\"$tick_event\"" 120
+start_tern 0 "${boot[@]}" --cpus "$cpus" --memory "${mem}M" --cmdline "$cmdline" "${devices[@]}"
+wait_for "$work/out.0" "\"event\":\"$tick_event\"" "$boot_s"
 
 for i in $(seq 1 "$hops"); do
   prev=$((i - 1))
@@ -138,14 +157,14 @@ else
   wait_for "$work/out.$last" '"event":"verify"' 120
 fi
 
-python3 - "$work" "$hops" "$check_sent" "$disk_mib" <<'PY'
+python3 - "$work" "$hops" "$check_sent" "$disk_mib" "$tick_event" <<'PY'
 import json, re, statistics, sys
-work, hops, check_sent, disk_mib = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
-if disk_mib:
-    # One writer: its ticks carry no vCPU; each must report no write error.
-    tick = re.compile(r'^tern-guest: \{"event":"disk_tick",()"seq":(\d+),.*"errors":(\d+)')
-else:
-    tick = re.compile(r'^tern-guest: \{"event":"tick","cpu":(\d+),"seq":(\d+),()')
+work, hops, check_sent, disk_mib, tick_event = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4], sys.argv[5]
+tick_prefix = f'tern-guest: {{"event":"{tick_event}",'
+# Kernel messages that mean a timer, clock or CPU went wrong.
+kernel_line = re.compile(r'^\[\s*\d+\.\d+\] ')
+trouble = re.compile(r'stall|lockup|hung|BUG|WARNING|Oops|Call Trace|clocksource|hrtimer|watchdog|timed out|unstable', re.I)
+kernel_after_boot = 0
 problems, cuts, before_newline = [], 0, 0
 last = {}   # cpu -> (seq, console index)
 carry = ""
@@ -155,17 +174,29 @@ for i in range(hops + 1):
     carry = lines.pop()          # "" when the output ended with a newline
     if carry and i < hops:
         cuts += 1
-        before_newline += carry.endswith("}")
+        before_newline += carry.rstrip("\r").endswith("}")
     for line in lines:
+        line = line.rstrip("\r")    # a Linux console ends its lines with \r\n
         if line.count("tern-guest: ") > 1 or ("tern-guest: " in line and not line.startswith("tern-guest: ")):
             problems.append(f"garbled line on tern {i}: {line[:120]}")
             continue
-        m = tick.match(line)
-        if not m:
+        if kernel_line.match(line) and last:
+            kernel_after_boot += 1
+            if trouble.search(line):
+                problems.append(f"kernel trouble on tern {i}: {line[:160]}")
+        if not line.startswith(tick_prefix):
             continue
-        cpu, seq = int(m[1] or 0), int(m[2])
-        if m[3] and int(m[3]) != 0:
+        try:
+            t = json.loads(line.split("tern-guest: ", 1)[1])
+        except ValueError:
+            problems.append(f"unreadable tick on tern {i}: {line[:120]}")
+            continue
+        # The disk writer is one, and its ticks name no vCPU.
+        cpu, seq = t.get("cpu", 0), t["seq"]
+        if t.get("errors", 0) != 0:
             problems.append(f"write errors on tern {i}: {line[:160]}")
+        if t.get("clock", "ok") != "ok":
+            problems.append(f"cpu {cpu}: tick {seq} on tern {i} found the clocks apart ({t['clock']}): {line[:200]}")
         if cpu in last and seq != last[cpu][0] + 1:
             where = f"across switchover {i}" if last[cpu][1] != i else f"on tern {i}"
             problems.append(f"cpu {cpu}: tick {seq} after tick {last[cpu][0]} {where}")
@@ -204,6 +235,8 @@ def spread(key):
 print(f"{hops} migrations: total ms {spread('total_ms')}; downtime ms {spread('downtime_ms')}")
 print(f"console lines cut by a switchover: {cuts} ({before_newline} just before the newline)")
 print(f"ticks: {'the disk writer' if disk_mib else f'{len(last)} vCPU(s)'}, last tick {max(s for s, _ in last.values()) if last else '-'}")
+if kernel_after_boot:
+    print(f"kernel messages after the first tick: {kernel_after_boot}")
 print(f"pages checked against what was sent: {'yes, every switchover' if check_sent else 'no (--check-sent)'}")
 print(f"{'disk' if disk_mib else 'memory'}: {verdict}")
 for p in problems:
