@@ -84,7 +84,16 @@ wait_for() { # FILE PATTERN SECONDS
     sleep 0.05
   done
 }
+# Has tern INDEX's guest reboot, which must end that tern cleanly.
+reboot_tern() { # INDEX NAME
+  local fd=in_fd_$1 pid=pid_$1
+  echo reboot >&"${!fd}"
+  wait "${!pid}" || { echo "$2 exited with an error:" >&2; tail -5 "$work/err.$1" >&2; exit 1; }
+}
 
+# The ring-3 test guest's dirtier unless --disk or --linux says otherwise.
+devices=() tick_event=tick boot=(--kernel "$testguest") boot_s=120
+cmdline="tern.test=dirtier tern.ws=$ws tern.rate=$rate tern.pattern=seq tern.idle=halt tern.tick_ms=$tick"
 if [ -n "$disk_mib" ]; then
   # A sparse image every tern opens (the destination's disk is the source's
   # file, as on shared storage); a few MiB beyond the written blocks.
@@ -92,20 +101,10 @@ if [ -n "$disk_mib" ]; then
   devices=(--disk "$work/disk.img")
   cmdline="tern.test=disk tern.disk_mib=$disk_mib tern.qd=32 tern.passes=0 tern.idle=halt tern.tick_ms=$tick"
   tick_event=disk_tick
-  boot=(--kernel "$testguest")
-  boot_s=120
 elif [ -n "$linux" ]; then
-  devices=()
   cmdline="console=ttyS0 reboot=k panic=1 tern.test=dirtier tern.ws=$ws tern.rate=$rate tern.pattern=seq tern.tick_ms=$tick"
-  tick_event=tick
   boot=(--kernel "$vmlinux" --initrd "$initramfs")
   boot_s=300
-else
-  devices=()
-  cmdline="tern.test=dirtier tern.ws=$ws tern.rate=$rate tern.pattern=seq tern.idle=halt tern.tick_ms=$tick"
-  tick_event=tick
-  boot=(--kernel "$testguest")
-  boot_s=120
 fi
 start_tern 0 "${boot[@]}" --cpus "$cpus" --memory "${mem}M" --cmdline "$cmdline" "${devices[@]}"
 wait_for "$work/out.0" "\"event\":\"$tick_event\"" "$boot_s"
@@ -142,17 +141,12 @@ if [ -n "$disk_mib" ]; then
   wait_for "$work/out.$last" '"event":"disk_written".*"stopped":true' 120
   echo verify >&"${!fd}"
   wait_for "$work/out.$last" '"event":"disk_verify"' 120
-  echo reboot >&"${!fd}"
-  pid=pid_$last
-  wait "${!pid}" || { echo "the last tern exited with an error:" >&2; tail -5 "$work/err.$last" >&2; exit 1; }
+  reboot_tern "$last" "the last tern"
   # The image alone, read by a fresh guest against its own header.
   reread=$((hops + 1))
   start_tern "$reread" --kernel "$testguest" --memory 256M --cmdline "tern.test=disk tern.disk_mode=verify tern.qd=32" "${devices[@]}"
   wait_for "$work/out.$reread" '"event":"disk_verify"' 120
-  fd=in_fd_$reread
-  echo reboot >&"${!fd}"
-  pid=pid_$reread
-  wait "${!pid}" || { echo "the verifying tern exited with an error:" >&2; tail -5 "$work/err.$reread" >&2; exit 1; }
+  reboot_tern "$reread" "the verifying tern"
 else
   echo verify >&"${!fd}"
   wait_for "$work/out.$last" '"event":"verify"' 120
