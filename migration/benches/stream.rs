@@ -120,6 +120,15 @@ fn set_buffer(socket: &impl AsRawFd, option: libc::c_int, buffers: Buffers) {
     );
 }
 
+/// A loopback listener (its receive buffer as `buffers` says; accepted
+/// sockets inherit it) and its address.
+fn listen(buffers: Buffers) -> (TcpListener, std::net::SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    set_buffer(&listener, libc::SO_RCVBUF, buffers);
+    let addr = listener.local_addr().expect("local address");
+    (listener, addr)
+}
+
 /// A rate (MiB/s) and the process CPU it took (ms per GiB).
 #[derive(Clone, Copy)]
 struct Measured {
@@ -143,8 +152,7 @@ fn measured(bytes: usize, f: impl FnOnce()) -> Measured {
 /// One migration stream of `source` into fresh backed memory: page data from
 /// the first run to the destination's "resumed".
 fn stream_once(source: &[u8]) -> Measured {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("local address");
+    let (listener, addr) = listen(Buffers::Kernel);
     let mut dest = Memory {
         bytes: backed(source.len()),
     };
@@ -194,8 +202,7 @@ const FLOOR_POOL: usize = 4;
 /// each piece, checked per frame).
 fn floor_once(source: &[u8], checksum: bool) -> Measured {
     const FRAME: usize = 1 << 20;
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("local address");
+    let (listener, addr) = listen(Buffers::Kernel);
     let mut dest = backed(source.len());
     let reader = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("accept");
@@ -257,9 +264,7 @@ fn floor_once(source: &[u8], checksum: bool) -> Measured {
 fn per_page_once(source: &[u8], buffers: Buffers) -> Measured {
     const CHUNK: usize = 1 << 20;
     const PIECE: usize = 64 << 10;
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    set_buffer(&listener, libc::SO_RCVBUF, buffers);
-    let addr = listener.local_addr().expect("local address");
+    let (listener, addr) = listen(buffers);
     let mut dest = backed(source.len());
     let reader = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("accept");
@@ -314,9 +319,7 @@ fn per_page_once(source: &[u8], buffers: Buffers) -> Measured {
 /// A plain loopback copy of `source` into fresh backed memory, written 1 MiB
 /// at a time and read at most `read_piece` bytes at a time.
 fn copy_once(source: &[u8], read_piece: usize, buffers: Buffers) -> Measured {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    set_buffer(&listener, libc::SO_RCVBUF, buffers);
-    let addr = listener.local_addr().expect("local address");
+    let (listener, addr) = listen(buffers);
     let mut dest = backed(source.len());
     let reader = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("accept");
