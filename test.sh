@@ -20,6 +20,11 @@ cargo fmt --all -- --check
 stage "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+stage "fuzz targets (build and model tests; fuzzing itself: fuzz/README.md)"
+# Not a workspace member (cargo-fuzz builds it with its own flags), so it is
+# built here, or it would rot unseen.
+(cd fuzz && cargo fmt -- --check && cargo build --locked --all-targets && cargo test --locked)
+
 stage "tests"
 # Tests that boot guests serialise themselves; the rest run in parallel.
 cargo test --workspace --locked --no-fail-fast

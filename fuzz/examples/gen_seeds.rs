@@ -11,7 +11,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use migration::protocol::messages::{encode_dest, kind, DestMessage, PROTOCOL_VERSION};
+use migration::protocol::messages::{encode_dest, kind, DestMessage, PAGE_SIZE, PROTOCOL_VERSION};
 use tern_fuzz::*;
 
 fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) {
@@ -25,7 +25,7 @@ fn main() {
         .nth(1)
         .map_or_else(|| PathBuf::from("corpus"), PathBuf::from);
     let state = default_state();
-    let sessions: Vec<(&str, Vec<(u16, Vec<u8>)>)> = vec![
+    let sessions: Vec<(&str, Vec<Message>)> = vec![
         ("minimal", valid_session(&[], state.clone())),
         (
             "rounds",
@@ -62,6 +62,18 @@ fn main() {
                 guest_state_blob(VCPUS as usize, &[], 0, b"", false, 0),
             ),
         ),
+        ("damaged-then-intact", {
+            // A page changed between its checksum and its send, then sent again.
+            let mut s = valid_session(
+                &[
+                    (0, 2, vec![false, false], 5, Some(1)),
+                    (0, 3, vec![false], 6, Some(2)),
+                ],
+                state.clone(),
+            );
+            s[1].2[PAGE_SIZE + 1] ^= 0x40;
+            s
+        }),
     ];
     let mut n = 0;
     for (name, frames) in &sessions {
@@ -70,33 +82,43 @@ fn main() {
         write(&dir, "receiver", name, &bytes);
         write(&dir, "frames", name, &bytes);
         // Each frame alone, too (short inputs mutate faster).
-        for (i, (k, p)) in frames.iter().enumerate() {
+        for (i, (k, p, _)) in frames.iter().enumerate() {
             if p.len() < 2048 {
                 write(
                     &dir,
                     "frames",
                     &format!("{name}-frame{i}"),
-                    &write_with_frame_writer(&[(*k, p.clone())]),
+                    &write_with_frame_writer(&[(*k, p.clone(), vec![])]),
                 );
             }
         }
         n += 1;
     }
     // Sessions that fail in each way the protocol names.
-    let h = |v| (kind::HELLO, hello_payload(&hello(), v));
-    let failing: Vec<(&str, Vec<(u16, Vec<u8>)>)> = vec![
-        ("version2", vec![h(2)]),
+    let h = |v| (kind::HELLO, hello_payload(&hello(), v), vec![]);
+    let failing: Vec<(&str, Vec<Message>)> = vec![
+        ("version-next", vec![h(PROTOCOL_VERSION + 1)]),
+        ("version1", vec![h(1)]),
         (
             "abandon",
             vec![
                 h(PROTOCOL_VERSION),
-                (kind::ABANDON, abandon_payload("cancelled by the user")),
+                (
+                    kind::ABANDON,
+                    abandon_payload("cancelled by the user"),
+                    vec![],
+                ),
             ],
         ),
         (
             "commit-early",
-            vec![h(PROTOCOL_VERSION), (kind::COMMIT, vec![])],
+            vec![h(PROTOCOL_VERSION), (kind::COMMIT, vec![], vec![])],
         ),
+        ("damaged-never-resent", {
+            let mut s = valid_session(&[(1, 0, vec![true, false], 9, Some(1))], state.clone());
+            s[1].2[77] ^= 1;
+            s
+        }),
         ("no-commit", {
             let mut s = valid_session(&[], state.clone());
             s.pop();
@@ -136,7 +158,7 @@ fn main() {
             &dir,
             "dest_messages",
             &format!("frame{i}"),
-            &write_with_frame_writer(&[(k, p)]),
+            &write_with_frame_writer(&[(k, p, vec![])]),
         );
     }
     // Guest states.

@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use migration::protocol::frame::{FrameReader, HEADER_LEN, MAX_PAYLOAD};
 use migration::protocol::messages::{
     decode_source, encode_hello_with_version, encode_round_end, encode_run_header, kind,
-    SourceMessage,
+    SourceMessage, PROTOCOL_VERSION,
 };
 use migration::protocol::ProtocolError;
 use tern_fuzz::{assert_run_invariants, peak_heap, CountingAlloc};
@@ -65,7 +65,7 @@ fn roundtrip(k: u16, payload: &[u8], m: SourceMessage<'_>) {
         SourceMessage::Hello { version, hello } => {
             assert_eq!(k, kind::HELLO);
             assert_eq!(&payload[..4], b"TERN");
-            assert_eq!(hello.is_some(), version == 1);
+            assert_eq!(hello.is_some(), version == PROTOCOL_VERSION);
             if let Some(h) = hello {
                 let again = encode_hello_with_version(&h, version);
                 assert_eq!(
@@ -87,8 +87,8 @@ fn roundtrip(k: u16, payload: &[u8], m: SourceMessage<'_>) {
                 run.zero_map,
                 &mut again,
             );
-            again.extend_from_slice(run.data);
-            // Page runs have one encoding only.
+            again.extend_from_slice(run.page_crcs);
+            // A run's control part has one encoding only.
             assert_eq!(again, payload);
         }
         SourceMessage::RoundEnd { round } => {

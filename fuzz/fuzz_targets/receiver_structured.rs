@@ -2,7 +2,9 @@
 //! variant, page runs and round ends, guest state, how it ends) that is built
 //! as a *valid* stream with tern's own encoders, then a few edits are applied
 //! to its frames (byte flips with or without a fixed-up checksum, changed
-//! lengths and kinds, dropped, duplicated, swapped and inserted frames, a cut).
+//! lengths and kinds, dropped, duplicated, swapped and inserted frames, flips
+//! in a run's page data, a cut). A run may be sent with a page changed after
+//! its checksum and then again intact, as a running guest makes a source do.
 //! Unedited valid sessions must resume; every stream must agree with the
 //! model of PROTOCOL.md (`tern_fuzz::check_receive`).
 #![no_main]
@@ -12,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use migration::protocol::messages::{kind, PROTOCOL_VERSION};
 use tern_fuzz::{
     abandon_payload, check_receive, guest_state_blob, hello, hello_payload, peak_heap,
-    receive_heap_bound, round_end_payload, run_payload, CountingAlloc, RawFrame, REGIONS, VCPUS,
+    receive_heap_bound, round_end_payload, CountingAlloc, RawFrame, REGIONS, VCPUS,
 };
 
 #[global_allocator]
@@ -37,6 +39,9 @@ struct RunSpec {
     count: u8,
     zeros: u64,
     fill: u8,
+    /// Sent first with this data byte changed after its checksum (the page
+    /// arrives damaged), then again intact.
+    changed: Option<u16>,
     round_end: Option<u32>,
 }
 
@@ -104,6 +109,12 @@ enum Edit {
         kind: u8,
         payload: Vec<u8>,
     },
+    /// XOR a byte of the page data after frame `frame`, if it has any.
+    XorData {
+        frame: u8,
+        pos: u32,
+        val: u8,
+    },
     Cut {
         at: u32,
     },
@@ -155,10 +166,14 @@ fn build(spec: &SessionSpec) -> (Vec<u8>, bool) {
         let first = u64::from(r.first_page) % (pages + 2);
         valid &= region < REGIONS.len() && first + count <= pages;
         let zero: Vec<bool> = (0..count).map(|i| r.zeros >> (i % 64) & 1 == 1).collect();
-        frames.push(RawFrame::new(
-            kind::PAGES,
-            run_payload(region as u32, first, &zero, r.fill),
-        ));
+        let run = RawFrame::run(region as u32, first, &zero, r.fill);
+        if let Some(at) = r.changed.filter(|_| !run.after.is_empty()) {
+            let mut damaged = run.clone();
+            let n = damaged.after.len();
+            damaged.after[usize::from(at) % n] ^= 0x01;
+            frames.push(damaged);
+        }
+        frames.push(run);
         if let Some(round) = r.round_end {
             frames.push(RawFrame::new(kind::ROUND_END, round_end_payload(round)));
         }
@@ -278,6 +293,13 @@ fn build(spec: &SessionSpec) -> (Vec<u8>, bool) {
                     *frame as usize % (n + 1),
                     RawFrame::new(u16::from(*kind % 9), payload.clone()),
                 );
+            }
+            Edit::XorData { frame, pos, val } => {
+                let after = &mut frames[*frame as usize % n].after;
+                if !after.is_empty() {
+                    let at = *pos as usize % after.len();
+                    after[at] ^= val;
+                }
             }
             Edit::Cut { .. } => {}
         }

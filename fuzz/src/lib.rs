@@ -13,7 +13,8 @@
 //!   and byte offset; the answers sent back decode and follow the protocol);
 //! * [`CountingAlloc`]: a global allocator that records the peak of live heap
 //!   bytes, so a target can assert memory stays bounded;
-//! * [`Session`] builders for valid streams (seeds, structure-aware target).
+//! * builders for valid streams ([`valid_session`], [`RawFrame`]) for the
+//!   seeds and the structure-aware target.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,8 +22,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use migration::protocol::frame::{FrameReader, FrameWriter, MAX_PAYLOAD};
 use migration::protocol::messages::{
     decode_dest, encode_abandon, encode_hello_with_version, encode_round_end, encode_run_header,
-    kind, DestMessage, DeviceSummary, Hello, MemoryRange, PageRun, MAX_RUN_PAGES, PAGE_SIZE,
-    PROTOCOL_VERSION,
+    kind, DestMessage, DeviceSummary, Hello, MemoryRange, PageRun, MAX_RUN_PAGES, PAGE_CRC,
+    PAGE_SIZE, PROTOCOL_VERSION,
 };
 use migration::protocol::ProtocolError;
 use migration::receiver::{receive, DestinationHost, ReceiveError, ReceiveReport};
@@ -214,10 +215,11 @@ pub fn assert_run_invariants(run: &PageRun<'_>) {
     );
     let zeros = (0..run.count).filter(|&i| run.is_zero(i)).count();
     assert_eq!(
-        run.data.len(),
-        (run.count as usize - zeros) * PAGE_SIZE,
-        "data length"
+        run.page_crcs.len(),
+        (run.count as usize - zeros) * PAGE_CRC,
+        "page checksums"
     );
+    assert_eq!(run.data_pages() as usize, run.count as usize - zeros);
     for bit in run.count..(run.zero_map.len() as u32 * 8) {
         assert_eq!(
             run.zero_map[(bit / 8) as usize] & (1 << (bit % 8)),
@@ -242,10 +244,7 @@ impl MemHost {
             HostPhase::Checked,
             "pages outside the memory phase"
         );
-        assert!(
-            count >= 1 && count <= MAX_RUN_PAGES,
-            "run of {count} pages"
-        );
+        assert!(count >= 1 && count <= MAX_RUN_PAGES, "run of {count} pages");
         let (_, pages) = *REGIONS.get(region as usize).ok_or_else(|| {
             format!(
                 "page run for memory region {region} (there are {})",
@@ -366,6 +365,8 @@ pub enum Verdict {
         data_pages: u64,
         /// Zero markers received.
         zero_pages: u64,
+        /// Pages that arrived damaged and later intact.
+        mended: u64,
     },
     /// The destination refuses the handshake (answers Refuse).
     Refused,
@@ -395,7 +396,7 @@ enum Msg<'a> {
         first: u64,
         count: u32,
         zero: Vec<bool>,
-        data: &'a [u8],
+        crcs: Vec<u32>,
     },
     RoundEnd(u32),
     State(&'a [u8]),
@@ -444,16 +445,20 @@ fn model_decode(kind: u16, p: &[u8]) -> Result<Msg<'_>, &'static str> {
                     return Err("stray bits");
                 }
             }
-            let data = &p[16 + map_len..];
-            if data.len() != zero.iter().filter(|z| !**z).count() * 4096 {
-                return Err("data length");
+            let sums = &p[16 + map_len..];
+            if sums.len() != zero.iter().filter(|z| !**z).count() * 4 {
+                return Err("checksums length");
             }
+            let crcs = sums
+                .chunks(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
             Ok(Msg::Pages {
                 region,
                 first,
                 count,
                 zero,
-                data,
+                crcs,
             })
         }
         3 => postcard::from_bytes::<u32>(p)
@@ -489,6 +494,9 @@ pub fn reference(input: &[u8]) -> Model {
             .collect(),
     };
     let (mut rounds, mut data_pages, mut zero_pages) = (0u32, 0u64, 0u64);
+    // Pages whose last copy failed its checksum, and how many were mended.
+    let mut damaged = std::collections::HashSet::new();
+    let mut mended = 0u64;
     let mut state = S::AwaitHello;
     let mut blob: &[u8] = &[];
     let mut at = 0usize;
@@ -554,7 +562,7 @@ pub fn reference(input: &[u8]) -> Model {
                     first,
                     count,
                     zero,
-                    data,
+                    crcs,
                 },
             ) => {
                 let Some(&(_, pages)) = REGIONS.get(region as usize) else {
@@ -565,16 +573,33 @@ pub fn reference(input: &[u8]) -> Model {
                     fail(&mut m, "run beyond region");
                     return m;
                 }
-                let mut data = data.chunks(4096);
+                // The data pages follow the frame, unframed.
+                let data_len = crcs.len() * 4096;
+                if input.len() - at < data_len {
+                    fail(&mut m, "truncated page data");
+                    return m;
+                }
+                let mut data = input[at..at + data_len].chunks(4096);
+                at += data_len;
+                let mut crcs = crcs.iter();
                 for (i, z) in zero.iter().enumerate() {
+                    let index = (region, first + i as u64);
                     let at = (first as usize + i) * 4096;
                     let page = &mut m.mem[region as usize][at..at + 4096];
-                    if *z {
+                    let intact = if *z {
                         page.fill(0);
                         zero_pages += 1;
+                        true
                     } else {
+                        // Written even when damaged: the guest never runs with it.
                         page.copy_from_slice(data.next().unwrap());
                         data_pages += 1;
+                        crc32fast::hash(page) == *crcs.next().unwrap()
+                    };
+                    if intact {
+                        mended += u64::from(damaged.remove(&index));
+                    } else {
+                        damaged.insert(index);
                     }
                 }
             }
@@ -584,6 +609,10 @@ pub fn reference(input: &[u8]) -> Model {
                 state = S::StateReceived;
             }
             (S::StateReceived, Msg::Complete) => {
+                if !damaged.is_empty() {
+                    fail(&mut m, "damaged pages never sent again");
+                    return m;
+                }
                 match vmm::migrate::guest_state::GuestState::decode(blob) {
                     Ok(gs) if gs.vcpus.len() == VCPUS as usize => {}
                     _ => {
@@ -600,6 +629,7 @@ pub fn reference(input: &[u8]) -> Model {
                     rounds,
                     data_pages,
                     zero_pages,
+                    mended,
                 };
                 return m;
             }
@@ -638,6 +668,7 @@ pub fn check_receive(input: &[u8]) -> Result<ReceiveReport, ReceiveError> {
                 rounds,
                 data_pages,
                 zero_pages,
+                mended,
             },
         ) => {
             assert_eq!(
@@ -645,9 +676,10 @@ pub fn check_receive(input: &[u8]) -> Result<ReceiveReport, ReceiveError> {
                     report.bytes,
                     report.rounds,
                     report.data_pages,
-                    report.zero_pages
+                    report.zero_pages,
+                    report.pages_resent_damaged
                 ),
-                (*end, *rounds, *data_pages, *zero_pages),
+                (*end, *rounds, *data_pages, *zero_pages, *mended),
                 "report differs from the model"
             );
             for r in 0..REGIONS.len() {
@@ -772,6 +804,7 @@ pub fn guest_state_blob(
         events: Default::default(),
         msrs: msrs.to_vec(),
         tsc_khz: Some(2_000_000),
+        tsc_read_at_realtime_ns: None,
     };
     let gs = GuestState {
         vcpus: (0..vcpus).map(vcpu).collect(),
@@ -824,8 +857,9 @@ pub fn guest_state_blob(
     gs.encode().expect("encodable")
 }
 
-/// One frame to be written: header fields, payload, and an optional fixed
-/// checksum (None: computed when written).
+/// One frame to be written: header fields, payload, an optional fixed
+/// checksum (None: computed when written), and what follows it outside the
+/// frame (a page run's data pages).
 #[derive(Clone, Debug)]
 pub struct RawFrame {
     /// The 8 header bytes (kind, flags, len).
@@ -834,6 +868,8 @@ pub struct RawFrame {
     pub payload: Vec<u8>,
     /// Checksum to write instead of the right one.
     pub crc: Option<u32>,
+    /// Bytes after the frame.
+    pub after: Vec<u8>,
 }
 
 impl RawFrame {
@@ -846,6 +882,16 @@ impl RawFrame {
             header,
             payload,
             crc: None,
+            after: Vec::new(),
+        }
+    }
+
+    /// A correct page run frame with its data pages after it (see [`run_payload`]).
+    pub fn run(region: u32, first_page: u64, zero: &[bool], fill: u8) -> Self {
+        let (payload, data) = run_payload(region, first_page, zero, fill);
+        RawFrame {
+            after: data,
+            ..RawFrame::new(kind::PAGES, payload)
         }
     }
 
@@ -862,12 +908,13 @@ impl RawFrame {
         out.extend_from_slice(&self.header);
         out.extend_from_slice(&self.payload);
         out.extend_from_slice(&self.crc.unwrap_or_else(|| self.right_crc()).to_le_bytes());
+        out.extend_from_slice(&self.after);
     }
 }
 
-/// The payload of a page run: `zero[i]` marks page i a zero page; data pages
-/// are filled from `fill`.
-pub fn run_payload(region: u32, first_page: u64, zero: &[bool], fill: u8) -> Vec<u8> {
+/// The payload of a page run's frame, and the data pages that follow it:
+/// `zero[i]` marks page i a zero page; data pages are filled from `fill`.
+pub fn run_payload(region: u32, first_page: u64, zero: &[bool], fill: u8) -> (Vec<u8>, Vec<u8>) {
     let count = zero.len() as u32;
     let mut map = vec![0u8; zero.len().div_ceil(8)];
     for (i, z) in zero.iter().enumerate() {
@@ -877,17 +924,19 @@ pub fn run_payload(region: u32, first_page: u64, zero: &[bool], fill: u8) -> Vec
     }
     let mut p = Vec::new();
     encode_run_header(region, first_page, count, &map, &mut p);
+    let mut data = Vec::new();
     for (i, z) in zero.iter().enumerate() {
         if !z {
-            let start = p.len();
-            p.resize(start + PAGE_SIZE, 0);
-            for (j, b) in p[start..].iter_mut().enumerate() {
+            let start = data.len();
+            data.resize(start + PAGE_SIZE, 0);
+            for (j, b) in data[start..].iter_mut().enumerate() {
                 *b = fill.wrapping_add((j / 64) as u8).wrapping_mul(i as u8 | 1);
             }
-            p[start] = p[start].max(1);
+            data[start] = data[start].max(1);
+            p.extend_from_slice(&crc32fast::hash(&data[start..]).to_le_bytes());
         }
     }
-    p
+    (p, data)
 }
 
 /// Hello payload for `h` claiming protocol `version`.
@@ -905,12 +954,18 @@ pub fn abandon_payload(reason: &str) -> Vec<u8> {
     encode_abandon(reason)
 }
 
-/// Encodes frames with tern's own `FrameWriter` (the same bytes a real source's
-/// `FrameBuf`s carry: a unit test in `protocol::frame` holds the two equal).
-pub fn write_with_frame_writer(frames: &[(u16, Vec<u8>)]) -> Vec<u8> {
+/// One message of a stream: kind, payload, and the bytes that follow its
+/// frame (a page run's data pages; empty for the others).
+pub type Message = (u16, Vec<u8>, Vec<u8>);
+
+/// Encodes messages with tern's own `FrameWriter` (the same bytes a real
+/// source gathers: a unit test in `protocol::frame` holds the two equal).
+pub fn write_with_frame_writer(messages: &[Message]) -> Vec<u8> {
     let mut w = FrameWriter::new(Vec::new());
-    for (k, p) in frames {
+    for (k, p, after) in messages {
         w.write_frame(*k, &[p]).expect("in-memory write");
+        w.flush().expect("in-memory write");
+        w.get_mut().extend_from_slice(after);
     }
     w.flush().expect("in-memory write");
     w.get_mut().clone()
@@ -921,17 +976,22 @@ pub fn write_with_frame_writer(frames: &[(u16, Vec<u8>)]) -> Vec<u8> {
 pub fn valid_session(
     runs: &[(u32, u64, Vec<bool>, u8, Option<u32>)],
     state: Vec<u8>,
-) -> Vec<(u16, Vec<u8>)> {
-    let mut f = vec![(kind::HELLO, hello_payload(&hello(), PROTOCOL_VERSION))];
+) -> Vec<Message> {
+    let mut f = vec![(
+        kind::HELLO,
+        hello_payload(&hello(), PROTOCOL_VERSION),
+        vec![],
+    )];
     for (region, first, zero, fill, round) in runs {
-        f.push((kind::PAGES, run_payload(*region, *first, zero, *fill)));
+        let (payload, data) = run_payload(*region, *first, zero, *fill);
+        f.push((kind::PAGES, payload, data));
         if let Some(r) = round {
-            f.push((kind::ROUND_END, round_end_payload(*r)));
+            f.push((kind::ROUND_END, round_end_payload(*r), vec![]));
         }
     }
-    f.push((kind::STATE, state));
-    f.push((kind::COMPLETE, vec![]));
-    f.push((kind::COMMIT, vec![]));
+    f.push((kind::STATE, state, vec![]));
+    f.push((kind::COMPLETE, vec![], vec![]));
+    f.push((kind::COMMIT, vec![], vec![]));
     f
 }
 
@@ -968,5 +1028,32 @@ mod tests {
         for cut in 0..s.len() {
             assert!(check_receive(&s[..cut]).is_err());
         }
+    }
+
+    #[test]
+    fn a_damaged_page_fails_unless_it_arrives_again_intact() {
+        let runs = vec![(0, 4, vec![false, false], 7, Some(1))];
+        let mut session = valid_session(&runs, default_state());
+        // The second page's data changed after its checksum.
+        session[1].2[PAGE_SIZE + 9] ^= 1;
+        let s = write_with_frame_writer(&session);
+        let e = check_receive(&s).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ReceiveError::DamagedPages {
+                    count: 1,
+                    page: 5,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // Sent again (as its dirtying write makes the source do): taken.
+        let (payload, data) = run_payload(0, 5, &[false], 3);
+        session.insert(3, (kind::PAGES, payload, data));
+        let s = write_with_frame_writer(&session);
+        let report = check_receive(&s).unwrap();
+        assert_eq!(report.pages_resent_damaged, 1);
     }
 }

@@ -176,12 +176,9 @@ fn stream_once(source: &[u8]) -> Measured {
     let m = measured(source.len(), || {
         let run_bytes = MAX_RUN_PAGES as usize * PAGE_SIZE;
         for (i, pages) in source.chunks(run_bytes).enumerate() {
-            let count = (pages.len() / PAGE_SIZE) as u32;
-            let mut run = session
-                .begin_run(0, (i * MAX_RUN_PAGES as usize) as u64, count)
-                .expect("begin run");
-            run.pages_mut().copy_from_slice(pages);
-            session.send_run_frame(run, &[]).expect("send run");
+            session
+                .send_run(0, (i * MAX_RUN_PAGES as usize) as u64, pages)
+                .expect("send run");
         }
         session.end_round(0).expect("round end");
         session.send_state(b"state").expect("state");

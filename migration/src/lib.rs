@@ -5,7 +5,6 @@ pub mod dirty;
 pub mod predict;
 pub mod protocol;
 pub mod receiver;
-pub mod send_queue;
 pub mod sender;
 pub mod sim;
 pub mod stats;

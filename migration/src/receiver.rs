@@ -10,20 +10,32 @@
 //! fails never runs a partial guest; until the source hears "Resumed" it keeps
 //! its own guest.
 //!
-//! Page data is read from the stream straight into guest memory (no copy
-//! through a buffer), so it lands there before its frame's checksum is
-//! checked; a bad checksum fails the migration like any other error, and the
-//! guest, which never ran here, is discarded with its memory. Zero markers
-//! take effect only after the checksum.
+//! A page run is a control frame (which pages are zero, a CRC-32 per data
+//! page), checked whole before anything in it is acted on, then its data
+//! pages, read from the stream straight into guest memory and each checked
+//! against its checksum as soon as it is whole. The source sends pages from
+//! guest memory while its guest runs, so a page may change between its
+//! checksum and its send and arrive damaged through no fault of the stream;
+//! such a page was dirtied, and is sent again. So a page that fails its check
+//! is held as *damaged* until it arrives again intact (or as a zero marker),
+//! and Complete with any page still damaged fails the migration before the
+//! state is restored: the guest never runs with a page the stream did not
+//! deliver intact.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
 use crate::protocol::frame::{FrameReader, FrameWriter, PartialFrame};
 use crate::protocol::messages::{
-    check_zero_map, decode_run_head, decode_source, encode_dest, kind, zero_map_has, DestMessage,
-    Hello, RunHead, SourceMessage, MAX_RUN_PAGES, PAGE_SIZE, PROTOCOL_VERSION, RUN_HEADER,
+    check_zero_map, decode_run_head, decode_source, encode_dest, kind, page_crc, page_crc_at,
+    zero_map_has, DestMessage, Hello, RunHead, SourceMessage, MAX_RUN_PAGES, PAGE_CRC, PAGE_SIZE,
+    PROTOCOL_VERSION, RUN_HEADER,
 };
 use crate::protocol::ProtocolError;
+
+/// Data pages are read in pieces of at most this many bytes, so each page is
+/// checked while it is still in the cache.
+const READ_PIECE: usize = 64 << 10;
 
 /// What the destination VMM provides to the receiver.
 pub trait DestinationHost {
@@ -98,6 +110,21 @@ pub enum ReceiveError {
     /// The source gave up.
     #[error("the source abandoned the migration: {0}")]
     Abandoned(String),
+    /// Pages that failed their checksum were not sent again by the end.
+    #[error(
+        "stream corrupt: {count} guest page(s) failed their checksum and were never sent again \
+         (the first: page {page} of memory region {region}, at stream byte {offset})"
+    )]
+    DamagedPages {
+        /// How many.
+        count: usize,
+        /// The first one's memory region.
+        region: u32,
+        /// Its page index in the region.
+        page: u64,
+        /// Stream offset of its data.
+        offset: u64,
+    },
 }
 
 /// What arrived.
@@ -111,6 +138,9 @@ pub struct ReceiveReport {
     pub zero_pages: u64,
     /// Bytes read from the stream.
     pub bytes: u64,
+    /// Data pages that failed their checksum (changed while being sent) and
+    /// arrived intact later.
+    pub pages_resent_damaged: u64,
     /// CPU time of the receiving thread over the whole stream (None where
     /// the host cannot tell).
     pub cpu: Option<std::time::Duration>,
@@ -160,12 +190,13 @@ fn run<R: Read, W: Write, H: DestinationHost>(
     let mut report = ReceiveReport::default();
     let mut payload = Vec::new();
     let mut guest_state: Option<Vec<u8>> = None;
+    let mut damaged = DamagedPages::default();
     let host_err = |step| move |message| ReceiveError::Host { step, message };
     loop {
         let mut frame = reader.begin_frame()?;
         let k = frame.kind();
         if k == kind::PAGES && state == ReceiverState::Memory {
-            receive_run(reader, frame, host, &mut report)?;
+            receive_run(reader, frame, host, &mut report, &mut damaged)?;
             continue;
         }
         payload.resize(frame.len() as usize, 0);
@@ -208,6 +239,8 @@ fn run<R: Read, W: Write, H: DestinationHost>(
                 ReceiverState::StateReceived
             }
             (ReceiverState::StateReceived, SourceMessage::Complete) => {
+                damaged.check()?;
+                report.pages_resent_damaged = damaged.mended;
                 let blob = guest_state.take().unwrap_or_default();
                 host.restore(&blob)
                     .map_err(host_err("restoring the guest state"))?;
@@ -231,12 +264,48 @@ fn run<R: Read, W: Write, H: DestinationHost>(
     }
 }
 
-/// A page run, its data read straight into the guest memory the host points at.
+/// Pages that arrived damaged and have not arrived intact since, with the
+/// stream offset of the damaged copy.
+#[derive(Default)]
+struct DamagedPages {
+    pages: BTreeMap<(u32, u64), u64>,
+    /// Pages that were damaged and then arrived intact.
+    mended: u64,
+}
+
+impl DamagedPages {
+    fn damaged(&mut self, region: u32, page: u64, offset: u64) {
+        self.pages.insert((region, page), offset);
+    }
+
+    fn intact(&mut self, region: u32, page: u64) {
+        if !self.pages.is_empty() && self.pages.remove(&(region, page)).is_some() {
+            self.mended += 1;
+        }
+    }
+
+    /// Fails if any page is still damaged.
+    fn check(&self) -> Result<(), ReceiveError> {
+        match self.pages.iter().next() {
+            None => Ok(()),
+            Some((&(region, page), &offset)) => Err(ReceiveError::DamagedPages {
+                count: self.pages.len(),
+                region,
+                page,
+                offset,
+            }),
+        }
+    }
+}
+
+/// A page run: its control frame, checked whole, then its data read straight
+/// into the guest memory the host points at, each page checked as it completes.
 fn receive_run<R: Read, H: DestinationHost>(
     reader: &mut FrameReader<R>,
     mut frame: PartialFrame,
     host: &mut H,
     report: &mut ReceiveReport,
+    damaged: &mut DamagedPages,
 ) -> Result<(), ReceiveError> {
     let host_err = |message| ReceiveError::Host {
         step: "writing guest memory",
@@ -263,14 +332,25 @@ fn receive_run<R: Read, H: DestinationHost>(
     }
     let zero_map = &mut map[..map_len];
     reader.read_part(&mut frame, zero_map)?;
-    check_zero_map(&head, zero_map, frame.len() as usize)?;
+    let data_pages = check_zero_map(&head, zero_map, frame.len() as usize)?;
+    let mut sums = [0u8; MAX_RUN_PAGES as usize * PAGE_CRC];
+    let sums = &mut sums[..data_pages as usize * PAGE_CRC];
+    reader.read_part(&mut frame, sums)?;
+    reader.finish_frame(frame)?;
+    let zeros = head.count - data_pages;
     let is_zero = |i: u32| zero_map_has(zero_map, i);
-    // Each stretch of consecutive data pages in one read.
+    if zeros > 0 {
+        host.zero_pages(head.region, head.first_page, head.count, zero_map)
+            .map_err(host_err)?;
+        for i in (0..head.count).filter(|&i| is_zero(i)) {
+            damaged.intact(head.region, head.first_page + u64::from(i));
+        }
+    }
+    // Each stretch of consecutive data pages straight into guest memory.
     let mut i = 0;
-    let mut zeros = 0u32;
+    let mut k = 0; // data pages so far
     while i < head.count {
         if is_zero(i) {
-            zeros += 1;
             i += 1;
             continue;
         }
@@ -278,8 +358,9 @@ fn receive_run<R: Read, H: DestinationHost>(
         while end < head.count && !is_zero(end) {
             end += 1;
         }
+        let first = head.first_page + u64::from(i);
         let dst = host
-            .page_data(head.region, head.first_page + u64::from(i), end - i)
+            .page_data(head.region, first, end - i)
             .map_err(host_err)?;
         if dst.len() != (end - i) as usize * PAGE_SIZE {
             return Err(host_err(format!(
@@ -288,16 +369,26 @@ fn receive_run<R: Read, H: DestinationHost>(
                 end - i
             )));
         }
-        reader.read_part(&mut frame, dst)?;
+        let (mut got, mut checked) = (0, 0);
+        while got < dst.len() {
+            let piece = (dst.len() - got).min(READ_PIECE);
+            got += reader.read_unframed(&mut dst[got..got + piece])?;
+            while checked + PAGE_SIZE <= got {
+                let page = first + (checked / PAGE_SIZE) as u64;
+                if page_crc(&dst[checked..checked + PAGE_SIZE]) == page_crc_at(sums, k) {
+                    damaged.intact(head.region, page);
+                } else {
+                    let at = reader.offset() - (got - checked) as u64;
+                    damaged.damaged(head.region, page, at);
+                }
+                checked += PAGE_SIZE;
+                k += 1;
+            }
+        }
         i = end;
     }
-    reader.finish_frame(frame)?;
-    if zeros > 0 {
-        host.zero_pages(head.region, head.first_page, head.count, zero_map)
-            .map_err(host_err)?;
-    }
     report.zero_pages += u64::from(zeros);
-    report.data_pages += u64::from(head.count - zeros);
+    report.data_pages += u64::from(data_pages);
     Ok(())
 }
 

@@ -2,23 +2,32 @@
 //! pages become markers), round ends, guest state and the two-phase end
 //! (Complete → Ready, Commit → Resumed). Messages from the destination are
 //! read on their own thread, so an error it reports mid-stream is seen at the
-//! next round end instead of after the whole memory was sent. Frames to it
-//! are built whole and written by a thread of their own as well
-//! ([`crate::send_queue`]), so building a page run overlaps sending the last.
+//! next round end instead of after the whole memory was sent.
+//!
+//! Frames to it are written by the caller's thread. A page run goes as its
+//! control frame (which pages are zero, a checksum per data page) and then
+//! its data pages, which the caller writes from wherever they are — guest
+//! memory, on a real source ([`SourceSession::send_run_with`]) — so no page is
+//! copied in user space and no hand-over to another thread sits between the
+//! checksum and the send. Small frames (control messages, runs of zero
+//! markers only) are gathered and go out with the next run's data, at
+//! [`GATHER_LIMIT`], or when the session waits for the destination.
 
+use std::io::{self, IoSlice, Write};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::time::Duration;
 
-use crate::protocol::frame::{FrameBuf, FrameReader};
+use crate::protocol::frame::{append_frame, write_all_vectored, FrameReader};
 use crate::protocol::messages::{
     decode_dest, encode_abandon, encode_hello_with_version, encode_round_end, kind, DestMessage,
     Hello, MAX_RUN_PAGES, PAGE_SIZE, PROTOCOL_VERSION,
 };
-pub use crate::protocol::run_frame::RunCounts;
-use crate::protocol::run_frame::RunFrame;
+pub use crate::protocol::run_frame::{RunControl, RunCounts};
 use crate::protocol::ProtocolError;
-use crate::send_queue::SendQueue;
 use crate::transport::Stream;
+
+/// Gathered small frames are written once they reach this many bytes.
+pub const GATHER_LIMIT: usize = 256 << 10;
 
 /// Why the source side of a session failed. In every case the source keeps
 /// (or resumes) its guest.
@@ -58,8 +67,13 @@ impl From<std::io::Error> for SendError {
 /// An open session to a destination.
 pub struct SourceSession {
     stream: Stream,
-    out: SendQueue,
     inbox: Receiver<Result<DestMessage, ProtocolError>>,
+    /// Whole frames not written yet.
+    pending: Vec<u8>,
+    /// The buffer run control frames are built in, kept between runs.
+    control: Vec<u8>,
+    /// Bytes written or pending.
+    queued: u64,
 }
 
 impl SourceSession {
@@ -76,7 +90,6 @@ impl SourceSession {
         version: u32,
     ) -> Result<Self, SendError> {
         let input = stream.try_clone()?;
-        let output = stream.try_clone()?;
         let (tx, inbox) = mpsc::channel();
         std::thread::Builder::new()
             .name("tern-mig-rx".into())
@@ -93,11 +106,13 @@ impl SourceSession {
             .map_err(|e| SendError::Protocol(ProtocolError::Io(e)))?;
         let mut s = SourceSession {
             stream,
-            out: SendQueue::start(output, "tern-mig-tx")?,
             inbox,
+            pending: Vec::with_capacity(GATHER_LIMIT),
+            control: Vec::new(),
+            queued: 0,
         };
         s.write_frame(kind::HELLO, &[&encode_hello_with_version(hello, version)])?;
-        s.out.flush()?;
+        s.flush()?;
         match s.wait(timeout, "the handshake answer")? {
             DestMessage::Accept { .. } => Ok(s),
             DestMessage::Refuse(reason) => Err(SendError::Refused(reason)),
@@ -105,22 +120,28 @@ impl SourceSession {
         }
     }
 
-    /// Bytes handed to the stream so far (the writer thread may still be
-    /// writing the last few frames; a flush waits for them).
+    /// Bytes of the stream so far (small frames among them may still be
+    /// gathered, not written: every call that waits for the destination
+    /// writes them first).
     pub fn bytes_sent(&self) -> u64 {
-        self.out.bytes_queued()
+        self.queued
     }
 
-    /// CPU time of the thread that writes the stream, as of the last flush
-    /// (every call that waits for the destination flushes first).
-    pub fn writer_cpu(&self) -> Option<Duration> {
-        self.out.writer_cpu()
-    }
-
-    /// Queues one frame whose payload is the concatenation of `parts`.
+    /// Gathers one frame whose payload is the concatenation of `parts`.
     fn write_frame(&mut self, kind: u16, parts: &[&[u8]]) -> Result<(), SendError> {
-        let frame = FrameBuf::encode(kind, parts, self.out.buffer()?)?;
-        self.out.send(frame)?;
+        self.queued += append_frame(&mut self.pending, kind, parts)? as u64;
+        if self.pending.len() >= GATHER_LIMIT {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the gathered frames.
+    fn flush(&mut self) -> Result<(), SendError> {
+        if !self.pending.is_empty() {
+            self.stream.write_all(&self.pending)?;
+            self.pending.clear();
+        }
         Ok(())
     }
 
@@ -171,50 +192,94 @@ impl SourceSession {
         pages: &[u8],
         known_zero: &[u64],
     ) -> Result<RunCounts, SendError> {
-        let count = (pages.len() / PAGE_SIZE) as u32;
         debug_assert!(pages.len() % PAGE_SIZE == 0);
+        let count = (pages.len() / PAGE_SIZE) as u32;
         let mut run = self.begin_run(region, first_page, count)?;
-        run.pages_mut()
-            .copy_from_slice(&pages[..count as usize * PAGE_SIZE]);
-        self.send_run_frame(run, known_zero)
+        // Byte ranges of `pages` that go with data, consecutive pages merged.
+        let mut data: Vec<std::ops::Range<usize>> = Vec::new();
+        for (i, page) in pages.chunks_exact(PAGE_SIZE).enumerate() {
+            if known_zero
+                .get(i / 64)
+                .is_some_and(|w| w & (1 << (i % 64)) != 0)
+            {
+                run.push_zero();
+                continue;
+            }
+            if !run.push_page(page) {
+                continue;
+            }
+            let at = i * PAGE_SIZE;
+            match data.last_mut() {
+                Some(r) if r.end == at => r.end = at + PAGE_SIZE,
+                _ => data.push(at..at + PAGE_SIZE),
+            }
+        }
+        self.send_run_with(run, |stream, prefix| {
+            let mut slices: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(prefix))
+                .chain(data.iter().map(|r| IoSlice::new(&pages[r.clone()])))
+                .collect();
+            write_all_vectored(stream, &mut slices)
+        })
     }
 
     /// Starts a run of `count` pages (1..=`MAX_RUN_PAGES`) from `first_page`
-    /// of `region`, to be filled in place ([`RunFrame::pages_mut`]) and sent
-    /// with [`SourceSession::send_run_frame`]. Waits while every frame
-    /// buffer is in flight.
+    /// of `region`: say what each page goes as, in order, then send it with
+    /// [`SourceSession::send_run_with`].
     pub fn begin_run(
         &mut self,
         region: u32,
         first_page: u64,
         count: u32,
-    ) -> Result<RunFrame, SendError> {
+    ) -> Result<RunControl, SendError> {
         if !(1..=MAX_RUN_PAGES).contains(&count) {
             return Err(SendError::Protocol(ProtocolError::BadMessage {
                 kind: kind::PAGES,
                 what: format!("a run has 1..={MAX_RUN_PAGES} pages, not {count}"),
             }));
         }
-        Ok(RunFrame::new(self.out.buffer()?, region, first_page, count))
+        let buf = std::mem::take(&mut self.control);
+        Ok(RunControl::new(buf, region, first_page, count))
     }
 
-    /// Sends a run started with [`SourceSession::begin_run`]; pages flagged
-    /// in `known_zero` (bit `i % 64` of word `i / 64`) and pages found all
-    /// zero go as markers.
-    pub fn send_run_frame(
+    /// Sends a run begun with [`SourceSession::begin_run`] whose every page
+    /// was said: its control frame, then its data pages, which `write_data`
+    /// writes. It gets the stream and the bytes that must go first (frames
+    /// gathered so far, then the run's control frame) and must write all of
+    /// them and then the run's data pages, in order, and nothing else. A run
+    /// of zero markers only has no data: its frame is gathered and
+    /// `write_data` not called.
+    ///
+    /// A data page may change between its checksum and the send (the guest
+    /// runs): the destination then finds it damaged and waits for it to be
+    /// sent again, which it will be, since it was dirtied (see PROTOCOL.md).
+    pub fn send_run_with<F>(
         &mut self,
-        run: RunFrame,
-        known_zero: &[u64],
-    ) -> Result<RunCounts, SendError> {
-        let (frame, counts) = run.finish(known_zero);
-        self.out.send(frame)?;
+        run: RunControl,
+        write_data: F,
+    ) -> Result<RunCounts, SendError>
+    where
+        F: FnOnce(&mut Stream, &[u8]) -> io::Result<()>,
+    {
+        let (frame, counts) = run.finish();
+        self.pending.extend_from_slice(&frame);
+        self.queued += frame.len() as u64;
+        self.control = frame;
+        if counts.data == 0 {
+            if self.pending.len() >= GATHER_LIMIT {
+                self.flush()?;
+            }
+            return Ok(counts);
+        }
+        write_data(&mut self.stream, &self.pending)?;
+        self.pending.clear();
+        self.queued += u64::from(counts.data) * PAGE_SIZE as u64;
         Ok(counts)
     }
 
     /// Ends round `round`: flushes, and fails if the destination reported an error.
     pub fn end_round(&mut self, round: u32) -> Result<(), SendError> {
         self.write_frame(kind::ROUND_END, &[&encode_round_end(round)])?;
-        self.out.flush()?;
+        self.flush()?;
         self.check_destination()
     }
 
@@ -227,7 +292,7 @@ impl SourceSession {
     /// Says everything was sent and waits until the destination has restored it.
     pub fn complete(&mut self, timeout: Duration) -> Result<(), SendError> {
         self.write_frame(kind::COMPLETE, &[])?;
-        self.out.flush()?;
+        self.flush()?;
         match self.wait(timeout, "Ready")? {
             DestMessage::Ready => Ok(()),
             other => Err(SendError::Unexpected(other)),
@@ -237,7 +302,7 @@ impl SourceSession {
     /// Tells the destination to run the guest and waits until it says it does.
     pub fn commit(&mut self, timeout: Duration) -> Result<(), SendError> {
         self.write_frame(kind::COMMIT, &[])?;
-        self.out.flush()?;
+        self.flush()?;
         match self.wait(timeout, "Resumed")? {
             DestMessage::Resumed => Ok(()),
             other => Err(SendError::Unexpected(other)),
@@ -247,7 +312,7 @@ impl SourceSession {
     /// Tells the destination to discard everything (best effort).
     pub fn abandon(&mut self, reason: &str) {
         let _ = self.write_frame(kind::ABANDON, &[&encode_abandon(reason)]);
-        let _ = self.out.flush();
+        let _ = self.flush();
     }
 }
 

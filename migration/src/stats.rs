@@ -127,14 +127,13 @@ pub struct MigrationStats {
     pub history: Vec<ProgressPoint>,
 }
 
-/// CPU time the source spent on a migration, by thread, ms. The thread that
-/// reads the destination's few answers only waits and is not counted.
+/// CPU time the source spent on a migration, ms. The thread that reads the
+/// destination's few answers only waits and is not counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MigrationCpu {
-    /// The migration loop: harvesting dirty pages, copying guest pages into
-    /// frames, checksums, the controller, the switchover.
+    /// The migration loop, which does all of the sending: harvesting dirty
+    /// pages, looking at each page (zero? its checksum), writing to the
+    /// socket (for TCP, most of the kernel's sending work), the controller,
+    /// the switchover.
     pub loop_ms: f64,
-    /// The writer thread: handing frames to the socket (for TCP, most of
-    /// the kernel's sending work).
-    pub writer_ms: f64,
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use migration::protocol::frame::FrameWriter;
 use migration::protocol::messages::{
-    encode_run_header, kind, DeviceSummary, Hello, MemoryRange, MAX_RUN_PAGES, PAGE_SIZE,
+    encode_run_header, kind, page_crc, DeviceSummary, Hello, MemoryRange, MAX_RUN_PAGES, PAGE_SIZE,
 };
 use migration::receiver::{receive, DestinationHost, ReceiveError};
 use migration::sender::{SendError, SourceSession};
@@ -163,9 +163,7 @@ fn a_run_of_no_pages_or_too_many_is_refused_before_anything_is_sent() {
         assert!(e.to_string().contains("pages"), "{e}");
     }
     // Nothing reached the stream: the session goes on.
-    let mut run = s.begin_run(0, 2, 1).unwrap();
-    run.pages_mut().fill(3);
-    assert_eq!(s.send_run_frame(run, &[]).unwrap().data, 1);
+    assert_eq!(s.send_run(0, 2, &[3; PAGE_SIZE]).unwrap().data, 1);
     let g = finish(s, dst, b"state");
     assert_eq!(g.page(0, 2)[4095], 3);
 }
@@ -212,7 +210,7 @@ fn version_mismatch_is_refused() {
     assert!(e.to_string().contains("version"), "{e}");
     let (g, r) = dst.join().unwrap();
     assert!(!g.resumed);
-    assert!(r.unwrap_err().contains("speaks 1, the peer 99"));
+    assert!(r.unwrap_err().contains("speaks 2, the peer 99"));
 }
 
 #[test]
@@ -228,25 +226,86 @@ fn garbage_is_not_a_tern_stream() {
 }
 
 #[test]
-fn a_page_run_with_corrupt_data_fails_the_migration_and_never_runs_the_guest() {
+fn a_page_run_with_a_corrupt_control_part_fails_the_migration_at_once() {
     let (a, b) = UnixStream::pair().unwrap();
     let dst = destination(FakeGuest::default(), b);
     let _s = session(&a, &hello(2)).unwrap();
-    // A run of one data page, its data flipped in one bit after the checksum was computed.
+    // A run of one data page, a bit of its page checksum flipped on the way.
+    let page = [0x5a; PAGE_SIZE];
     let mut payload = Vec::new();
     encode_run_header(0, 3, 1, &[0], &mut payload);
-    payload.extend_from_slice(&[0x5a; PAGE_SIZE]);
+    payload.extend_from_slice(&page_crc(&page).to_le_bytes());
     let mut w = FrameWriter::new(Vec::new());
     w.write_frame(kind::PAGES, &[&payload]).unwrap();
     w.flush().unwrap();
     let mut bytes = w.get_mut().clone();
-    let at = bytes.len() - 4 - 100; // inside the page data
+    let at = bytes.len() - 4 - 2; // inside the page checksum
     bytes[at] ^= 0x10;
+    bytes.extend_from_slice(&page);
     (&a).write_all(&bytes).unwrap();
     let (g, r) = dst.join().unwrap();
     let err = r.unwrap_err();
     assert!(err.contains("checksum mismatch"), "{err}");
     assert!(!g.resumed && g.restored.is_none());
+}
+
+/// Sends one data page at `page` whose checksum is `said`'s but whose bytes
+/// are `sent` (as when the guest writes a page between its checksum and its
+/// send, or the stream damages it).
+fn send_changed_page(s: &mut SourceSession, page: u64, said: &[u8], sent: &[u8]) {
+    let mut run = s.begin_run(0, page, 1).unwrap();
+    run.push_data(page_crc(said));
+    s.send_run_with(run, |stream, prefix| {
+        stream.write_all(prefix)?;
+        stream.write_all(sent)
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_page_that_arrives_damaged_and_again_intact_is_taken() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let dst = destination(FakeGuest::default(), b);
+    let mut s = session(&a, &hello(2)).unwrap();
+    let (old, new) = ([1u8; PAGE_SIZE], [2u8; PAGE_SIZE]);
+    send_changed_page(&mut s, 5, &old, &new);
+    send_changed_page(&mut s, 6, &old, &new);
+    s.end_round(1).unwrap();
+    // Dirtied by the write that damaged it: sent again in a later round.
+    s.send_run(0, 5, &new).unwrap();
+    // Or it became zero since.
+    s.send_run(0, 6, &[0; PAGE_SIZE]).unwrap();
+    let g = finish(s, dst, b"state");
+    assert!(g.resumed);
+    assert!(g.page(0, 5).iter().all(|&b| b == 2));
+    assert!(g.page(0, 6).iter().all(|&b| b == 0));
+}
+
+#[test]
+fn a_page_still_damaged_at_complete_fails_the_migration_before_restoring() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let dst = destination(FakeGuest::default(), b);
+    let mut s = session(&a, &hello(2)).unwrap();
+    let (old, new) = ([1u8; PAGE_SIZE], [2u8; PAGE_SIZE]);
+    s.send_run(0, 2, &old).unwrap();
+    send_changed_page(&mut s, 9, &old, &new);
+    send_changed_page(&mut s, 7, &old, &new);
+    s.send_run(0, 9, &new).unwrap(); // page 9 mended, page 7 not
+    s.end_round(1).unwrap();
+    s.send_state(b"state").unwrap();
+    let e = s.complete(T).unwrap_err();
+    let (g, r) = dst.join().unwrap();
+    assert!(!g.resumed && g.restored.is_none());
+    let err = r.unwrap_err();
+    assert!(
+        err.contains("1 guest page(s) failed their checksum and were never sent again")
+            && err.contains("page 7 of memory region 0"),
+        "{err}"
+    );
+    assert!(
+        matches!(&e, SendError::DestinationFailed(m) if m.contains("page 7 of memory region 0")),
+        "{e}"
+    );
 }
 
 #[test]

@@ -71,11 +71,8 @@ pub fn summary(v: &Value) -> String {
         s.push_str(&format!("\n  forced; announced downtime {d:.1} ms"));
     }
     let cpu = &v["cpu_ms"];
-    if let (Some(l), Some(w)) = (cpu["loop_ms"].as_f64(), cpu["writer_ms"].as_f64()) {
-        s.push_str(&format!(
-            "\n  source CPU   {:.0} ms ({l:.0} ms migration loop, {w:.0} ms stream writer)",
-            l + w
-        ));
+    if let Some(l) = cpu["loop_ms"].as_f64() {
+        s.push_str(&format!("\n  source CPU   {l:.0} ms (migration loop)"));
     }
     let drain = &v["drain"];
     if drain["attempts"].as_u64().unwrap_or(0) > 0 {
@@ -145,14 +142,11 @@ mod tests {
         let done = json!({
             "phase": "completed", "to": "tcp:h:1", "total_ms": 300.0, "setup_ms": 1.0,
             "downtime_ms": 2.5, "rounds": 1, "bytes_sent": 1048576, "data_pages": 256,
-            "zero_pages": 0, "cpu_ms": {"loop_ms": 90.4, "writer_ms": 160.2}
+            "zero_pages": 0, "cpu_ms": {"loop_ms": 250.6}
         });
         let s = summary(&done);
         assert!(s.starts_with("migration completed to tcp:h:1"), "{s}");
-        assert!(
-            s.contains("source CPU   251 ms (90 ms migration loop, 160 ms stream writer)"),
-            "{s}"
-        );
+        assert!(s.contains("source CPU   251 ms (migration loop)"), "{s}");
         let mut running = done.clone();
         running["cpu_ms"] = Value::Null;
         assert!(!summary(&running).contains("source CPU"));

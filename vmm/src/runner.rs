@@ -203,6 +203,7 @@ pub fn run(args: &RunArgs) -> Result<ExitReason, RunError> {
             let listener = Listener::bind(&uri)?;
             eprintln!("tern: waiting for an incoming migration on {uri}");
             let stream = listener.accept()?;
+            crate::migrate::socket_buffers::widen(&stream);
             drop(listener);
             // Buffered for the many small frames and the few bytes ahead of
             // each run's pages. Small on purpose: whatever the buffer holds
@@ -221,8 +222,13 @@ pub fn run(args: &RunArgs) -> Result<ExitReason, RunError> {
                 .map(|c| format!(", {:.0} ms of CPU", c.as_secs_f64() * 1e3))
                 .unwrap_or_default();
             eprintln!(
-                "tern: guest received ({} rounds, {} data pages, {} zero pages, {} bytes{cpu}) and running",
-                report.rounds, report.data_pages, report.zero_pages, report.bytes
+                "tern: guest received ({} rounds, {} data pages, {} zero pages, {} pages again \
+                 after they arrived changed, {} bytes{cpu}) and running",
+                report.rounds,
+                report.data_pages,
+                report.zero_pages,
+                report.pages_resent_damaged,
+                report.bytes
             );
         }
         None => machine.start_vcpus(parts.vcpu_fds, Target::Run)?,

@@ -231,14 +231,13 @@ fn idle_guest_migrates_over_tcp() {
         stats["zero_pages"].as_u64().unwrap() > stats["data_pages"].as_u64().unwrap(),
         "{stats}"
     );
-    // The source says what the migration cost it, thread by thread.
-    let cpu = &stats["cpu_ms"];
-    for thread in ["loop_ms", "writer_ms"] {
-        assert!(
-            cpu[thread].as_f64().is_some_and(|ms| ms > 0.0),
-            "{thread}: {stats}"
-        );
-    }
+    // The source says what the migration cost it.
+    assert!(
+        stats["cpu_ms"]["loop_ms"]
+            .as_f64()
+            .is_some_and(|ms| ms > 0.0),
+        "{stats}"
+    );
 }
 
 #[test]

@@ -33,21 +33,17 @@ fn send_rate(r: &RunResult) -> Option<f64> {
     (seconds > 0.0).then(|| bytes as f64 / 1048576.0 / seconds)
 }
 
-/// CPU per GiB sent of a tern migration, ms: the source's migration loop,
-/// its stream writer, and the destination's receiving thread (from its
-/// "guest received (…, N ms of CPU)" line).
-fn tern_cpu_per_gib(r: &RunResult) -> Option<[f64; 3]> {
+/// CPU per GiB sent of a tern migration, ms: the source's migration loop
+/// (which does all of the sending) and the destination's receiving thread
+/// (from its "guest received (…, N ms of CPU)" line).
+fn tern_cpu_per_gib(r: &RunResult) -> Option<[f64; 2]> {
     let gib = r.migration.bytes_sent? as f64 / (1u64 << 30) as f64;
     let cpu = &r.migration.vmm_stats["cpu_ms"];
     let dest = destination_cpu_ms(&r.destination_stderr)?;
     if gib <= 0.0 {
         return None;
     }
-    Some([
-        cpu["loop_ms"].as_f64()? / gib,
-        cpu["writer_ms"].as_f64()? / gib,
-        dest / gib,
-    ])
+    Some([cpu["loop_ms"].as_f64()? / gib, dest / gib])
 }
 
 /// The CPU a tern destination's receiving thread used, ms, from its
@@ -130,7 +126,7 @@ pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Resu
     let mut memory_ratios: [Vec<f64>; 3] = Default::default();
     // CPU per GiB: tern's (loop, writer, destination) per tern VMM; the
     // copies' (writer, reader).
-    let mut tern_cpu: [Vec<[f64; 3]>; 2] = Default::default();
+    let mut tern_cpu: [Vec<[f64; 2]>; 2] = Default::default();
     let mut reused_cpu = Vec::new();
     let mut prefaulted_cpu = Vec::new();
     let iperf_server = iperf::Server::start()?;
@@ -294,7 +290,7 @@ pub fn run(tern: &Tern, qemu: &dyn Hypervisor, ws_mib: u32, runs: usize) -> Resu
     for (i, cpu) in tern_cpu.iter().enumerate() {
         t.row([
             format!(
-                "{}: CPU ms per GiB, source loop / stream writer / destination (median of {})",
+                "{}: CPU ms per GiB, source loop / destination (median of {})",
                 vmms[i].0,
                 cpu.len()
             ),

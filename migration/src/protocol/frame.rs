@@ -55,9 +55,7 @@ impl<W: Write> FrameWriter<W> {
         let crc = frame_crc(&header, parts).to_le_bytes();
         let frame_len = HEADER_LEN + len + 4;
         if self.buf.len() + frame_len <= WRITE_BUFFER {
-            self.buf.extend_from_slice(&header);
-            parts.iter().for_each(|p| self.buf.extend_from_slice(p));
-            self.buf.extend_from_slice(&crc);
+            append_frame(&mut self.buf, kind, parts)?;
         } else {
             let mut slices = Vec::with_capacity(parts.len() + 3);
             slices.push(IoSlice::new(&self.buf));
@@ -84,6 +82,17 @@ impl<W: Write> FrameWriter<W> {
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.inner
     }
+}
+
+/// Appends one whole frame of `kind` whose payload is the concatenation of
+/// `parts` to `out`; returns its length in bytes.
+pub fn append_frame(out: &mut Vec<u8>, kind: u16, parts: &[&[u8]]) -> io::Result<usize> {
+    let (header, len) = frame_header(kind, parts)?;
+    let crc = frame_crc(&header, parts).to_le_bytes();
+    out.extend_from_slice(&header);
+    parts.iter().for_each(|p| out.extend_from_slice(p));
+    out.extend_from_slice(&crc);
+    Ok(HEADER_LEN + len + 4)
 }
 
 /// The header of a frame of `kind` whose payload is `parts`, and the payload's length.
@@ -115,87 +124,8 @@ fn frame_crc(header: &[u8], parts: &[&[u8]]) -> u32 {
     crc.finalize()
 }
 
-/// Whole frames at the start of a reusable buffer (one, or several put
-/// back to back with [`FrameBuf::append`]): their bytes are the first `len`
-/// of the buffer; the rest holds whatever earlier frames left there. A
-/// buffer keeps its length from frame to frame, so building a bigger frame
-/// in it later needs no zero-filling (a 1 MiB page run after a 40-byte run
-/// of zero markers would otherwise clear the whole megabyte).
-#[derive(Debug)]
-pub struct FrameBuf {
-    buf: Vec<u8>,
-    len: usize,
-}
-
-impl FrameBuf {
-    /// The frame whose bytes are `buf[..len]`.
-    ///
-    /// # Panics
-    /// If `len` is beyond the buffer (a caller's bug, not input).
-    pub fn new(buf: Vec<u8>, len: usize) -> Self {
-        assert!(
-            len <= buf.len(),
-            "a frame of {len} bytes in a buffer of {}",
-            buf.len()
-        );
-        FrameBuf { buf, len }
-    }
-
-    /// Encodes one whole frame (header, the concatenation of `parts`,
-    /// checksum) at the start of `buf`, growing it only if it is too short.
-    pub fn encode(kind: u16, parts: &[&[u8]], mut buf: Vec<u8>) -> io::Result<Self> {
-        let (header, payload) = frame_header(kind, parts)?;
-        let len = HEADER_LEN + payload + 4;
-        if buf.len() < len {
-            buf.resize(len, 0);
-        }
-        let crc = frame_crc(&header, parts).to_le_bytes();
-        let mut at = 0;
-        for part in std::iter::once(&header[..])
-            .chain(parts.iter().copied())
-            .chain([&crc[..]])
-        {
-            buf[at..at + part.len()].copy_from_slice(part);
-            at += part.len();
-        }
-        Ok(FrameBuf { buf, len })
-    }
-
-    /// Puts `next`'s bytes after this buffer's, if the buffer has room for
-    /// them (it is never grown); returns whether it did.
-    pub fn append(&mut self, next: &FrameBuf) -> bool {
-        let end = self.len + next.len;
-        if end > self.buf.len() {
-            return false;
-        }
-        self.buf[self.len..end].copy_from_slice(next.bytes());
-        self.len = end;
-        true
-    }
-
-    /// The frames' bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-
-    /// The frames' length in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether it holds no bytes (never, for a frame built here).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The whole buffer back, at its full length, for the next frame.
-    pub fn into_buffer(self) -> Vec<u8> {
-        self.buf
-    }
-}
-
 /// `Write::write_all_vectored`, which is not stable yet.
-fn write_all_vectored<W: Write>(w: &mut W, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+pub fn write_all_vectored<W: Write>(w: &mut W, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
     IoSlice::advance_slices(&mut slices, 0);
     while !slices.is_empty() {
         match w.write_vectored(slices) {
@@ -391,6 +321,28 @@ impl<R: Read> FrameReader<R> {
         Ok(())
     }
 
+    /// Reads some of the bytes that follow a frame outside it (a page run's
+    /// data pages) into `buf`, at least one, at most `buf.len()`; the stream
+    /// ending first is an error.
+    pub fn read_unframed(&mut self, buf: &mut [u8]) -> Result<usize, ProtocolError> {
+        loop {
+            match self.inner.read(buf) {
+                Ok(0) if !buf.is_empty() => {
+                    return Err(ProtocolError::Truncated {
+                        offset: self.offset,
+                        what: "page data",
+                    })
+                }
+                Ok(n) => {
+                    self.offset += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ProtocolError::Io(e)),
+            }
+        }
+    }
+
     /// Reads the next frame.
     pub fn read_frame(&mut self) -> Result<Frame, ProtocolError> {
         let mut payload = Vec::new();
@@ -430,35 +382,21 @@ mod tests {
     }
 
     #[test]
-    fn an_encoded_frame_is_what_the_writer_writes() {
-        // Grown from a short buffer.
-        let f = FrameBuf::encode(7, &[b"hello ", b"world"], vec![1, 2, 3]).unwrap();
-        assert_eq!(f.bytes(), one_frame());
-        assert_eq!(f.len(), one_frame().len());
-        // In a longer one: the frame at its start, the rest left as it was.
-        let f = FrameBuf::encode(7, &[b"hello ", b"world"], vec![0xee; 100]).unwrap();
-        assert_eq!(f.bytes(), one_frame());
-        let buf = f.into_buffer();
-        assert_eq!(buf.len(), 100);
-        assert!(buf[one_frame().len()..].iter().all(|&b| b == 0xee));
+    fn appended_frames_are_what_the_writer_writes() {
+        let mut out = vec![1, 2, 3];
+        assert_eq!(
+            append_frame(&mut out, 7, &[b"hello ", b"world"]).unwrap(),
+            one_frame().len()
+        );
+        append_frame(&mut out, 7, &[b"hello world"]).unwrap();
+        assert_eq!(out, [&[1, 2, 3][..], &one_frame(), &one_frame()].concat());
         let big = vec![0u8; MAX_PAYLOAD as usize + 1];
-        assert!(FrameBuf::encode(7, &[&big], Vec::new()).is_err());
-    }
-
-    #[test]
-    fn appended_frames_follow_each_other_while_the_buffer_has_room() {
-        let one = one_frame();
-        let mut f =
-            FrameBuf::encode(7, &[b"hello ", b"world"], vec![0; 2 * one.len() + 1]).unwrap();
-        let next = FrameBuf::encode(7, &[b"hello ", b"world"], Vec::new()).unwrap();
-        assert!(f.append(&next));
-        assert_eq!(f.bytes(), [one.clone(), one].concat());
-        assert!(!f.append(&next), "no room left: the buffer is not grown");
-        assert_eq!(f.len(), 2 * one_frame().len());
-        let mut r = FrameReader::new(f.bytes(), |_| true);
-        for _ in 0..2 {
-            assert_eq!(r.read_frame().unwrap().payload, b"hello world");
-        }
+        assert!(append_frame(&mut out, 7, &[&big]).is_err());
+        assert_eq!(
+            out.len(),
+            3 + 2 * one_frame().len(),
+            "nothing of it appended"
+        );
     }
 
     /// A stream that takes at most 3 bytes per write, and is interrupted

@@ -1,13 +1,15 @@
 //! The messages of tern's migration protocol and their encodings (see
 //! `migration/PROTOCOL.md`). Control messages are postcard-encoded serde
-//! values; page runs have a fixed binary layout so pages are copied once.
+//! values; page runs have a fixed binary layout, and their data pages follow
+//! the run's frame unframed, each with its own checksum in the frame, so a
+//! source can send them straight from guest memory.
 
 use serde::{Deserialize, Serialize};
 
 use super::ProtocolError;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// First bytes of every Hello payload: says "this is a tern migration stream".
 pub const HELLO_MAGIC: [u8; 4] = *b"TERN";
 /// Guest page size the stream is expressed in.
@@ -88,7 +90,8 @@ pub struct Hello {
     pub devices: Vec<DeviceSummary>,
 }
 
-/// A run of consecutive pages of one memory region, borrowed from a frame.
+/// A run of consecutive pages of one memory region, borrowed from its frame:
+/// the run's control part. Its data pages follow the frame in the stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageRun<'a> {
     /// Memory region (slot) index.
@@ -97,10 +100,10 @@ pub struct PageRun<'a> {
     pub first_page: u64,
     /// Number of pages.
     pub count: u32,
-    /// Bit i set: page i is all zeroes and has no data below.
+    /// Bit i set: page i is all zeroes and has no data after the frame.
     pub zero_map: &'a [u8],
-    /// The non-zero pages, in order, `PAGE_SIZE` bytes each.
-    pub data: &'a [u8],
+    /// The CRC-32 of each non-zero page, in order, 4 bytes each (little-endian).
+    pub page_crcs: &'a [u8],
 }
 
 impl PageRun<'_> {
@@ -108,6 +111,33 @@ impl PageRun<'_> {
     pub fn is_zero(&self, i: u32) -> bool {
         zero_map_has(self.zero_map, i)
     }
+
+    /// Data pages that follow the run's frame.
+    pub fn data_pages(&self) -> u32 {
+        (self.page_crcs.len() / PAGE_CRC) as u32
+    }
+
+    /// The checksum of data page `k` (the `k`-th non-zero page; `k` must be
+    /// below [`PageRun::data_pages`]).
+    pub fn page_crc(&self, k: u32) -> u32 {
+        page_crc_at(self.page_crcs, k)
+    }
+}
+
+/// Bytes of one page checksum in a run's control part.
+pub const PAGE_CRC: usize = 4;
+
+/// Data page `k`'s checksum in a run's list of page checksums (`k` must be in the list).
+pub fn page_crc_at(page_crcs: &[u8], k: u32) -> u32 {
+    let at = k as usize * PAGE_CRC;
+    let mut b = [0u8; PAGE_CRC];
+    b.copy_from_slice(&page_crcs[at..at + PAGE_CRC]);
+    u32::from_le_bytes(b)
+}
+
+/// The checksum a data page travels with: CRC-32 (IEEE) of its 4096 bytes.
+pub fn page_crc(page: &[u8]) -> u32 {
+    crc32fast::hash(page)
 }
 
 /// Whether a run's zero map marks its page `i` zero (bit `i % 8` of byte `i / 8`). `i` must be
@@ -126,7 +156,7 @@ fn bad_run(what: String) -> ProtocolError {
     }
 }
 
-/// Encodes a run's header and zero map (the caller appends the page data).
+/// Encodes a run's head and zero map (the caller appends the page checksums).
 pub fn encode_run_header(
     region: u32,
     first_page: u64,
@@ -148,7 +178,7 @@ pub fn run_head_bytes(region: u32, first_page: u64, count: u32) -> [u8; RUN_HEAD
     head
 }
 
-/// The head of a page run, checked: the data and zero map that follow it are not.
+/// The head of a page run, checked: the zero map and checksums that follow it are not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RunHead {
     /// Memory region (slot) index.
@@ -191,12 +221,14 @@ pub fn decode_run_head(head: &[u8; RUN_HEADER]) -> Result<RunHead, ProtocolError
 }
 
 /// Checks a run's zero map (exactly `zero_map_len` bytes, no bits past the run) against the
-/// payload length the run's frame declared; returns the bytes of page data that follow it.
+/// payload length the run's frame declared (head, map, then one checksum per data page);
+/// returns the number of data pages, whose checksums follow the map in the frame and whose
+/// data follows the frame.
 pub fn check_zero_map(
     head: &RunHead,
     zero_map: &[u8],
     payload_len: usize,
-) -> Result<usize, ProtocolError> {
+) -> Result<u32, ProtocolError> {
     let map_len = head.zero_map_len();
     if zero_map.len() != map_len || payload_len < RUN_HEADER + map_len {
         return Err(bad_run("zero map cut short".into()));
@@ -206,18 +238,18 @@ pub fn check_zero_map(
         return Err(bad_run("zero map has bits past the run".into()));
     }
     let zeros: u32 = zero_map.iter().map(|b| b.count_ones()).sum();
-    let expect = (count - zeros) as usize * PAGE_SIZE;
-    let data = payload_len - RUN_HEADER - map_len;
-    if data != expect {
+    let data_pages = count - zeros;
+    let expect = data_pages as usize * PAGE_CRC;
+    let sums = payload_len - RUN_HEADER - map_len;
+    if sums != expect {
         return Err(bad_run(format!(
-            "{data} data bytes for {} non-zero pages (expected {expect})",
-            count - zeros
+            "{sums} bytes of page checksums for {data_pages} non-zero pages (expected {expect})"
         )));
     }
-    Ok(expect)
+    Ok(data_pages)
 }
 
-/// Decodes and checks a page run.
+/// Decodes and checks a page run's control part (its frame's payload).
 pub fn decode_run(payload: &[u8]) -> Result<PageRun<'_>, ProtocolError> {
     let Some((head, rest)) = payload.split_first_chunk::<RUN_HEADER>() else {
         return Err(bad_run(format!(
@@ -230,14 +262,14 @@ pub fn decode_run(payload: &[u8]) -> Result<PageRun<'_>, ProtocolError> {
     if rest.len() < map_len {
         return Err(bad_run("zero map cut short".into()));
     }
-    let (zero_map, data) = rest.split_at(map_len);
+    let (zero_map, page_crcs) = rest.split_at(map_len);
     check_zero_map(&head, zero_map, payload.len())?;
     Ok(PageRun {
         region: head.region,
         first_page: head.first_page,
         count: head.count,
         zero_map,
-        data,
+        page_crcs,
     })
 }
 
@@ -412,7 +444,7 @@ mod tests {
         assert_eq!(
             decode_source(kind::HELLO, &p).unwrap(),
             SourceMessage::Hello {
-                version: 1,
+                version: PROTOCOL_VERSION,
                 hello: Some(hello())
             }
         );
@@ -435,12 +467,20 @@ mod tests {
         // 3 pages, the middle one zero.
         let mut p = Vec::new();
         encode_run_header(1, 64, 3, &[0b010], &mut p);
-        p.extend(std::iter::repeat_n(0xab, 2 * PAGE_SIZE));
+        p.extend_from_slice(&7u32.to_le_bytes());
+        p.extend_from_slice(&9u32.to_le_bytes());
         let run = decode_run(&p).unwrap();
         assert_eq!((run.region, run.first_page, run.count), (1, 64, 3));
         assert!(!run.is_zero(0) && run.is_zero(1) && !run.is_zero(2));
-        // One data page short.
-        assert!(decode_run(&p[..p.len() - PAGE_SIZE]).is_err());
+        assert_eq!(
+            (run.data_pages(), run.page_crc(0), run.page_crc(1)),
+            (2, 7, 9)
+        );
+        // One page checksum short, or one too many.
+        assert!(decode_run(&p[..p.len() - PAGE_CRC]).is_err());
+        let mut long = p.clone();
+        long.extend_from_slice(&[0; PAGE_CRC]);
+        assert!(decode_run(&long).is_err());
         // Stray bits past the run.
         let mut q = p.clone();
         q[16] |= 0x80;

@@ -1,17 +1,18 @@
-//! A page-run frame built in place: the caller copies guest pages straight
-//! into the frame's own buffer ([`RunFrame::pages_mut`]), and
-//! [`RunFrame::finish`] turns it into the bytes of one whole frame — zero
-//! pages found and dropped (the data pages after them moved down), the zero
-//! map, the frame header and the checksum filled in — ready for a single
-//! write. Each page is copied once in user space, into a buffer that then
-//! goes to the socket as it is.
+//! A page run's control frame, built as its pages are looked at: the source
+//! says for each page in turn whether it goes as a zero marker
+//! ([`RunControl::push_zero`]) or with its data and checksum
+//! ([`RunControl::push_data`]), and [`RunControl::finish`] fills in the frame
+//! header and the frame's checksum. The data pages themselves are not in the
+//! frame: they follow it in the stream, written from wherever they are (guest
+//! memory, on a real source), so no page is copied into a frame buffer.
 //!
-//! Layout of the buffer (see PROTOCOL.md, PAGES): frame header, run head,
-//! zero map, then the pages. The zero map's size depends only on the page
-//! count, so the pages' place is fixed before anyone knows which are zero.
+//! Layout of the frame (see PROTOCOL.md, Page runs): frame header, run head,
+//! zero map, one CRC-32 per data page, frame checksum. The zero map's size
+//! depends only on the page count, so the checksums' place is fixed before
+//! anyone knows which pages are zero.
 
-use super::frame::{header_bytes, FrameBuf, HEADER_LEN};
-use super::messages::{kind, run_head_bytes, MAX_RUN_PAGES, PAGE_SIZE, RUN_HEADER};
+use super::frame::{header_bytes, HEADER_LEN};
+use super::messages::{kind, page_crc, run_head_bytes, MAX_RUN_PAGES, PAGE_CRC, RUN_HEADER};
 
 /// Pages and zero pages of a run as sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -22,21 +23,12 @@ pub struct RunCounts {
     pub zero: u32,
 }
 
-/// The largest buffer a run frame needs.
-pub const MAX_RUN_FRAME: usize = HEADER_LEN
+/// The largest control frame a run has.
+pub const MAX_RUN_CONTROL: usize = HEADER_LEN
     + RUN_HEADER
     + (MAX_RUN_PAGES as usize).div_ceil(8)
-    + MAX_RUN_PAGES as usize * PAGE_SIZE
+    + MAX_RUN_PAGES as usize * PAGE_CRC
     + 4;
-
-/// A page run being built in its frame buffer.
-#[derive(Debug)]
-pub struct RunFrame {
-    buf: Vec<u8>,
-    region: u32,
-    first_page: u64,
-    count: u32,
-}
 
 /// Whether a page is all zero bytes.
 pub fn page_is_zero(page: &[u8]) -> bool {
@@ -47,10 +39,27 @@ pub fn page_is_zero(page: &[u8]) -> bool {
         && blocks.remainder().iter().all(|&x| x == 0)
 }
 
-impl RunFrame {
+/// How a page goes: `None` as a zero marker, `Some(crc)` with its data and
+/// that checksum.
+pub fn classify_page(page: &[u8]) -> Option<u32> {
+    (!page_is_zero(page)).then(|| page_crc(page))
+}
+
+/// A page run's control frame being built.
+#[derive(Debug)]
+pub struct RunControl {
+    buf: Vec<u8>,
+    region: u32,
+    first_page: u64,
+    count: u32,
+    /// Pages said so far.
+    next: u32,
+    counts: RunCounts,
+}
+
+impl RunControl {
     /// A run of `count` pages (1..=`MAX_RUN_PAGES`) from `first_page` of
-    /// `region`, in `buf` (any previous contents are overwritten or unused;
-    /// the buffer only grows, and only growth is zero-filled: see [`FrameBuf`]).
+    /// `region`, built in `buf` (its contents are discarded, its allocation kept).
     ///
     /// # Panics
     /// If `count` is 0 or above `MAX_RUN_PAGES` (a caller's bug, not input).
@@ -59,20 +68,16 @@ impl RunFrame {
             (1..=MAX_RUN_PAGES).contains(&count),
             "a run has 1..={MAX_RUN_PAGES} pages, not {count}"
         );
-        let len = Self::pages_at(count) + count as usize * PAGE_SIZE + 4;
-        if buf.len() < len {
-            buf.resize(len, 0);
-        }
-        RunFrame {
+        buf.clear();
+        buf.resize(HEADER_LEN + RUN_HEADER + count.div_ceil(8) as usize, 0);
+        RunControl {
             buf,
             region,
             first_page,
             count,
+            next: 0,
+            counts: RunCounts::default(),
         }
-    }
-
-    fn pages_at(count: u32) -> usize {
-        HEADER_LEN + RUN_HEADER + count.div_ceil(8) as usize
     }
 
     /// Pages in the run.
@@ -80,54 +85,65 @@ impl RunFrame {
         self.count
     }
 
-    /// Where the run's pages go, `count` × `PAGE_SIZE` bytes, page `i` at
-    /// `i * PAGE_SIZE`. Pages the caller knows to be zero need not be written.
-    pub fn pages_mut(&mut self) -> &mut [u8] {
-        let at = Self::pages_at(self.count);
-        &mut self.buf[at..at + self.count as usize * PAGE_SIZE]
+    /// The next page goes as a zero marker.
+    ///
+    /// # Panics
+    /// If every page of the run was said already (a caller's bug).
+    pub fn push_zero(&mut self) {
+        let i = self.take_next();
+        self.buf[HEADER_LEN + RUN_HEADER + (i / 8) as usize] |= 1 << (i % 8);
+        self.counts.zero += 1;
     }
 
-    /// Completes the frame: pages flagged in `known_zero` (bit `i` of word
-    /// `i / 64`) and pages whose bytes are all zero become zero markers, the
-    /// data pages are packed together, and the header and checksum are
-    /// written. Returns the frame (in the buffer, which keeps its length) and
-    /// the counts.
-    pub fn finish(mut self, known_zero: &[u64]) -> (FrameBuf, RunCounts) {
-        let count = self.count as usize;
-        let at = Self::pages_at(self.count);
-        let map_at = HEADER_LEN + RUN_HEADER;
-        self.buf[map_at..at].fill(0);
-        let mut counts = RunCounts::default();
-        let mut packed = 0usize;
-        for i in 0..count {
-            let known = known_zero
-                .get(i / 64)
-                .is_some_and(|w| w & (1 << (i % 64)) != 0);
-            let from = at + i * PAGE_SIZE;
-            if known || page_is_zero(&self.buf[from..from + PAGE_SIZE]) {
-                self.buf[map_at + i / 8] |= 1 << (i % 8);
-                counts.zero += 1;
-                continue;
+    /// The next page goes with its data, whose checksum is `crc`
+    /// ([`crate::protocol::messages::page_crc`]).
+    ///
+    /// # Panics
+    /// If every page of the run was said already (a caller's bug).
+    pub fn push_data(&mut self, crc: u32) {
+        self.take_next();
+        self.buf.extend_from_slice(&crc.to_le_bytes());
+        self.counts.data += 1;
+    }
+
+    /// The next page as [`classify_page`] says; returns whether it goes with data.
+    pub fn push_page(&mut self, page: &[u8]) -> bool {
+        match classify_page(page) {
+            Some(crc) => {
+                self.push_data(crc);
+                true
             }
-            if packed != i {
-                self.buf
-                    .copy_within(from..from + PAGE_SIZE, at + packed * PAGE_SIZE);
+            None => {
+                self.push_zero();
+                false
             }
-            packed += 1;
-            counts.data += 1;
         }
-        let payload = RUN_HEADER + count.div_ceil(8) + packed * PAGE_SIZE;
-        // At most MAX_RUN_FRAME bytes: fits a u32.
+    }
+
+    fn take_next(&mut self) -> u32 {
+        assert!(self.next < self.count, "a run of {} pages", self.count);
+        self.next += 1;
+        self.next - 1
+    }
+
+    /// The whole frame (the buffer, holding just it) and the run's counts;
+    /// its data pages, in order, must follow it in the stream.
+    ///
+    /// # Panics
+    /// If not every page of the run was said (a caller's bug).
+    pub fn finish(mut self) -> (Vec<u8>, RunCounts) {
+        assert_eq!(self.next, self.count, "pages said of a run");
+        let payload = self.buf.len() - HEADER_LEN;
+        // At most MAX_RUN_CONTROL bytes: fits a u32.
         self.buf[..HEADER_LEN].copy_from_slice(&header_bytes(kind::PAGES, payload as u32));
-        self.buf[HEADER_LEN..map_at].copy_from_slice(&run_head_bytes(
+        self.buf[HEADER_LEN..HEADER_LEN + RUN_HEADER].copy_from_slice(&run_head_bytes(
             self.region,
             self.first_page,
             self.count,
         ));
-        let end = HEADER_LEN + payload;
-        let crc = crc32fast::hash(&self.buf[..end]);
-        self.buf[end..end + 4].copy_from_slice(&crc.to_le_bytes());
-        (FrameBuf::new(self.buf, end + 4), counts)
+        let crc = crc32fast::hash(&self.buf);
+        self.buf.extend_from_slice(&crc.to_le_bytes());
+        (self.buf, self.counts)
     }
 }
 
@@ -135,102 +151,64 @@ impl RunFrame {
 mod tests {
     use super::*;
     use crate::protocol::frame::FrameReader;
-    use crate::protocol::messages::{check_zero_map, decode_run_head, zero_map_has};
-
-    /// Decodes a run frame with the reader the destination uses.
-    fn decode(frame: &[u8]) -> (u16, u32, u64, u32, Vec<u8>, Vec<u8>) {
-        let mut r = FrameReader::new(frame, |_| true);
-        let f = r.read_frame().unwrap();
-        let head = decode_run_head(f.payload[..RUN_HEADER].try_into().unwrap()).unwrap();
-        let map = f.payload[RUN_HEADER..RUN_HEADER + head.zero_map_len()].to_vec();
-        let data_len = check_zero_map(&head, &map, f.payload.len()).unwrap();
-        let data = f.payload[f.payload.len() - data_len..].to_vec();
-        (f.kind, head.region, head.first_page, head.count, map, data)
-    }
+    use crate::protocol::messages::{decode_run, PAGE_SIZE};
 
     #[test]
-    fn data_pages_are_packed_behind_a_zero_map_and_the_frame_checks_out() {
-        let mut run = RunFrame::new(Vec::new(), 3, 100, 5);
-        let pages = run.pages_mut();
-        pages.fill(0);
+    fn a_run_says_which_pages_are_zero_and_checksums_the_others() {
+        let mut pages = vec![0u8; 5 * PAGE_SIZE];
         pages[5] = 1; // page 0: data
         pages[2 * PAGE_SIZE + 4095] = 2; // page 2: data, only its last byte set
-        pages[3 * PAGE_SIZE..4 * PAGE_SIZE].fill(0xee); // page 3: known zero
         pages[4 * PAGE_SIZE] = 4; // page 4: data
-        let (frame, counts) = run.finish(&[0b01000]);
+        let mut run = RunControl::new(vec![0xee; 3], 3, 100, 5);
+        let with_data: Vec<bool> = pages.chunks(PAGE_SIZE).map(|p| run.push_page(p)).collect();
+        assert_eq!(with_data, [true, false, true, false, true]);
+        let (frame, counts) = run.finish();
         assert_eq!(counts, RunCounts { data: 3, zero: 2 });
-        let (kind, region, first, count, map, data) = decode(frame.bytes());
-        assert_eq!((kind, region, first, count), (kind::PAGES, 3, 100, 5));
-        assert_eq!(map, [0b01010]);
-        for (i, z) in [false, true, false, true, false].into_iter().enumerate() {
-            assert_eq!(zero_map_has(&map, i as u32), z, "page {i}");
+        assert_eq!(frame.len(), HEADER_LEN + RUN_HEADER + 1 + 3 * PAGE_CRC + 4);
+        let mut r = FrameReader::new(&frame[..], |_| true);
+        let f = r.read_frame().unwrap();
+        assert_eq!(f.kind, kind::PAGES);
+        let run = decode_run(&f.payload).unwrap();
+        assert_eq!((run.region, run.first_page, run.count), (3, 100, 5));
+        assert_eq!(run.zero_map, [0b01010]);
+        assert_eq!(run.data_pages(), 3);
+        for (k, page) in [0, 2, 4].into_iter().enumerate() {
+            let bytes = &pages[page * PAGE_SIZE..(page + 1) * PAGE_SIZE];
+            assert_eq!(
+                run.page_crc(k as u32),
+                crc32fast::hash(bytes),
+                "page {page}"
+            );
         }
-        assert_eq!(data.len(), 3 * PAGE_SIZE);
-        assert_eq!(
-            (data[5], data[PAGE_SIZE + 4095], data[2 * PAGE_SIZE]),
-            (1, 2, 4)
-        );
-        assert_eq!(data.iter().filter(|&&b| b != 0).count(), 3);
     }
 
     #[test]
-    fn a_reused_buffer_leaves_nothing_of_its_last_frame() {
-        let mut run = RunFrame::new(Vec::new(), 0, 0, MAX_RUN_PAGES);
-        run.pages_mut().fill(0x55);
-        let (big, counts) = run.finish(&[]);
-        assert_eq!(counts.data, MAX_RUN_PAGES);
-        assert_eq!(big.len(), MAX_RUN_FRAME);
-        // A smaller run in the same buffer: old bytes past it are not sent,
-        // and its zero map starts clean.
-        let mut run = RunFrame::new(big.into_buffer(), 1, 7, 2);
-        run.pages_mut().fill(0);
-        let (frame, counts) = run.finish(&[]);
-        assert_eq!(counts, RunCounts { data: 0, zero: 2 });
-        let (_, region, first, count, map, data) = decode(frame.bytes());
-        assert_eq!(
-            (region, first, count, map, data.len()),
-            (1, 7, 2, vec![0b11], 0)
-        );
-        // The buffer kept its length (and its stale bytes), so a whole run
-        // built in it next needs neither an allocation nor zero-filling;
-        // pages known zero are not read from it.
-        let buf = frame.into_buffer();
-        assert_eq!(buf.len(), MAX_RUN_FRAME);
-        let at = buf.as_ptr();
-        let mut run = RunFrame::new(buf, 2, 0, MAX_RUN_PAGES);
-        run.pages_mut()[..PAGE_SIZE].fill(3);
-        let known_zero = [!1u64, !0, !0, !0];
-        let (frame, counts) = run.finish(&known_zero);
-        assert_eq!(
-            counts,
-            RunCounts {
-                data: 1,
-                zero: MAX_RUN_PAGES - 1
-            }
-        );
-        let (_, _, _, _, _, data) = decode(frame.bytes());
-        assert!(data.len() == PAGE_SIZE && data.iter().all(|&b| b == 3));
-        let buf = frame.into_buffer();
-        assert_eq!(buf.as_ptr(), at);
-    }
-
-    #[test]
-    fn a_flipped_byte_fails_the_checksum() {
-        let mut run = RunFrame::new(Vec::new(), 0, 0, 1);
-        run.pages_mut().fill(9);
-        let (frame, _) = run.finish(&[]);
-        let mut frame = frame.bytes().to_vec();
-        frame[HEADER_LEN + RUN_HEADER + 1 + 100] ^= 1;
+    fn a_flipped_byte_fails_the_frame_checksum() {
+        let mut run = RunControl::new(Vec::new(), 0, 0, 2);
+        run.push_zero();
+        run.push_data(7);
+        let (mut frame, _) = run.finish();
+        frame[HEADER_LEN + RUN_HEADER + 1] ^= 1;
         let mut r = FrameReader::new(&frame[..], |_| true);
         assert!(r.read_frame().is_err());
+    }
+
+    #[test]
+    #[should_panic(expected = "pages said")]
+    fn a_run_must_say_every_page() {
+        let mut run = RunControl::new(Vec::new(), 0, 0, 2);
+        run.push_zero();
+        let _ = run.finish();
     }
 
     #[test]
     fn zero_pages_are_found_in_any_block() {
         let mut page = vec![0u8; PAGE_SIZE];
         assert!(page_is_zero(&page));
+        assert_eq!(classify_page(&page), None);
         page[PAGE_SIZE - 1] = 1;
         assert!(!page_is_zero(&page));
+        assert_eq!(classify_page(&page), Some(crc32fast::hash(&page)));
         page[PAGE_SIZE - 1] = 0;
         page[64 * 7] = 1;
         assert!(!page_is_zero(&page));

@@ -4,9 +4,11 @@
 
 pub mod destination;
 pub mod estimate;
+pub mod guest_send;
 pub mod guest_state;
 pub mod harvest;
 pub mod send;
+pub mod socket_buffers;
 pub mod source;
 
 use std::sync::atomic::AtomicBool;

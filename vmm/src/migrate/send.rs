@@ -3,7 +3,14 @@
 //! `KVM_CLEAR_DIRTY_LOG` *before* its pages are read, so a write that lands
 //! after the read is logged again; no single step holds KVM's MMU lock for
 //! more than one window.
+//!
+//! Each page is copied into a one-page scratch buffer to be looked at (is it
+//! zero? its checksum) and is then sent from guest memory itself, the whole
+//! run in one `sendmsg` ([`super::guest_send`]). A page the guest writes in
+//! between arrives damaged and is sent again: that write was logged, since the
+//! window was re-armed before any of its pages were read.
 
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -12,6 +19,7 @@ use migration::protocol::messages::{MAX_RUN_PAGES, PAGE_SIZE};
 use migration::sender::SourceSession;
 use vm_memory::{Bytes, GuestAddress};
 
+use super::guest_send::GuestRanges;
 use super::MigrationError;
 use crate::machine::Machine;
 use crate::vstate::populated::Pagemap;
@@ -99,8 +107,10 @@ pub struct PageSender {
     pagemap: Option<Pagemap>,
     /// Per window: pages that may hold data (see [`Pagemap::populated`]).
     populated: Vec<u64>,
-    /// Per run: pages sent as zero markers without being read.
-    known_zero: Vec<u64>,
+    /// One page, copied out of guest memory to be looked at.
+    scratch: Vec<u8>,
+    /// Per run: the guest memory its data pages are sent from.
+    data: GuestRanges,
     /// What has been sent so far.
     pub totals: SendTotals,
     /// Debugging aid (`TERN_DEBUG_CHECK_SENT=1`): a hash of every page as
@@ -121,7 +131,8 @@ impl PageSender {
             words: Vec::with_capacity(WINDOW_WORDS),
             pagemap,
             populated: Vec::with_capacity(WINDOW_WORDS),
-            known_zero: Vec::with_capacity(MAX_RUN_PAGES.div_ceil(64) as usize),
+            scratch: vec![0; PAGE_SIZE],
+            data: GuestRanges::default(),
             totals: SendTotals::default(),
             sent_hashes: None,
         }
@@ -257,40 +268,46 @@ impl PageSender {
                 pages.next();
                 count += 1;
             }
-            self.known_zero.clear();
-            self.known_zero.resize(count.div_ceil(64) as usize, 0);
-            // Guest pages go straight into the frame's buffer.
             let mut run = session.begin_run(region as u32, start, count as u32)?;
-            let buf = run.pages_mut();
-            // Read the populated stretches of the run; mark the rest zero.
-            let mut i = 0u64;
-            while i < count {
-                if !self.may_hold_data(start + i - window_start) {
-                    self.known_zero[(i / 64) as usize] |= 1 << (i % 64);
-                    i += 1;
-                    continue;
-                }
-                let mut j = i + 1;
-                while j < count && self.may_hold_data(start + j - window_start) {
-                    j += 1;
-                }
+            self.data.clear();
+            let scan_all = self.pagemap.is_none();
+            let mut hashes = self
+                .sent_hashes
+                .as_mut()
+                .and_then(|h| h.get_mut(region))
+                .map(|h| &mut h[start as usize..(start + count) as usize]);
+            for i in 0..count {
                 let addr = GuestAddress(guest_base + (start + i) * PAGE_SIZE as u64);
-                let bytes = &mut buf[i as usize * PAGE_SIZE..j as usize * PAGE_SIZE];
-                machine.mem.read_slice(bytes, addr).map_err(|e| {
-                    MigrationError::Memory(format!("reading guest page {:#x}: {e}", addr.0))
-                })?;
-                i = j;
-            }
-            if let Some(hashes) = self.sent_hashes.as_mut().and_then(|h| h.get_mut(region)) {
-                for (k, page) in buf.chunks(PAGE_SIZE).enumerate() {
-                    let known_zero = self.known_zero[k / 64] & (1 << (k % 64)) != 0;
-                    if let Some(slot) = hashes.get_mut(start as usize + k) {
-                        *slot = if known_zero { 0 } else { page_hash(page) };
-                    }
+                let with_data = if scan_all || populated(&self.populated, start + i - window_start)
+                {
+                    machine
+                        .mem
+                        .read_slice(&mut self.scratch, addr)
+                        .map_err(|e| {
+                            MigrationError::Memory(format!("reading guest page {:#x}: {e}", addr.0))
+                        })?;
+                    run.push_page(&self.scratch)
+                } else {
+                    // Never populated: zero, not read.
+                    run.push_zero();
+                    false
+                };
+                if with_data {
+                    self.data.push(addr, PAGE_SIZE);
+                }
+                if let Some(h) = hashes.as_deref_mut() {
+                    h[i as usize] = if with_data {
+                        page_hash(&self.scratch)
+                    } else {
+                        0
+                    };
                 }
             }
             let before = session.bytes_sent();
-            let c = session.send_run_frame(run, &self.known_zero)?;
+            let (data, mem) = (&mut self.data, &machine.mem);
+            let c = session.send_run_with(run, |stream, prefix| {
+                data.write(stream.as_fd(), prefix, mem)
+            })?;
             pacer.sent(session.bytes_sent() - before);
             self.totals.data_pages += u64::from(c.data);
             self.totals.zero_pages += u64::from(c.zero);
@@ -313,15 +330,14 @@ impl PageSender {
             self.pagemap = None;
         }
     }
+}
 
-    /// Whether page `i` of the current window may hold data.
-    fn may_hold_data(&self, i: u64) -> bool {
-        self.pagemap.is_none()
-            || self
-                .populated
-                .get((i / 64) as usize)
-                .is_none_or(|w| w & (1 << (i % 64)) != 0)
-    }
+/// Whether page `i` of a window may hold data, by the window's `populated`
+/// bits (see [`Pagemap::populated`]); beyond them it may.
+fn populated(populated: &[u64], i: u64) -> bool {
+    populated
+        .get((i / 64) as usize)
+        .is_none_or(|w| w & (1 << (i % 64)) != 0)
 }
 
 /// A cheap 64-bit hash of one page (FNV-style over words); 0 is the zero page.

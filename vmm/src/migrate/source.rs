@@ -323,6 +323,7 @@ pub fn run(
 
     let stream = Stream::connect(&uri, CONNECT_TIMEOUT)
         .map_err(|e| MigrationError::Connect(format!("{e}: {}", root_cause(&e))))?;
+    super::socket_buffers::widen(&stream);
     let mut session = SourceSession::start(stream, &hello(machine), HANDSHAKE_TIMEOUT)?;
     let begun = Begun {
         at: started,
@@ -337,19 +338,17 @@ pub fn run(
     // there, before the stats are final (see `migrate_guest`); here only
     // for a migration that failed, once the abandon has been flushed.
     if result.is_err() {
-        let cpu = cpu_used(loop_cpu_before, &session);
+        let cpu = cpu_used(loop_cpu_before);
         ctl.update(|s| s.cpu_ms = cpu);
     }
     result
 }
 
-/// CPU the migration loop (the calling thread, since `loop_before`) and the
-/// stream's writer thread (as of its last flush) have used.
-fn cpu_used(loop_before: Option<Duration>, session: &SourceSession) -> Option<MigrationCpu> {
+/// CPU the migration loop (the calling thread, since `loop_before`) has used.
+fn cpu_used(loop_before: Option<Duration>) -> Option<MigrationCpu> {
     let loop_cpu = migration::thread_cpu::since(loop_before)?;
     Some(MigrationCpu {
         loop_ms: loop_cpu.as_secs_f64() * 1e3,
-        writer_ms: session.writer_cpu()?.as_secs_f64() * 1e3,
     })
 }
 
@@ -580,7 +579,7 @@ fn migrate_guest(
     }
     session.commit(COMMIT_TIMEOUT)?;
     let downtime = paused_at.elapsed();
-    let cpu = cpu_used(begun.loop_cpu, session);
+    let cpu = cpu_used(begun.loop_cpu);
     ctl.update(|s| {
         s.cpu_ms = cpu;
         s.phase = MigrationPhase::Completed;
