@@ -270,15 +270,16 @@ impl PageSender {
             }
             let mut run = session.begin_run(region as u32, start, count as u32)?;
             self.data.clear();
-            let scan_all = self.pagemap.is_none();
+            // Without the pagemap every page is read.
+            let read_all = self.pagemap.is_none();
             let mut hashes = self
                 .sent_hashes
                 .as_mut()
                 .and_then(|h| h.get_mut(region))
-                .map(|h| &mut h[start as usize..(start + count) as usize]);
+                .and_then(|h| h.get_mut(start as usize..(start + count) as usize));
             for i in 0..count {
                 let addr = GuestAddress(guest_base + (start + i) * PAGE_SIZE as u64);
-                let with_data = if scan_all || populated(&self.populated, start + i - window_start)
+                let with_data = if read_all || populated(&self.populated, start + i - window_start)
                 {
                     machine
                         .mem
