@@ -15,9 +15,9 @@
 
 use std::io::{self, IoSlice, Write};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::protocol::frame::{append_frame, write_all_vectored, FrameReader};
+use crate::protocol::frame::{append_frame, FrameReader};
 use crate::protocol::messages::{
     decode_dest, encode_abandon, encode_hello_with_version, encode_round_end, kind, DestMessage,
     Hello, MAX_RUN_PAGES, PAGE_SIZE, PROTOCOL_VERSION,
@@ -51,6 +51,9 @@ pub enum SendError {
     /// The destination said something out of turn.
     #[error("unexpected answer from the destination: {0:?}")]
     Unexpected(DestMessage),
+    /// The destination took none of the stream for the socket's write timeout.
+    #[error("the destination took no data for {0:?}: it stopped reading")]
+    Stalled(Duration),
 }
 
 impl From<std::io::Error> for SendError {
@@ -136,10 +139,35 @@ impl SourceSession {
         Ok(())
     }
 
+    /// When a whole write that starts now must be done by: the stream's write
+    /// timeout from now (None: no timeout). Each call to the socket also
+    /// times out on its own, but a destination that takes a trickle now and
+    /// then would otherwise keep the writer for many timeouts.
+    pub fn write_deadline(&self) -> Option<Instant> {
+        self.stream.write_timeout().map(|t| Instant::now() + t)
+    }
+
+    /// What a failed write means: a write that timed out (the stream's write
+    /// timeout, see [`Stream::set_write_timeout`]) is a stalled destination.
+    fn write_error(&self, e: io::Error) -> SendError {
+        match (e.kind(), self.stream.write_timeout()) {
+            (io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut, Some(t)) => SendError::Stalled(t),
+            _ => e.into(),
+        }
+    }
+
     /// Writes the gathered frames.
     fn flush(&mut self) -> Result<(), SendError> {
         if !self.pending.is_empty() {
-            self.stream.write_all(&self.pending)?;
+            let deadline = self.write_deadline();
+            let result = write_all_by(
+                &mut self.stream,
+                &mut [IoSlice::new(&self.pending)],
+                deadline,
+            );
+            if let Err(e) = result {
+                return Err(self.write_error(e));
+            }
             self.pending.clear();
         }
         Ok(())
@@ -214,11 +242,12 @@ impl SourceSession {
                 _ => data.push(at..at + PAGE_SIZE),
             }
         }
+        let deadline = self.write_deadline();
         self.send_run_with(run, |stream, prefix| {
             let mut slices: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(prefix))
                 .chain(data.iter().map(|r| IoSlice::new(&pages[r.clone()])))
                 .collect();
-            write_all_vectored(stream, &mut slices)
+            write_all_by(stream, &mut slices, deadline)
         })
     }
 
@@ -270,7 +299,9 @@ impl SourceSession {
             }
             return Ok(counts);
         }
-        write_data(&mut self.stream, &self.pending)?;
+        if let Err(e) = write_data(&mut self.stream, &self.pending) {
+            return Err(self.write_error(e));
+        }
         self.pending.clear();
         self.queued += u64::from(counts.data) * PAGE_SIZE as u64;
         Ok(counts)
@@ -314,6 +345,28 @@ impl SourceSession {
         let _ = self.write_frame(kind::ABANDON, &[&encode_abandon(reason)]);
         let _ = self.flush();
     }
+}
+
+/// Writes every byte of `slices`, retrying partial writes; past `deadline`
+/// a partial write ends it with `TimedOut`.
+fn write_all_by(
+    w: &mut Stream,
+    mut slices: &mut [IoSlice<'_>],
+    deadline: Option<Instant>,
+) -> io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        match w.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 impl Drop for SourceSession {

@@ -87,6 +87,24 @@ impl Stream {
         };
     }
 
+    /// Write timeout (None = block): a write that makes no progress for this
+    /// long fails (`WouldBlock`), so a peer that stops reading cannot hold the
+    /// writer forever.
+    pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_write_timeout(t),
+            Stream::Unix(s) => s.set_write_timeout(t),
+        }
+    }
+
+    /// The write timeout.
+    pub fn write_timeout(&self) -> Option<Duration> {
+        match self {
+            Stream::Tcp(s) => s.write_timeout().ok().flatten(),
+            Stream::Unix(s) => s.write_timeout().ok().flatten(),
+        }
+    }
+
     /// Read timeout (None = block).
     pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {

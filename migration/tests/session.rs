@@ -6,9 +6,10 @@ use std::os::unix::net::UnixStream;
 use std::thread;
 use std::time::Duration;
 
-use migration::protocol::frame::FrameWriter;
+use migration::protocol::frame::{FrameReader, FrameWriter};
 use migration::protocol::messages::{
-    encode_run_header, kind, page_crc, DeviceSummary, Hello, MemoryRange, MAX_RUN_PAGES, PAGE_SIZE,
+    encode_dest, encode_run_header, kind, page_crc, DestMessage, DeviceSummary, Hello, MemoryRange,
+    MAX_RUN_PAGES, PAGE_SIZE,
 };
 use migration::receiver::{receive, DestinationHost, ReceiveError};
 use migration::sender::{SendError, SourceSession};
@@ -321,6 +322,44 @@ fn source_vanishing_before_commit_never_runs_the_guest() {
     let (g, r) = dst.join().unwrap();
     assert!(!g.resumed, "a destination must not run without Commit");
     assert!(r.unwrap_err().contains("closed"));
+}
+
+#[test]
+fn a_destination_that_stops_reading_fails_the_session_after_the_write_timeout() {
+    let (a, b) = UnixStream::pair().unwrap();
+    // Answers the handshake, then reads nothing more (keeps the socket open).
+    let dst = thread::spawn(move || {
+        let mut r = FrameReader::new(&b, kind::from_source);
+        assert_eq!(r.read_frame().unwrap().kind, kind::HELLO);
+        let mut w = FrameWriter::new(&b);
+        let (k, p) = encode_dest(&DestMessage::Accept {
+            tern_version: "test".into(),
+        });
+        w.write_frame(k, &[&p]).unwrap();
+        w.flush().unwrap();
+        thread::sleep(Duration::from_secs(3));
+        drop(b);
+    });
+    let stream = Stream::Unix(a.try_clone().unwrap());
+    stream
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut s = SourceSession::start(stream, &hello(2), T).unwrap();
+    let pages = vec![7u8; MAX_RUN_PAGES as usize * PAGE_SIZE];
+    let started = std::time::Instant::now();
+    let e = loop {
+        if let Err(e) = s.send_run(0, 0, &pages) {
+            break e;
+        }
+        assert!(started.elapsed() < T, "the writes never stalled");
+    };
+    assert!(
+        matches!(e, SendError::Stalled(t) if t == Duration::from_millis(200)),
+        "{e}"
+    );
+    assert!(e.to_string().contains("stopped reading"), "{e}");
+    drop(s);
+    dst.join().unwrap();
 }
 
 #[test]

@@ -83,6 +83,34 @@ fn destination_killed_mid_transfer() {
 }
 
 #[test]
+fn destination_that_stops_reading_fails_the_migration_and_the_source_keeps_its_guest() {
+    let _g = serial();
+    let mut src = source(BIG);
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    let mut dst = start_destination(&uri, 1, "256M", None, &[]);
+    let api = src.api.clone();
+    let migration = std::thread::spawn(move || migrate(&api, &uri, &["--max-bandwidth", "32M"]));
+    std::thread::sleep(Duration::from_millis(1500));
+    // Alive, connection open, reading nothing: only the write timeout ends it.
+    dst.signal("STOP");
+    let stopped = std::time::Instant::now();
+    let (code, stats, stderr) = migration.join().unwrap();
+    let waited = stopped.elapsed();
+    let _ = dst.wait_exit_or_kill();
+    assert_ne!(code, 0, "{stats}");
+    assert_eq!(stats["phase"], "failed", "{stats}\n{stderr}");
+    assert!(
+        stats["error"].as_str().unwrap().contains("stopped reading"),
+        "{stats}"
+    );
+    assert!(
+        waited < Duration::from_secs(30),
+        "failed only after {waited:?}"
+    );
+    assert_source_intact(&mut src);
+}
+
+#[test]
 fn destination_refuses_a_different_configuration() {
     let _g = serial();
     let mut src = source("tern.test=dirtier tern.ws=16 tern.rate=10");

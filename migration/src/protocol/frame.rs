@@ -125,7 +125,7 @@ fn frame_crc(header: &[u8], parts: &[&[u8]]) -> u32 {
 }
 
 /// `Write::write_all_vectored`, which is not stable yet.
-pub fn write_all_vectored<W: Write>(w: &mut W, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+fn write_all_vectored<W: Write>(w: &mut W, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
     IoSlice::advance_slices(&mut slices, 0);
     while !slices.is_empty() {
         match w.write_vectored(slices) {

@@ -8,6 +8,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::Instant;
 
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
@@ -38,12 +39,15 @@ impl GuestRanges {
     }
 
     /// Writes `prefix`, then every range of `mem`, in order, all of them, to
-    /// the stream socket `fd`.
+    /// the stream socket `fd`; past `deadline` a partial write ends it with
+    /// `TimedOut` (a single call blocks at most for the socket's own write
+    /// timeout).
     pub fn write(
         &mut self,
         fd: BorrowedFd<'_>,
         prefix: &[u8],
         mem: &GuestMemoryMmap,
+        deadline: Option<Instant>,
     ) -> io::Result<()> {
         self.iov.clear();
         self.iov.push(libc::iovec {
@@ -65,19 +69,26 @@ impl GuestRanges {
                 guards.push(guard);
             }
         }
-        let result = send_all(fd, &mut self.iov);
+        let result = send_all(fd, &mut self.iov, deadline);
         drop(guards);
         result
     }
 }
 
-/// Sends every byte `iov` points at, retrying partial sends.
-fn send_all(fd: BorrowedFd<'_>, iov: &mut [libc::iovec]) -> io::Result<()> {
+/// Sends every byte `iov` points at, retrying partial sends until `deadline`.
+fn send_all(
+    fd: BorrowedFd<'_>,
+    iov: &mut [libc::iovec],
+    deadline: Option<Instant>,
+) -> io::Result<()> {
     let mut first = 0;
     while first < iov.len() {
         if iov[first].iov_len == 0 {
             first += 1;
             continue;
+        }
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            return Err(io::ErrorKind::TimedOut.into());
         }
         let end = iov.len().min(first + IOV_MAX);
         let window = &mut iov[first..end];
@@ -143,7 +154,7 @@ mod tests {
             b.read_to_end(&mut got).unwrap();
             got
         });
-        r.write(a.as_fd(), b"head", &mem).unwrap();
+        r.write(a.as_fd(), b"head", &mem, None).unwrap();
         drop(a);
         let got = reader.join().unwrap();
         let want = [
@@ -156,16 +167,37 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_that_reads_nothing_ends_the_write_by_the_deadline() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap();
+        let (a, _b) = UnixStream::pair().unwrap();
+        a.set_write_timeout(Some(std::time::Duration::from_millis(50)))
+            .unwrap();
+        let mut r = GuestRanges::default();
+        r.push(GuestAddress(0), 8 << 20);
+        let started = Instant::now();
+        let deadline = started + std::time::Duration::from_millis(100);
+        let e = r.write(a.as_fd(), b"", &mem, Some(deadline)).unwrap_err();
+        assert!(
+            matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    }
+
+    #[test]
     fn a_range_outside_guest_memory_is_an_error_and_a_closed_peer_too() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let (a, b) = UnixStream::pair().unwrap();
         let mut r = GuestRanges::default();
         r.push(GuestAddress(1 << 20), 4096);
-        assert!(r.write(a.as_fd(), b"", &mem).is_err());
+        assert!(r.write(a.as_fd(), b"", &mem, None).is_err());
         r.clear();
         r.push(GuestAddress(0), 4096);
         drop(b);
-        let e = r.write(a.as_fd(), b"x", &mem).unwrap_err();
+        let e = r.write(a.as_fd(), b"x", &mem, None).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
     }
 }

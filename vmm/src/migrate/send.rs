@@ -306,8 +306,9 @@ impl PageSender {
             }
             let before = session.bytes_sent();
             let (data, mem) = (&mut self.data, &machine.mem);
+            let deadline = session.write_deadline();
             let c = session.send_run_with(run, |stream, prefix| {
-                data.write(stream.as_fd(), prefix, mem)
+                data.write(stream.as_fd(), prefix, mem, deadline)
             })?;
             pacer.sent(session.bytes_sent() - before);
             self.totals.data_pages += u64::from(c.data);

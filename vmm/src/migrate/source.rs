@@ -46,6 +46,11 @@ const COMPLETE_TIMEOUT: Duration = Duration::from_secs(30);
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a write to the destination may make no progress: a destination
+/// that stops reading (hung, or stopped) fails the migration after this,
+/// resuming the guest here, instead of holding the migration thread — and,
+/// during the switchover, the paused guest — for ever.
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds the controller's configuration from the API request.
 pub fn controller_config(
@@ -324,6 +329,9 @@ pub fn run(
     let stream = Stream::connect(&uri, CONNECT_TIMEOUT)
         .map_err(|e| MigrationError::Connect(format!("{e}: {}", root_cause(&e))))?;
     super::socket_buffers::widen(&stream);
+    stream
+        .set_write_timeout(Some(WRITE_STALL_TIMEOUT))
+        .map_err(|e| MigrationError::Connect(format!("migration socket: {e}")))?;
     let mut session = SourceSession::start(stream, &hello(machine), HANDSHAKE_TIMEOUT)?;
     let begun = Begun {
         at: started,

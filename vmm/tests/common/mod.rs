@@ -123,6 +123,16 @@ pub struct TernVm {
 }
 
 impl TernVm {
+    /// Sends `signal` (a `kill` name: "STOP", "CONT", …) to the process.
+    pub fn signal(&self, signal: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{signal} {}", self.child.id());
+    }
+
     /// The process's resident memory, KiB.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
