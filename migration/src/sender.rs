@@ -13,11 +13,11 @@
 //! markers only) are gathered and go out with the next run's data, at
 //! [`GATHER_LIMIT`], or when the session waits for the destination.
 
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
-use crate::protocol::frame::{append_frame, FrameReader};
+use crate::protocol::frame::{append_frame, write_all_vectored, FrameReader};
 use crate::protocol::messages::{
     decode_dest, encode_abandon, encode_hello_with_version, encode_round_end, kind, DestMessage,
     Hello, MAX_RUN_PAGES, PAGE_SIZE, PROTOCOL_VERSION,
@@ -160,7 +160,7 @@ impl SourceSession {
     fn flush(&mut self) -> Result<(), SendError> {
         if !self.pending.is_empty() {
             let deadline = self.write_deadline();
-            let result = write_all_by(
+            let result = write_all_vectored(
                 &mut self.stream,
                 &mut [IoSlice::new(&self.pending)],
                 deadline,
@@ -247,7 +247,7 @@ impl SourceSession {
             let mut slices: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(prefix))
                 .chain(data.iter().map(|r| IoSlice::new(&pages[r.clone()])))
                 .collect();
-            write_all_by(stream, &mut slices, deadline)
+            write_all_vectored(stream, &mut slices, deadline)
         })
     }
 
@@ -345,28 +345,6 @@ impl SourceSession {
         let _ = self.write_frame(kind::ABANDON, &[&encode_abandon(reason)]);
         let _ = self.flush();
     }
-}
-
-/// Writes every byte of `slices`, retrying partial writes; past `deadline`
-/// a partial write ends it with `TimedOut`.
-fn write_all_by(
-    w: &mut Stream,
-    mut slices: &mut [IoSlice<'_>],
-    deadline: Option<Instant>,
-) -> io::Result<()> {
-    IoSlice::advance_slices(&mut slices, 0);
-    while !slices.is_empty() {
-        if deadline.is_some_and(|d| Instant::now() > d) {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        match w.write_vectored(slices) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut slices, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 impl Drop for SourceSession {

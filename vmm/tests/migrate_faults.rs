@@ -62,15 +62,26 @@ fn assert_destination_failed(dst: &mut TernVm, needle: &str) {
     assert!(!dst.stderr().contains("panicked"), "{}", dst.stderr());
 }
 
-#[test]
-fn destination_killed_mid_transfer() {
-    let _g = serial();
-    let mut src = source(BIG);
+/// A migration of the [`BIG`] guest to a fresh destination, capped at
+/// 32 MiB/s so it is still under way 1.5 s in, when this returns: the
+/// source, the destination, and the thread running `tern migrate`.
+fn slow_migration_under_way() -> (Source, TernVm, Migration) {
+    let src = source(BIG);
     let uri = format!("tcp:127.0.0.1:{}", free_port());
-    let mut dst = start_destination(&uri, 1, "256M", None, &[]);
+    let dst = start_destination(&uri, 1, "256M", None, &[]);
     let api = src.api.clone();
     let migration = std::thread::spawn(move || migrate(&api, &uri, &["--max-bandwidth", "32M"]));
     std::thread::sleep(Duration::from_millis(1500));
+    (src, dst, migration)
+}
+
+/// `tern migrate` running: its exit code, statistics and stderr.
+type Migration = std::thread::JoinHandle<(i32, serde_json::Value, String)>;
+
+#[test]
+fn destination_killed_mid_transfer() {
+    let _g = serial();
+    let (mut src, mut dst, migration) = slow_migration_under_way();
     let _ = dst.wait_exit_or_kill();
     let (code, stats, stderr) = migration.join().unwrap();
     assert_ne!(code, 0, "{stats}");
@@ -85,12 +96,7 @@ fn destination_killed_mid_transfer() {
 #[test]
 fn destination_that_stops_reading_fails_the_migration_and_the_source_keeps_its_guest() {
     let _g = serial();
-    let mut src = source(BIG);
-    let uri = format!("tcp:127.0.0.1:{}", free_port());
-    let mut dst = start_destination(&uri, 1, "256M", None, &[]);
-    let api = src.api.clone();
-    let migration = std::thread::spawn(move || migrate(&api, &uri, &["--max-bandwidth", "32M"]));
-    std::thread::sleep(Duration::from_millis(1500));
+    let (mut src, mut dst, migration) = slow_migration_under_way();
     // Alive, connection open, reading nothing: only the write timeout ends it.
     dst.signal("STOP");
     let stopped = std::time::Instant::now();
@@ -200,12 +206,7 @@ fn corrupted_bytes_are_caught_and_the_source_keeps_its_guest() {
 #[test]
 fn cancel_mid_migration() {
     let _g = serial();
-    let mut src = source(BIG);
-    let uri = format!("tcp:127.0.0.1:{}", free_port());
-    let mut dst = start_destination(&uri, 1, "256M", None, &[]);
-    let api = src.api.clone();
-    let migration = std::thread::spawn(move || migrate(&api, &uri, &["--max-bandwidth", "32M"]));
-    std::thread::sleep(Duration::from_millis(1500));
+    let (mut src, mut dst, migration) = slow_migration_under_way();
     let out = std::process::Command::new(tern())
         .args(["migrate-cancel", "--api-socket", src.api.to_str().unwrap()])
         .output()

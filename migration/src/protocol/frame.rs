@@ -62,7 +62,7 @@ impl<W: Write> FrameWriter<W> {
             slices.push(IoSlice::new(&header));
             slices.extend(parts.iter().map(|p| IoSlice::new(p)));
             slices.push(IoSlice::new(&crc));
-            write_all_vectored(&mut self.inner, &mut slices)?;
+            write_all_vectored(&mut self.inner, &mut slices, None)?;
             self.buf.clear();
         }
         self.written += frame_len as u64;
@@ -124,10 +124,18 @@ fn frame_crc(header: &[u8], parts: &[&[u8]]) -> u32 {
     crc.finalize()
 }
 
-/// `Write::write_all_vectored`, which is not stable yet.
-fn write_all_vectored<W: Write>(w: &mut W, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+/// `Write::write_all_vectored`, which is not stable yet; past `deadline`, a
+/// write left partial ends it with `TimedOut`.
+pub fn write_all_vectored<W: Write>(
+    w: &mut W,
+    mut slices: &mut [IoSlice<'_>],
+    deadline: Option<std::time::Instant>,
+) -> io::Result<()> {
     IoSlice::advance_slices(&mut slices, 0);
     while !slices.is_empty() {
+        if deadline.is_some_and(|d| std::time::Instant::now() > d) {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
         match w.write_vectored(slices) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => IoSlice::advance_slices(&mut slices, n),
