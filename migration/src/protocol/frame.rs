@@ -52,11 +52,11 @@ impl<W: Write> FrameWriter<W> {
     /// Writes one frame whose payload is the concatenation of `parts`.
     pub fn write_frame(&mut self, kind: u16, parts: &[&[u8]]) -> io::Result<()> {
         let (header, len) = frame_header(kind, parts)?;
-        let crc = frame_crc(&header, parts).to_le_bytes();
         let frame_len = HEADER_LEN + len + 4;
         if self.buf.len() + frame_len <= WRITE_BUFFER {
             append_frame(&mut self.buf, kind, parts)?;
         } else {
+            let crc = frame_crc(&header, parts).to_le_bytes();
             let mut slices = Vec::with_capacity(parts.len() + 3);
             slices.push(IoSlice::new(&self.buf));
             slices.push(IoSlice::new(&header));
