@@ -146,6 +146,7 @@ fn main() {
         DestMessage::Ready,
         DestMessage::Resumed,
         DestMessage::Error("stream corrupt at byte 123456: checksum mismatch".into()),
+        DestMessage::RoundReceived(3),
     ]
     .iter()
     .enumerate()

@@ -382,6 +382,8 @@ pub struct Model {
     pub accepted: bool,
     /// The state was restored (a Ready was sent).
     pub ready: bool,
+    /// RoundReceived answers sent (one per RoundEnd read while receiving memory).
+    pub rounds_acknowledged: usize,
     /// Guest memory per region.
     pub mem: Vec<Vec<u8>>,
 }
@@ -488,6 +490,7 @@ pub fn reference(input: &[u8]) -> Model {
         verdict: Verdict::Failed("unset"),
         accepted: false,
         ready: false,
+        rounds_acknowledged: 0,
         mem: REGIONS
             .iter()
             .map(|r| vec![0u8; r.1 as usize * PAGE_SIZE])
@@ -603,7 +606,10 @@ pub fn reference(input: &[u8]) -> Model {
                     }
                 }
             }
-            (S::Memory, Msg::RoundEnd(r)) => rounds = rounds.max(r),
+            (S::Memory, Msg::RoundEnd(r)) => {
+                rounds = rounds.max(r);
+                m.rounds_acknowledged += 1;
+            }
             (S::Memory, Msg::State(b)) => {
                 blob = b;
                 state = S::StateReceived;
@@ -727,7 +733,8 @@ pub fn check_receive(input: &[u8]) -> Result<ReceiveReport, ReceiveError> {
         host.calls
     );
 
-    // What went back to the source: Accept? Ready? then Resumed, Refuse or Error.
+    // What went back to the source: Accept? RoundReceived per round, Ready?, then Resumed,
+    // Refuse or Error.
     let mut r = FrameReader::new(&answers[..], kind::from_destination);
     let mut got = Vec::new();
     loop {
@@ -743,6 +750,7 @@ pub fn check_receive(input: &[u8]) -> Result<ReceiveReport, ReceiveError> {
     if model.accepted {
         expect.push("accept");
     }
+    expect.extend(std::iter::repeat_n("round", model.rounds_acknowledged));
     if model.ready {
         expect.push("ready");
     }
@@ -759,6 +767,7 @@ pub fn check_receive(input: &[u8]) -> Result<ReceiveReport, ReceiveError> {
             DestMessage::Ready => "ready",
             DestMessage::Resumed => "resumed",
             DestMessage::Error(_) => "error",
+            DestMessage::RoundReceived(_) => "round",
         })
         .collect();
     assert_eq!(names, expect, "answers differ from the protocol");

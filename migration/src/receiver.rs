@@ -232,6 +232,7 @@ fn run<R: Read, W: Write, H: DestinationHost>(
             }
             (ReceiverState::Memory, SourceMessage::RoundEnd { round }) => {
                 report.rounds = round.max(report.rounds);
+                send(out, &DestMessage::RoundReceived(round))?;
                 ReceiverState::Memory
             }
             (ReceiverState::Memory, SourceMessage::State(bytes)) => {

@@ -77,6 +77,8 @@ pub struct SourceSession {
     control: Vec<u8>,
     /// Bytes written or pending.
     queued: u64,
+    /// The last round the destination said it has read (RoundReceived).
+    received: Option<u32>,
 }
 
 impl SourceSession {
@@ -113,6 +115,7 @@ impl SourceSession {
             pending: Vec::with_capacity(GATHER_LIMIT),
             control: Vec::new(),
             queued: 0,
+            received: None,
         };
         s.write_frame(kind::HELLO, &[&encode_hello_with_version(hello, version)])?;
         s.flush()?;
@@ -173,30 +176,73 @@ impl SourceSession {
         Ok(())
     }
 
-    fn wait(&mut self, timeout: Duration, what: &'static str) -> Result<DestMessage, SendError> {
-        match self.inbox.recv_timeout(timeout) {
+    /// The next message from the destination before `deadline`; an Error
+    /// it reports, its going away or silence are errors.
+    fn next(&mut self, deadline: Instant, what: &'static str) -> Result<DestMessage, SendError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.inbox.recv_timeout(left) {
             Ok(Ok(DestMessage::Error(m))) => Err(SendError::DestinationFailed(m)),
             Ok(Ok(m)) => Ok(m),
             Ok(Err(ProtocolError::PeerClosed)) | Err(RecvTimeoutError::Disconnected) => {
                 Err(SendError::PeerGone)
             }
             Ok(Err(e)) => Err(e.into()),
-            Err(RecvTimeoutError::Timeout) => Err(SendError::Timeout(timeout, what)),
+            Err(RecvTimeoutError::Timeout) => Err(SendError::Timeout(left, what)),
         }
     }
 
-    /// Fails if the destination has reported anything (it only speaks
-    /// unprompted to report an error).
-    pub fn check_destination(&mut self) -> Result<(), SendError> {
-        match self.inbox.try_recv() {
-            Err(TryRecvError::Empty) => Ok(()),
-            Ok(Ok(DestMessage::Error(m))) => Err(SendError::DestinationFailed(m)),
-            Ok(Ok(m)) => Err(SendError::Unexpected(m)),
-            Ok(Err(ProtocolError::PeerClosed)) | Err(TryRecvError::Disconnected) => {
-                Err(SendError::PeerGone)
+    /// The next message from the destination other than a round
+    /// acknowledgement (those are recorded), within `timeout`.
+    fn wait(&mut self, timeout: Duration, what: &'static str) -> Result<DestMessage, SendError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.next(deadline, what) {
+                Ok(DestMessage::RoundReceived(r)) => self.round_received(r),
+                Err(SendError::Timeout(..)) => return Err(SendError::Timeout(timeout, what)),
+                other => return other,
             }
-            Ok(Err(e)) => Err(e.into()),
         }
+    }
+
+    fn round_received(&mut self, round: u32) {
+        self.received = Some(self.received.map_or(round, |r| r.max(round)));
+    }
+
+    /// Fails if the destination has reported an error (it speaks unprompted
+    /// only for that, and to acknowledge rounds, which are recorded).
+    pub fn check_destination(&mut self) -> Result<(), SendError> {
+        loop {
+            match self.inbox.try_recv() {
+                Err(TryRecvError::Empty) => return Ok(()),
+                Ok(Ok(DestMessage::RoundReceived(r))) => self.round_received(r),
+                Ok(Ok(DestMessage::Error(m))) => return Err(SendError::DestinationFailed(m)),
+                Ok(Ok(m)) => return Err(SendError::Unexpected(m)),
+                Ok(Err(ProtocolError::PeerClosed)) | Err(TryRecvError::Disconnected) => {
+                    return Err(SendError::PeerGone)
+                }
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Waits until the destination has read everything up to the end of
+    /// round `round` (its RoundReceived), so nothing sent before is still on
+    /// the way: what the socket buffers hold would otherwise be read while the
+    /// guest is paused, unseen by the downtime estimate. Returns how long it
+    /// waited.
+    pub fn await_round(&mut self, round: u32, timeout: Duration) -> Result<Duration, SendError> {
+        const WHAT: &str = "the round's acknowledgement";
+        let started = Instant::now();
+        self.flush()?;
+        while self.received.is_none_or(|r| r < round) {
+            match self.next(started + timeout, WHAT) {
+                Ok(DestMessage::RoundReceived(r)) => self.round_received(r),
+                Ok(m) => return Err(SendError::Unexpected(m)),
+                Err(SendError::Timeout(..)) => return Err(SendError::Timeout(timeout, WHAT)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(started.elapsed())
     }
 
     /// Sends `pages` (a whole number of pages, at most `MAX_RUN_PAGES`)

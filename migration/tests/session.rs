@@ -146,6 +146,9 @@ fn full_migration_moves_pages_and_state() {
     pages[2 * PAGE_SIZE + 5] = 7;
     let c = s.send_run(0, 4, &pages).unwrap();
     assert_eq!((c.data, c.zero), (2, 1));
+    s.end_round(0).unwrap();
+    // The destination has read the round: every byte before its end is in.
+    s.await_round(0, T).unwrap();
     let g = finish(s, dst, b"vcpu+devices");
     assert!(g.resumed);
     assert_eq!(g.restored.as_deref(), Some(&b"vcpu+devices"[..]));
@@ -358,6 +361,12 @@ fn a_destination_that_stops_reading_fails_the_session_after_the_write_timeout() 
         "{e}"
     );
     assert!(e.to_string().contains("stopped reading"), "{e}");
+    // Nor does it acknowledge a round (the stalled write is tried again first).
+    let e = s.await_round(0, Duration::from_millis(100)).unwrap_err();
+    assert!(
+        matches!(e, SendError::Timeout(..) | SendError::Stalled(..)),
+        "{e}"
+    );
     drop(s);
     dst.join().unwrap();
 }

@@ -43,6 +43,8 @@ pub mod kind {
     pub const RESUMED: u16 = 104;
     /// The destination failed.
     pub const ERROR: u16 = 105;
+    /// The destination has read everything up to a RoundEnd.
+    pub const ROUND_RECEIVED: u16 = 106;
 
     /// Kinds a destination accepts.
     pub fn from_source(k: u16) -> bool {
@@ -51,7 +53,7 @@ pub mod kind {
 
     /// Kinds a source accepts.
     pub fn from_destination(k: u16) -> bool {
-        (ACCEPT..=ERROR).contains(&k)
+        (ACCEPT..=ROUND_RECEIVED).contains(&k)
     }
 }
 
@@ -316,6 +318,9 @@ pub enum DestMessage {
     Resumed,
     /// Failed.
     Error(String),
+    /// Everything up to the RoundEnd of this round was read (and the pages in it are in guest
+    /// memory): lets the source know how much of what it wrote is still on the way.
+    RoundReceived(u32),
 }
 
 fn postcard_err(kind: u16) -> impl Fn(postcard::Error) -> ProtocolError {
@@ -391,6 +396,7 @@ pub fn encode_dest(m: &DestMessage) -> (u16, Vec<u8>) {
         DestMessage::Ready => kind::READY,
         DestMessage::Resumed => kind::RESUMED,
         DestMessage::Error(_) => kind::ERROR,
+        DestMessage::RoundReceived(_) => kind::ROUND_RECEIVED,
     };
     (k, postcard::to_allocvec(m).unwrap_or_default())
 }
@@ -511,6 +517,7 @@ mod tests {
             DestMessage::Ready,
             DestMessage::Resumed,
             DestMessage::Error("bad".into()),
+            DestMessage::RoundReceived(7),
         ] {
             let (k, p) = encode_dest(&m);
             assert_eq!(decode_dest(k, &p).unwrap(), m);

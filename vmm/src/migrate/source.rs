@@ -438,6 +438,8 @@ fn migrate_guest(
                     expected_downtime, ..
                 } => {
                     forced_downtime = expected_downtime;
+                    // Ended here: what was sent of it is awaited below.
+                    session.end_round(round)?;
                     break 'rounds;
                 }
                 _ => {}
@@ -488,6 +490,12 @@ fn migrate_guest(
         round += 1;
     }
 
+    // Before the pause, the destination must have read everything sent so
+    // far: the socket buffers can hold megabytes, which it would otherwise
+    // read while the guest is paused, a downtime the controller never saw.
+    // The guest runs meanwhile; what it dirties goes in the final copy.
+    let waited = session.await_round(round, COMPLETE_TIMEOUT)?;
+    log::debug!("switchover: the destination had read round {round} {waited:?} later");
     // Switchover: the only step that stops the guest.
     ctl.update(|s| {
         s.phase = MigrationPhase::Switchover;
