@@ -79,6 +79,8 @@ pub struct SourceSession {
     queued: u64,
     /// The last round the destination said it has read (RoundReceived).
     received: Option<u32>,
+    /// The stream's write timeout, as it was when the session started.
+    write_timeout: Option<Duration>,
 }
 
 impl SourceSession {
@@ -95,6 +97,7 @@ impl SourceSession {
         version: u32,
     ) -> Result<Self, SendError> {
         let input = stream.try_clone()?;
+        let stream_write_timeout = stream.write_timeout();
         let (tx, inbox) = mpsc::channel();
         std::thread::Builder::new()
             .name("tern-mig-rx".into())
@@ -116,6 +119,7 @@ impl SourceSession {
             control: Vec::new(),
             queued: 0,
             received: None,
+            write_timeout: stream_write_timeout,
         };
         s.write_frame(kind::HELLO, &[&encode_hello_with_version(hello, version)])?;
         s.flush()?;
@@ -146,14 +150,14 @@ impl SourceSession {
     /// timeout from now (None: no timeout). Each call to the socket also
     /// times out on its own, but a destination that takes a trickle now and
     /// then would otherwise keep the writer for many timeouts.
-    pub fn write_deadline(&self) -> Option<Instant> {
-        self.stream.write_timeout().map(|t| Instant::now() + t)
+    fn write_deadline(&self) -> Option<Instant> {
+        self.write_timeout.map(|t| Instant::now() + t)
     }
 
     /// What a failed write means: a write that timed out (the stream's write
     /// timeout, see [`Stream::set_write_timeout`]) is a stalled destination.
     fn write_error(&self, e: io::Error) -> SendError {
-        match (e.kind(), self.stream.write_timeout()) {
+        match (e.kind(), self.write_timeout) {
             (io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut, Some(t)) => SendError::Stalled(t),
             _ => e.into(),
         }
@@ -176,10 +180,16 @@ impl SourceSession {
         Ok(())
     }
 
-    /// The next message from the destination before `deadline`; an Error
-    /// it reports, its going away or silence are errors.
-    fn next(&mut self, deadline: Instant, what: &'static str) -> Result<DestMessage, SendError> {
-        let left = deadline.saturating_duration_since(Instant::now());
+    /// The next message from the destination within what is left of
+    /// `timeout`, which started at `since`; an Error it reports, its going
+    /// away or silence are errors.
+    fn next(
+        &mut self,
+        since: Instant,
+        timeout: Duration,
+        what: &'static str,
+    ) -> Result<DestMessage, SendError> {
+        let left = timeout.saturating_sub(since.elapsed());
         match self.inbox.recv_timeout(left) {
             Ok(Ok(DestMessage::Error(m))) => Err(SendError::DestinationFailed(m)),
             Ok(Ok(m)) => Ok(m),
@@ -187,19 +197,18 @@ impl SourceSession {
                 Err(SendError::PeerGone)
             }
             Ok(Err(e)) => Err(e.into()),
-            Err(RecvTimeoutError::Timeout) => Err(SendError::Timeout(left, what)),
+            Err(RecvTimeoutError::Timeout) => Err(SendError::Timeout(timeout, what)),
         }
     }
 
     /// The next message from the destination other than a round
     /// acknowledgement (those are recorded), within `timeout`.
     fn wait(&mut self, timeout: Duration, what: &'static str) -> Result<DestMessage, SendError> {
-        let deadline = Instant::now() + timeout;
+        let since = Instant::now();
         loop {
-            match self.next(deadline, what) {
-                Ok(DestMessage::RoundReceived(r)) => self.round_received(r),
-                Err(SendError::Timeout(..)) => return Err(SendError::Timeout(timeout, what)),
-                other => return other,
+            match self.next(since, timeout, what)? {
+                DestMessage::RoundReceived(r) => self.round_received(r),
+                m => return Ok(m),
             }
         }
     }
@@ -231,15 +240,12 @@ impl SourceSession {
     /// guest is paused, unseen by the downtime estimate. Returns how long it
     /// waited.
     pub fn await_round(&mut self, round: u32, timeout: Duration) -> Result<Duration, SendError> {
-        const WHAT: &str = "the round's acknowledgement";
         let started = Instant::now();
         self.flush()?;
         while self.received.is_none_or(|r| r < round) {
-            match self.next(started + timeout, WHAT) {
-                Ok(DestMessage::RoundReceived(r)) => self.round_received(r),
-                Ok(m) => return Err(SendError::Unexpected(m)),
-                Err(SendError::Timeout(..)) => return Err(SendError::Timeout(timeout, WHAT)),
-                Err(e) => return Err(e),
+            match self.next(started, timeout, "the round's acknowledgement")? {
+                DestMessage::RoundReceived(r) => self.round_received(r),
+                m => return Err(SendError::Unexpected(m)),
             }
         }
         Ok(started.elapsed())
@@ -288,8 +294,7 @@ impl SourceSession {
                 _ => data.push(at..at + PAGE_SIZE),
             }
         }
-        let deadline = self.write_deadline();
-        self.send_run_with(run, |stream, prefix| {
+        self.send_run_with(run, |stream, prefix, deadline| {
             let mut slices: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(prefix))
                 .chain(data.iter().map(|r| IoSlice::new(&pages[r.clone()])))
                 .collect();
@@ -318,9 +323,11 @@ impl SourceSession {
 
     /// Sends a run begun with [`SourceSession::begin_run`] whose every page
     /// was said: its control frame, then its data pages, which `write_data`
-    /// writes. It gets the stream and the bytes that must go first (frames
-    /// gathered so far, then the run's control frame) and must write all of
-    /// them and then the run's data pages, in order, and nothing else. A run
+    /// writes. It gets the stream, the bytes that must go first (frames
+    /// gathered so far, then the run's control frame) and the time the whole
+    /// write must be done by (see [`Stream::set_write_timeout`]; past it a
+    /// partial write should end with `TimedOut`); it must write all of those
+    /// bytes and then the run's data pages, in order, and nothing else. A run
     /// of zero markers only has no data: its frame is gathered and
     /// `write_data` not called.
     ///
@@ -333,7 +340,7 @@ impl SourceSession {
         write_data: F,
     ) -> Result<RunCounts, SendError>
     where
-        F: FnOnce(&mut Stream, &[u8]) -> io::Result<()>,
+        F: FnOnce(&mut Stream, &[u8], Option<Instant>) -> io::Result<()>,
     {
         let (frame, counts) = run.finish();
         self.pending.extend_from_slice(&frame);
@@ -345,7 +352,8 @@ impl SourceSession {
             }
             return Ok(counts);
         }
-        if let Err(e) = write_data(&mut self.stream, &self.pending) {
+        let deadline = self.write_deadline();
+        if let Err(e) = write_data(&mut self.stream, &self.pending, deadline) {
             return Err(self.write_error(e));
         }
         self.pending.clear();

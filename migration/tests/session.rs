@@ -259,7 +259,7 @@ fn a_page_run_with_a_corrupt_control_part_fails_the_migration_at_once() {
 fn send_changed_page(s: &mut SourceSession, page: u64, said: &[u8], sent: &[u8]) {
     let mut run = s.begin_run(0, page, 1).unwrap();
     run.push_data(page_crc(said));
-    s.send_run_with(run, |stream, prefix| {
+    s.send_run_with(run, |stream, prefix, _| {
         stream.write_all(prefix)?;
         stream.write_all(sent)
     })

@@ -10,6 +10,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Instant;
 
+use vm_memory::volatile_memory::PtrGuard;
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::vstate::memory::GuestMemoryMmap;
@@ -22,6 +23,9 @@ const IOV_MAX: usize = 1024;
 pub struct GuestRanges {
     ranges: Vec<(GuestAddress, usize)>,
     iov: Vec<libc::iovec>,
+    /// Keep each mapping alive while the kernel reads it (a no-op for plain
+    /// mmap; vm-memory's contract). Emptied around every write.
+    guards: Vec<PtrGuard>,
 }
 
 impl GuestRanges {
@@ -50,13 +54,11 @@ impl GuestRanges {
         deadline: Option<Instant>,
     ) -> io::Result<()> {
         self.iov.clear();
+        self.guards.clear();
         self.iov.push(libc::iovec {
             iov_base: prefix.as_ptr() as *mut libc::c_void,
             iov_len: prefix.len(),
         });
-        // The pointer guards keep each mapping alive until the call is done
-        // (a no-op for plain mmap; vm-memory's contract).
-        let mut guards = Vec::new();
         for &(addr, len) in &self.ranges {
             for slice in mem.get_slices(addr, len) {
                 let slice = slice
@@ -66,11 +68,11 @@ impl GuestRanges {
                     iov_base: guard.as_ptr() as *mut libc::c_void,
                     iov_len: slice.len(),
                 });
-                guards.push(guard);
+                self.guards.push(guard);
             }
         }
         let result = send_all(fd, &mut self.iov, deadline);
-        drop(guards);
+        self.guards.clear();
         result
     }
 }

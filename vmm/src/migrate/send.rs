@@ -306,8 +306,7 @@ impl PageSender {
             }
             let before = session.bytes_sent();
             let (data, mem) = (&mut self.data, &machine.mem);
-            let deadline = session.write_deadline();
-            let c = session.send_run_with(run, |stream, prefix| {
+            let c = session.send_run_with(run, |stream, prefix, deadline| {
                 data.write(stream.as_fd(), prefix, mem, deadline)
             })?;
             pacer.sent(session.bytes_sent() - before);
