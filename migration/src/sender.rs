@@ -140,6 +140,11 @@ impl SourceSession {
     /// Gathers one frame whose payload is the concatenation of `parts`.
     fn write_frame(&mut self, kind: u16, parts: &[&[u8]]) -> Result<(), SendError> {
         self.queued += append_frame(&mut self.pending, kind, parts)? as u64;
+        self.flush_if_full()
+    }
+
+    /// Writes the gathered frames once they reach [`GATHER_LIMIT`].
+    fn flush_if_full(&mut self) -> Result<(), SendError> {
         if self.pending.len() >= GATHER_LIMIT {
             self.flush()?;
         }
@@ -347,9 +352,7 @@ impl SourceSession {
         self.queued += frame.len() as u64;
         self.control = frame;
         if counts.data == 0 {
-            if self.pending.len() >= GATHER_LIMIT {
-                self.flush()?;
-            }
+            self.flush_if_full()?;
             return Ok(counts);
         }
         let deadline = self.write_deadline();

@@ -69,6 +69,8 @@ impl RunControl {
             "a run has 1..={MAX_RUN_PAGES} pages, not {count}"
         );
         buf.clear();
+        // Room for the largest run at once: no growth as checksums are pushed.
+        buf.reserve(MAX_RUN_CONTROL);
         buf.resize(HEADER_LEN + RUN_HEADER + count.div_ceil(8) as usize, 0);
         RunControl {
             buf,
