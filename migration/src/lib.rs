@@ -8,6 +8,7 @@ pub mod receiver;
 pub mod sender;
 pub mod sim;
 pub mod stats;
+pub mod stream_input;
 pub mod thread_cpu;
 pub mod throttle;
 pub mod transport;

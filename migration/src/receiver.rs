@@ -23,7 +23,7 @@
 //! deliver intact.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 
 use crate::protocol::frame::{FrameReader, FrameWriter, PartialFrame};
 use crate::protocol::messages::{
@@ -32,6 +32,7 @@ use crate::protocol::messages::{
     PROTOCOL_VERSION, RUN_HEADER,
 };
 use crate::protocol::ProtocolError;
+use crate::stream_input::StreamInput;
 
 /// Data pages are read in pieces of at most this many bytes, so each page is
 /// checked while it is still in the cache.
@@ -146,9 +147,10 @@ pub struct ReceiveReport {
     pub cpu: Option<std::time::Duration>,
 }
 
-/// Drives a whole incoming migration. On success the guest runs (its host
-/// was resumed) and the source has been told so.
-pub fn receive<R: Read, W: Write, H: DestinationHost>(
+/// Drives a whole incoming migration from `input` (see [`StreamInput`]),
+/// answering on `output`. On success the guest runs (its host was resumed)
+/// and the source has been told so.
+pub fn receive<R: StreamInput, W: Write, H: DestinationHost>(
     input: R,
     output: W,
     host: &mut H,
@@ -181,7 +183,7 @@ fn send<W: Write>(out: &mut FrameWriter<W>, m: &DestMessage) -> Result<(), Proto
     out.flush().map_err(ProtocolError::Io)
 }
 
-fn run<R: Read, W: Write, H: DestinationHost>(
+fn run<R: StreamInput, W: Write, H: DestinationHost>(
     reader: &mut FrameReader<R>,
     out: &mut FrameWriter<W>,
     host: &mut H,
@@ -301,7 +303,7 @@ impl DamagedPages {
 
 /// A page run: its control frame, checked whole, then its data read straight
 /// into the guest memory the host points at, each page checked as it completes.
-fn receive_run<R: Read, H: DestinationHost>(
+fn receive_run<R: StreamInput, H: DestinationHost>(
     reader: &mut FrameReader<R>,
     mut frame: PartialFrame,
     host: &mut H,
@@ -347,7 +349,9 @@ fn receive_run<R: Read, H: DestinationHost>(
             damaged.intact(head.region, head.first_page + u64::from(i));
         }
     }
-    // Each stretch of consecutive data pages straight into guest memory.
+    // Each stretch of consecutive data pages straight into guest memory;
+    // all of them follow the control frame back to back.
+    let mut due = data_pages as usize * PAGE_SIZE;
     let mut i = 0;
     let mut k = 0; // data pages so far
     while i < head.count {
@@ -373,7 +377,9 @@ fn receive_run<R: Read, H: DestinationHost>(
         let (mut got, mut checked) = (0, 0);
         while got < dst.len() {
             let piece = (dst.len() - got).min(READ_PIECE);
-            got += reader.read_unframed(&mut dst[got..got + piece])?;
+            let n = reader.read_unframed(&mut dst[got..got + piece], due)?;
+            got += n;
+            due -= n;
             while checked + PAGE_SIZE <= got {
                 let page = first + (checked / PAGE_SIZE) as u64;
                 if page_crc(&dst[checked..checked + PAGE_SIZE]) == page_crc_at(sums, k) {

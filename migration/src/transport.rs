@@ -112,6 +112,14 @@ impl Stream {
             Stream::Unix(s) => s.set_read_timeout(t),
         }
     }
+
+    /// The read timeout.
+    pub fn read_timeout(&self) -> Option<Duration> {
+        match self {
+            Stream::Tcp(s) => s.read_timeout().ok().flatten(),
+            Stream::Unix(s) => s.read_timeout().ok().flatten(),
+        }
+    }
 }
 
 impl AsFd for Stream {

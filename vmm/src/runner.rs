@@ -17,6 +17,7 @@ use crate::device_manager::{DeviceManager, DeviceManagerError};
 use crate::event_loop::{EventLoop, EventLoopError};
 use crate::exit::{ExitNotifier, ExitReason};
 use crate::machine::{Lifecycle, Machine};
+use crate::migrate::batched_input::BatchedInput;
 use crate::migrate::destination::TernDestination;
 use crate::migrate::MigrationManager;
 use crate::vstate::kvm::{self, KvmError, KvmHost};
@@ -211,9 +212,11 @@ pub fn run(args: &RunArgs) -> Result<ExitReason, RunError> {
             // read ahead would put a quarter of every 1 MiB run through it.
             let reader = std::io::BufReader::with_capacity(
                 READ_AHEAD,
-                stream
-                    .try_clone()
-                    .map_err(|e| RunError::Os(format!("migration socket: {e}")))?,
+                BatchedInput::new(
+                    stream
+                        .try_clone()
+                        .map_err(|e| RunError::Os(format!("migration socket: {e}")))?,
+                ),
             );
             let mut dest = TernDestination::new(machine.clone(), parts.vcpu_fds);
             let report = receive(reader, stream, &mut dest)?;

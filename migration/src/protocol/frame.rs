@@ -6,6 +6,7 @@
 use std::io::{self, IoSlice, Read, Write};
 
 use super::ProtocolError;
+use crate::stream_input::StreamInput;
 
 /// Header bytes before the payload.
 pub const HEADER_LEN: usize = 8;
@@ -329,12 +330,22 @@ impl<R: Read> FrameReader<R> {
         Ok(())
     }
 
+    /// Reads the next frame.
+    pub fn read_frame(&mut self) -> Result<Frame, ProtocolError> {
+        let mut payload = Vec::new();
+        let kind = self.read_frame_into(&mut payload)?;
+        Ok(Frame { kind, payload })
+    }
+}
+
+impl<R: StreamInput> FrameReader<R> {
     /// Reads some of the bytes that follow a frame outside it (a page run's
-    /// data pages) into `buf`, at least one, at most `buf.len()`; the stream
+    /// data pages) into `buf`, at least one, at most `buf.len()`, where the
+    /// frame promised `due` more (see [`StreamInput::read_due`]); the stream
     /// ending first is an error.
-    pub fn read_unframed(&mut self, buf: &mut [u8]) -> Result<usize, ProtocolError> {
+    pub fn read_unframed(&mut self, buf: &mut [u8], due: usize) -> Result<usize, ProtocolError> {
         loop {
-            match self.inner.read(buf) {
+            match self.inner.read_due(buf, due) {
                 Ok(0) if !buf.is_empty() => {
                     return Err(ProtocolError::Truncated {
                         offset: self.offset,
@@ -349,13 +360,6 @@ impl<R: Read> FrameReader<R> {
                 Err(e) => return Err(ProtocolError::Io(e)),
             }
         }
-    }
-
-    /// Reads the next frame.
-    pub fn read_frame(&mut self) -> Result<Frame, ProtocolError> {
-        let mut payload = Vec::new();
-        let kind = self.read_frame_into(&mut payload)?;
-        Ok(Frame { kind, payload })
     }
 }
 

@@ -2,6 +2,7 @@
 //! the manager that the API drives. The policy lives in the `migration`
 //! crate's pure controller; this module only observes and obeys.
 
+pub mod batched_input;
 pub mod destination;
 pub mod estimate;
 pub mod guest_send;
