@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use migration::dirty::{BitPositions, DirtySet};
 use migration::protocol::messages::{MAX_RUN_PAGES, PAGE_SIZE};
 use migration::sender::SourceSession;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::guest_send::GuestRanges;
 use super::MigrationError;
@@ -277,16 +277,28 @@ impl PageSender {
                 .as_mut()
                 .and_then(|h| h.get_mut(region))
                 .and_then(|h| h.get_mut(start as usize..(start + count) as usize));
+            let run_addr = GuestAddress(guest_base + start * PAGE_SIZE as u64);
+            let run_memory = machine
+                .mem
+                .get_slice(run_addr, count as usize * PAGE_SIZE)
+                .map_err(|e| {
+                    MigrationError::Memory(format!("guest pages {:#x}+{count}: {e}", run_addr.0))
+                })?;
+            let run_pointer = run_memory.ptr_guard();
+            let may_hold_data =
+                |i: u64| read_all || populated(&self.populated, start + i - window_start);
             for i in 0..count {
-                let addr = GuestAddress(guest_base + (start + i) * PAGE_SIZE as u64);
-                let with_data = if read_all || populated(&self.populated, start + i - window_start)
-                {
-                    machine
-                        .mem
-                        .read_slice(&mut self.scratch, addr)
+                let addr = GuestAddress(run_addr.0 + i * PAGE_SIZE as u64);
+                let with_data = if may_hold_data(i) {
+                    if i + 1 < count && may_hold_data(i + 1) {
+                        prefetch_page(run_pointer.as_ptr(), (i + 1) as usize * PAGE_SIZE);
+                    }
+                    let page = run_memory
+                        .subslice(i as usize * PAGE_SIZE, PAGE_SIZE)
                         .map_err(|e| {
-                            MigrationError::Memory(format!("reading guest page {:#x}: {e}", addr.0))
+                            MigrationError::Memory(format!("guest page {:#x}: {e}", addr.0))
                         })?;
+                    page.copy_to(&mut self.scratch[..]);
                     run.push_page(&self.scratch)
                 } else {
                     // Never populated: zero, not read.
@@ -339,6 +351,20 @@ fn populated(populated: &[u64], i: u64) -> bool {
     populated
         .get((i / 64) as usize)
         .is_none_or(|w| w & (1 << (i % 64)) != 0)
+}
+
+/// Asks the CPU to start loading the page at `offset` bytes past `base`
+/// into its cache while this one is looked at: the hardware prefetcher does
+/// not cross into the next 4 KiB page by itself (measured: the copy and
+/// checksum of a GiB takes 13 % less, `docs/results.md`).
+fn prefetch_page(base: *const u8, offset: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for line in (0..PAGE_SIZE).step_by(64) {
+        let at = base.wrapping_add(offset + line);
+        // SAFETY: a prefetch is only a hint: it reads nothing into the
+        // program and cannot fault, whatever the address.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast()) };
+    }
 }
 
 /// A cheap 64-bit hash of one page (FNV-style over words); 0 is the zero page.
