@@ -4,9 +4,8 @@
 //! A page run's data is read in pieces (each page is checked while it is
 //! still in cache), but the run's control frame already said how many bytes
 //! follow. A socket that knows this can let that much queue up before it
-//! wakes the reading thread, instead of waking it for every packet: on the
-//! loopback each wake-up costs the *sending* thread an inter-processor
-//! interrupt, measured at a sixth of its time (`docs/results.md`).
+//! wakes the reading thread, instead of waking it for every packet (on the
+//! loopback the *sending* thread pays for each wake-up; `docs/results.md`).
 
 use std::io::{self, BufReader, Read};
 use std::net::TcpStream;
