@@ -23,6 +23,8 @@ use std::os::fd::{AsFd, AsRawFd};
 use migration::stream_input::StreamInput;
 use migration::transport::Stream;
 
+use super::socket_buffers::set_size_option;
+
 /// Most bytes one wait gathers (half a page run).
 pub const BATCH: usize = 512 << 10;
 
@@ -51,21 +53,7 @@ impl BatchedInput {
     }
 
     fn set_low_water(&mut self, bytes: usize) -> io::Result<()> {
-        let value = libc::c_int::try_from(bytes).map_err(io::Error::other)?;
-        // SAFETY: a plain setsockopt on the socket `stream` owns, with a
-        // pointer to a live c_int and its exact size.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.stream.as_fd().as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVLOWAT,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        set_size_option(&self.stream, libc::SO_RCVLOWAT, bytes)?;
         self.low_water = bytes;
         Ok(())
     }

@@ -23,7 +23,7 @@ pub fn widen(socket: &impl AsFd) {
     ] {
         match read_cap(cap) {
             Some(max) if max >= STREAM_BUFFER => {
-                if let Err(e) = set(socket, option, STREAM_BUFFER) {
+                if let Err(e) = set_size_option(socket, option, STREAM_BUFFER) {
                     log::info!("migration socket: {name} buffer not set: {e}");
                 }
             }
@@ -39,7 +39,12 @@ fn read_cap(path: &str) -> Option<usize> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-fn set(socket: &impl AsFd, option: libc::c_int, bytes: usize) -> std::io::Result<()> {
+/// Sets the `SOL_SOCKET` option `option`, a byte count, on `socket`.
+pub fn set_size_option(
+    socket: &impl AsFd,
+    option: libc::c_int,
+    bytes: usize,
+) -> std::io::Result<()> {
     let value = libc::c_int::try_from(bytes).map_err(std::io::Error::other)?;
     // SAFETY: a plain setsockopt on a socket we own, with a pointer to a live
     // c_int and its exact size.
