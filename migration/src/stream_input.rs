@@ -11,8 +11,6 @@ use std::io::{self, BufReader, Read};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 
-use crate::transport::Stream;
-
 /// A byte source for the receiver.
 pub trait StreamInput: Read {
     /// Reads at least one byte into `buf` (0 only at the end of the stream),
@@ -28,7 +26,6 @@ pub trait StreamInput: Read {
 impl StreamInput for &[u8] {}
 impl StreamInput for &TcpStream {}
 impl StreamInput for &UnixStream {}
-impl StreamInput for Stream {}
 
 impl<R: StreamInput> StreamInput for BufReader<R> {
     /// Bytes already buffered come first; past them the read goes straight

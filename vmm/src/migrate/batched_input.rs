@@ -26,7 +26,7 @@ use migration::transport::Stream;
 use super::socket_buffers::set_size_option;
 
 /// Most bytes one wait gathers (half a page run).
-pub const BATCH: usize = 512 << 10;
+const BATCH: usize = 512 << 10;
 
 /// With fewer bytes due than this, a plain read: a batch this small saves
 /// little.
